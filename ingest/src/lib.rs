@@ -1,0 +1,16 @@
+//! atcr-ingest: where upstream facts come from.
+//!
+//! - [`frame`]: decode a `subscribeRepos` frame, filter to `io.atcr.*`, extract records;
+//! - [`process`]: frames → an append batch (events, quarantine, notes, cursor);
+//! - [`firehose`]: the WebSocket client with reconnects, backoff and a bounded queue.
+//!
+//! Ingest writes only to the event log (through its single writer) and knows nothing of
+//! projections or HTTP serving.
+
+pub mod corpus;
+pub mod firehose;
+pub mod frame;
+pub mod metrics;
+pub mod process;
+
+pub use firehose::{FirehoseConfig, IngestError, run_firehose};

@@ -1,0 +1,13 @@
+//! Metric names of ingest, in one place so dashboards and docs have one list to read.
+//! Recorded through the `metrics` facade; `web` renders them at `/metrics`.
+
+pub const FRAMES_SEEN: &str = "atcr_ingest_frames_total";
+pub const FRAMES_MATCHED: &str = "atcr_ingest_frames_matched_total";
+pub const FRAMES_FILTERED: &str = "atcr_ingest_frames_filtered_total";
+pub const FRAMES_QUARANTINED: &str = "atcr_ingest_frames_quarantined_total";
+pub const FRAMES_DUPLICATE: &str = "atcr_ingest_frames_duplicate_total";
+pub const EVENTS_APPENDED: &str = "atcr_log_events_appended_total";
+pub const CURSOR: &str = "atcr_ingest_cursor";
+pub const QUEUE_DEPTH: &str = "atcr_ingest_queue_depth";
+pub const CONNECTIONS: &str = "atcr_ingest_connections_total";
+pub const RECONNECTS: &str = "atcr_ingest_reconnects_total";

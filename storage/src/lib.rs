@@ -1,0 +1,30 @@
+//! atcr-storage: the event log and everything else atcr keeps on disk.
+//!
+//! - [`event`]: the event envelope and its versioned encoding;
+//! - [`log`]: the append-only log on redb (events, commit blocks, cursors, quarantine, notes);
+//! - [`writer`]: the single writer with group commit;
+//! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools.
+//!
+//! This crate knows nothing of HTTP, WebSockets or ATProto sync.
+
+pub mod error;
+pub mod event;
+pub mod json;
+pub mod log;
+pub mod writer;
+
+pub use error::{Result, StorageError};
+pub use event::{
+    Event, EventBody, PutAction, QuarantineEntry, Source, StoredEvent, StreamNote, StreamNoteKind,
+};
+pub use log::{AppendBatch, AppendReceipt, EventLog, LogStats};
+pub use writer::{LogWriter, LogWriterTask};
+
+/// Microseconds since the Unix epoch, for `received_at` stamps (ingest's clock, never a
+/// projection's).
+pub fn now_micros() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(elapsed) => i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
