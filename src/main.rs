@@ -1,1 +1,83 @@
-fn main() {}
+//! The `atcr` binary: command line, configuration, wiring and shutdown. Domain logic lives in
+//! the crates (storage, ingest, projections, query, web).
+
+mod bench;
+mod config;
+mod demo;
+mod logcmd;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use config::{ConfigFlags, IngestFlags, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atcr",
+    version,
+    about = "AppView for ATCR, the ATProto Container Registry"
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: ConfigFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Follow an upstream firehose into the event log and serve HTTP.
+    Serve(IngestFlags),
+    /// Everything embedded: replay a recorded real firehose into a fresh log and serve it.
+    Demo,
+    /// Inspect the event log (works while `atcr serve` runs).
+    Log {
+        #[command(subcommand)]
+        command: logcmd::LogCommand,
+    },
+    /// Print what the log holds as JSON: counts, cursors, quarantine, recent events.
+    Status,
+    /// Benchmarks that need the whole binary (see docs/PERFORMANCE.md).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ATCR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let ingest_flags = match &cli.command {
+        Command::Serve(flags) => Some(flags),
+        _ => None,
+    };
+    let config = config::load(&cli.flags, ingest_flags)?;
+    init_tracing(config.log_format);
+    // One TLS provider for every wss:// and https:// client in the process. ring, because
+    // aws-lc-rs needs cmake and a long C build on every fresh machine; rustls marks ring's
+    // provider deprecated only for lacking post-quantum key exchange.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(_) => runtime.block_on(serve::serve(config)),
+        Command::Demo => runtime.block_on(demo::demo(config)),
+        Command::Log { command } => runtime.block_on(logcmd::run(config, command)),
+        Command::Status => logcmd::status(&config),
+        Command::Bench { command } => runtime.block_on(bench::run(command)),
+    }
+}

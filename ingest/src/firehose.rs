@@ -371,4 +371,8 @@ fn record_counts(counts: &FrameCounts, cursor: Option<i64>) {
     if let Some(cursor) = cursor {
         metrics::gauge!(names::CURSOR).set(cursor as f64);
     }
+    if let Some(upstream_time_us) = counts.newest_upstream_time_us {
+        let lag_seconds = (now_micros() - upstream_time_us) as f64 / 1e6;
+        metrics::gauge!(names::LAG_SECONDS).set(lag_seconds.max(0.0));
+    }
 }

@@ -70,6 +70,17 @@ impl Frame {
             Frame::Info { .. } | Frame::Error { .. } => None,
         }
     }
+
+    /// The upstream timestamp, for frames that carry one and were decoded far enough.
+    pub fn time(&self) -> Option<&str> {
+        match self {
+            Frame::Commit(commit) => Some(&commit.time),
+            Frame::Identity { time, .. }
+            | Frame::Account { time, .. }
+            | Frame::Sync { time, .. } => time.as_deref(),
+            Frame::Skipped { .. } | Frame::Info { .. } | Frame::Error { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

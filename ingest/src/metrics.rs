@@ -8,6 +8,8 @@ pub const FRAMES_QUARANTINED: &str = "atcr_ingest_frames_quarantined_total";
 pub const FRAMES_DUPLICATE: &str = "atcr_ingest_frames_duplicate_total";
 pub const EVENTS_APPENDED: &str = "atcr_log_events_appended_total";
 pub const CURSOR: &str = "atcr_ingest_cursor";
+/// Seconds between now and the upstream time of the newest frame handled.
+pub const LAG_SECONDS: &str = "atcr_ingest_lag_seconds";
 pub const QUEUE_DEPTH: &str = "atcr_ingest_queue_depth";
 pub const CONNECTIONS: &str = "atcr_ingest_connections_total";
 pub const RECONNECTS: &str = "atcr_ingest_reconnects_total";

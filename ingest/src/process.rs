@@ -34,6 +34,8 @@ pub struct FrameCounts {
     pub quarantined: u64,
     pub duplicates: u64,
     pub events: u64,
+    /// The upstream time of the newest frame handled, microseconds since the epoch.
+    pub newest_upstream_time_us: Option<i64>,
 }
 
 /// Per-upstream state that survives reconnects: the last sequence number handled and the DIDs
@@ -126,6 +128,9 @@ impl FrameProcessor {
                     body,
                 }
             };
+        if let Some(time) = frame.time() {
+            counts.newest_upstream_time_us = parse_time_us(time).or(counts.newest_upstream_time_us);
+        }
         match frame {
             Frame::Commit(commit) => {
                 counts.matched += 1;
@@ -254,4 +259,12 @@ impl FrameProcessor {
             _ => batch.cursors.push((self.upstream.clone(), seq)),
         }
     }
+}
+
+/// RFC 3339 upstream timestamps to microseconds; unparsable times are ignored (they only feed
+/// the lag gauge).
+fn parse_time_us(time: &str) -> Option<i64> {
+    let parsed = humantime::parse_rfc3339_weak(time).ok()?;
+    let since_epoch = parsed.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since_epoch.as_micros()).ok()
 }

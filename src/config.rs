@@ -1,0 +1,112 @@
+//! Configuration: defaults < TOML file < `ATCR_*` environment < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Where the event log and everything else atcr keeps lives.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Relay or PDS to follow (`wss://…`, `https://…`, `ws://…`, `http://…`); none = serve only.
+    pub upstream: Option<String>,
+    /// Where to start when no cursor is stored for the upstream (default: live events only).
+    pub start_cursor: Option<i64>,
+    /// On `FutureCursor`, start over from upstream's beginning instead of stopping.
+    pub reset_cursor: bool,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: None,
+            start_cursor: None,
+            reset_cursor: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("log.redb")
+    }
+}
+
+/// Flags shared by every command; each overrides the same key from file and environment.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct ConfigFlags {
+    /// TOML config file (default: ./atcr.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [env: ATCR_DATA_DIR] [default: ./data].
+    #[arg(long, global = true, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [env: ATCR_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Log line format [env: ATCR_LOG_FORMAT].
+    #[arg(long, global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Flags of the commands that ingest.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct IngestFlags {
+    /// Relay or PDS to follow [env: ATCR_UPSTREAM].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Cursor to start from when none is stored (0 = everything upstream still has) [env: ATCR_START_CURSOR].
+    #[arg(long, value_name = "SEQ")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_cursor: Option<i64>,
+    /// On FutureCursor, start over from upstream's beginning instead of stopping [env: ATCR_RESET_CURSOR].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset_cursor: bool,
+}
+
+pub fn load(flags: &ConfigFlags, ingest: Option<&IngestFlags>) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    match &flags.config {
+        Some(path) => {
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
+            figment = figment.merge(Toml::file(path));
+        }
+        None => figment = figment.merge(Toml::file("atcr.toml")),
+    }
+    figment = figment
+        .merge(Env::prefixed("ATCR_"))
+        .merge(Serialized::defaults(flags));
+    if let Some(ingest) = ingest {
+        figment = figment.merge(Serialized::defaults(ingest));
+    }
+    figment.extract().context("invalid configuration")
+}
