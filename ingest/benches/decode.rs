@@ -13,10 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 fn corpus() -> Option<Vec<u8>> {
     let path = std::env::var_os("ATCR_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/firehose-corpus/corpus.bin")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/firehose-corpus/corpus.bin"));
     std::fs::read(&path).ok().or_else(|| {
         println!("SKIP: firehose corpus not found at {}", path.display());
         None

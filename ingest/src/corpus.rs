@@ -7,18 +7,11 @@ pub fn split_frames(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut rest = bytes;
     while !rest.is_empty() {
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!(
-                "truncated length prefix after {} frames",
-                frames.len()
-            ));
+            return Err(format!("truncated length prefix after {} frames", frames.len()));
         };
         let length = u32::from_le_bytes(*length) as usize;
         if tail.len() < length {
-            return Err(format!(
-                "frame {} claims {length} bytes, {} remain",
-                frames.len(),
-                tail.len()
-            ));
+            return Err(format!("frame {} claims {length} bytes, {} remain", frames.len(), tail.len()));
         }
         let (frame, tail) = tail.split_at(length);
         frames.push(frame);

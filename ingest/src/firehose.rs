@@ -18,9 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use atcr_storage::{
-    AppendBatch, EventLog, LogWriter, StorageError, StreamNote, StreamNoteKind, now_micros,
-};
+use atcr_storage::{AppendBatch, EventLog, LogWriter, StorageError, StreamNote, StreamNoteKind, now_micros};
 
 use crate::metrics as names;
 use crate::process::{Control, FrameCounts, FrameProcessor};
@@ -90,20 +88,14 @@ pub enum IngestError {
         "upstream {upstream} says cursor {cursor:?} is in its future ({message}); it may have been reset or replaced. \
          refusing to start over silently: restart with --reset-cursor to ingest from its beginning"
     )]
-    FutureCursor {
-        upstream: String,
-        cursor: Option<i64>,
-        message: String,
-    },
+    FutureCursor { upstream: String, cursor: Option<i64>, message: String },
     #[error("event log: {0}")]
     Storage(#[from] StorageError),
 }
 
 enum QueueItem {
-    Frame {
-        bytes: Vec<u8>,
-        received_at_us: i64,
-    },
+    /// The message payload as tungstenite handed it over: moved, never copied.
+    Frame { bytes: tokio_tungstenite::tungstenite::Bytes, received_at_us: i64 },
     /// The connection ended; answer with the cursor to resume from once everything before is
     /// handled.
     Disconnected {
@@ -128,12 +120,7 @@ pub async fn run_firehose(
 
     let (queue, frames) = mpsc::channel(config.queue_frames);
     let stop_reading = shutdown.child_token();
-    let reader = tokio::spawn(read_loop(
-        config.clone(),
-        cursor,
-        queue,
-        stop_reading.clone(),
-    ));
+    let reader = tokio::spawn(read_loop(config.clone(), cursor, queue, stop_reading.clone()));
     let result = process_loop(&config, processor, frames, writer).await;
     stop_reading.cancel();
     if reader.await.is_err() {
@@ -155,11 +142,7 @@ async fn read_loop(
     loop {
         let url = config.subscribe_url(cursor);
         tracing::info!(%url, "connecting to upstream");
-        let connect = tokio_tungstenite::connect_async_with_config(
-            url.as_str(),
-            Some(websocket_config),
-            true,
-        );
+        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(websocket_config), true);
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return,
             connection = connect => connection,
@@ -180,15 +163,11 @@ async fn read_loop(
                     match message {
                         Some(Ok(Message::Binary(bytes))) => {
                             received_any = true;
-                            let item = QueueItem::Frame {
-                                bytes: bytes.to_vec(),
-                                received_at_us: now_micros(),
-                            };
+                            let item = QueueItem::Frame { bytes, received_at_us: now_micros() };
                             if queue.send(item).await.is_err() {
                                 return;
                             }
-                            metrics::gauge!(names::QUEUE_DEPTH)
-                                .set((queue.max_capacity() - queue.capacity()) as f64);
+                            metrics::gauge!(names::QUEUE_DEPTH).set((queue.max_capacity() - queue.capacity()) as f64);
                         }
                         Some(Ok(Message::Close(frame))) => {
                             tracing::info!(?frame, "upstream closed the stream");
@@ -215,14 +194,7 @@ async fn read_loop(
         }
         // Wait for the processing loop to handle everything queued, and resume after it.
         let (resume_at, resumed) = oneshot::channel();
-        if queue
-            .send(QueueItem::Disconnected {
-                oversized,
-                resume_at,
-            })
-            .await
-            .is_err()
-        {
+        if queue.send(QueueItem::Disconnected { oversized, resume_at }).await.is_err() {
             return;
         }
         match resumed.await {
@@ -230,11 +202,7 @@ async fn read_loop(
             Err(_) => return,
         }
         metrics::counter!(names::RECONNECTS).increment(1);
-        failures = if received_any {
-            0
-        } else {
-            failures.saturating_add(1)
-        };
+        failures = if received_any { 0 } else { failures.saturating_add(1) };
         let delay = backoff_delay(&config, failures);
         tracing::info!(delay_ms = delay.as_millis() as u64, ?cursor, "reconnecting");
         tokio::select! {
@@ -246,10 +214,7 @@ async fn read_loop(
 
 /// Exponential backoff with full jitter: uniform in [min, min * 2^failures], capped.
 fn backoff_delay(config: &FirehoseConfig, failures: u32) -> Duration {
-    let ceiling = config
-        .backoff_min
-        .saturating_mul(1u32 << failures.min(16))
-        .min(config.backoff_max);
+    let ceiling = config.backoff_min.saturating_mul(1u32 << failures.min(16)).min(config.backoff_max);
     let low = config.backoff_min.as_millis() as u64;
     let high = (ceiling.as_millis() as u64).max(low);
     Duration::from_millis(rand::rng().random_range(low..=high))
@@ -271,10 +236,7 @@ async fn process_loop(
         let mut fatal = None;
         for item in items.drain(..) {
             match item {
-                QueueItem::Frame {
-                    bytes,
-                    received_at_us,
-                } => {
+                QueueItem::Frame { bytes, received_at_us } => {
                     if fatal.is_some() {
                         continue;
                     }
@@ -289,9 +251,7 @@ async fn process_loop(
                                     upstream: processor.upstream().to_string(),
                                     cursor: processor.last_seq(),
                                     kind: StreamNoteKind::CursorReset,
-                                    message: format!(
-                                        "FutureCursor ({message}): cursor reset by --reset-cursor"
-                                    ),
+                                    message: format!("FutureCursor ({message}): cursor reset by --reset-cursor"),
                                 });
                                 processor.reset();
                                 restart_from_beginning = true;
@@ -308,10 +268,7 @@ async fn process_loop(
                         }
                     }
                 }
-                QueueItem::Disconnected {
-                    oversized,
-                    resume_at,
-                } => {
+                QueueItem::Disconnected { oversized, resume_at } => {
                     if let Some(limit) = oversized {
                         // The refused frame is most likely the next seq; skip exactly one
                         // position per refusal so a gap in seqs only costs another refusal.
@@ -332,9 +289,7 @@ async fn process_loop(
                             ),
                         });
                         processor.skip_to(skipped);
-                        batch
-                            .cursors
-                            .push((processor.upstream().to_string(), skipped));
+                        batch.cursors.push((processor.upstream().to_string(), skipped));
                     }
                     pending_reply = Some(resume_at);
                 }
@@ -350,11 +305,7 @@ async fn process_loop(
             return Err(error);
         }
         if let Some(reply) = pending_reply {
-            let resume = if restart_from_beginning {
-                processor.last_seq().or(Some(0))
-            } else {
-                processor.last_seq()
-            };
+            let resume = if restart_from_beginning { processor.last_seq().or(Some(0)) } else { processor.last_seq() };
             restart_from_beginning = false;
             let _ = reply.send(resume);
         }

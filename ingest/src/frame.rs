@@ -28,7 +28,9 @@ pub enum Frame {
     /// A commit with at least one `io.atcr.*` op; only those ops are kept.
     Commit(CommitFacts),
     /// A commit with no `io.atcr.*` op, or an event kind atcr does not keep.
-    Skipped { seq: Option<i64> },
+    Skipped {
+        seq: Option<i64>,
+    },
     Identity {
         seq: i64,
         did: String,
@@ -64,9 +66,7 @@ impl Frame {
         match self {
             Frame::Commit(commit) => Some(commit.seq),
             Frame::Skipped { seq } => *seq,
-            Frame::Identity { seq, .. } | Frame::Account { seq, .. } | Frame::Sync { seq, .. } => {
-                Some(*seq)
-            }
+            Frame::Identity { seq, .. } | Frame::Account { seq, .. } | Frame::Sync { seq, .. } => Some(*seq),
             Frame::Info { .. } | Frame::Error { .. } => None,
         }
     }
@@ -75,9 +75,7 @@ impl Frame {
     pub fn time(&self) -> Option<&str> {
         match self {
             Frame::Commit(commit) => Some(&commit.time),
-            Frame::Identity { time, .. }
-            | Frame::Account { time, .. }
-            | Frame::Sync { time, .. } => time.as_deref(),
+            Frame::Identity { time, .. } | Frame::Account { time, .. } | Frame::Sync { time, .. } => time.as_deref(),
             Frame::Skipped { .. } | Frame::Info { .. } | Frame::Error { .. } => None,
         }
     }
@@ -97,18 +95,8 @@ pub struct CommitFacts {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecordOp {
-    Put {
-        collection: String,
-        rkey: String,
-        cid: String,
-        action: PutAction,
-        record: Vec<u8>,
-    },
-    Delete {
-        collection: String,
-        rkey: String,
-        prev_cid: Option<String>,
-    },
+    Put { collection: String, rkey: String, cid: String, action: PutAction, record: Vec<u8> },
+    Delete { collection: String, rkey: String, prev_cid: Option<String> },
 }
 
 /// Why a frame could not be used. The frame goes to quarantine with this reason.
@@ -129,11 +117,7 @@ impl fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 fn fail(seq: Option<i64>, did: Option<&str>, reason: impl Into<String>) -> FrameError {
-    FrameError {
-        seq,
-        did: did.map(str::to_string),
-        reason: reason.into(),
-    }
+    FrameError { seq, did: did.map(str::to_string), reason: reason.into() }
 }
 
 #[derive(Deserialize)]
@@ -260,28 +244,20 @@ struct SeqPeek {
 
 /// Decodes one whole body; trailing bytes are an error.
 fn read<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, FrameError> {
-    serde_ipld_dagcbor::from_slice(body)
-        .map_err(|error| fail(None, None, format!("cannot decode {what}: {error}")))
+    serde_ipld_dagcbor::from_slice(body).map_err(|error| fail(None, None, format!("cannot decode {what}: {error}")))
 }
 
 /// Decodes one binary WebSocket message of `subscribeRepos`.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
     let Some(header_len) = cbor_item_len(bytes) else {
-        return Err(fail(
-            None,
-            None,
-            "cannot decode frame header: not a complete CBOR item",
-        ));
+        return Err(fail(None, None, "cannot decode frame header: not a complete CBOR item"));
     };
     let (header_bytes, body) = bytes.split_at(header_len);
     let header: Header = serde_ipld_dagcbor::from_slice(header_bytes)
         .map_err(|error| fail(None, None, format!("cannot decode frame header: {error}")))?;
     if header.op == -1 {
         let error: ErrorBody = read(body, "error frame body")?;
-        return Ok(Frame::Error {
-            error: error.error,
-            message: error.message,
-        });
+        return Ok(Frame::Error { error: error.error, message: error.message });
     }
     if header.op != 1 {
         return Err(fail(None, None, format!("unknown frame op {}", header.op)));
@@ -290,20 +266,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         Some("#commit") => {
             let peek: CommitPeek = read(body, "commit body")?;
             if !peek.ops.0 {
-                return Ok(Frame::Skipped {
-                    seq: Some(peek.seq),
-                });
+                return Ok(Frame::Skipped { seq: Some(peek.seq) });
             }
             decode_matching_commit(body, peek.seq).map(Frame::Commit)
         }
         Some("#identity") => {
             let identity: IdentityBody = read(body, "identity body")?;
-            Ok(Frame::Identity {
-                seq: identity.seq,
-                did: identity.did,
-                handle: identity.handle,
-                time: identity.time,
-            })
+            Ok(Frame::Identity { seq: identity.seq, did: identity.did, handle: identity.handle, time: identity.time })
         }
         Some("#account") => {
             let account: AccountBody = read(body, "account body")?;
@@ -317,19 +286,11 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         }
         Some("#sync") => {
             let sync: SyncBody = read(body, "sync body")?;
-            Ok(Frame::Sync {
-                seq: sync.seq,
-                did: sync.did,
-                rev: sync.rev,
-                time: sync.time,
-            })
+            Ok(Frame::Sync { seq: sync.seq, did: sync.did, rev: sync.rev, time: sync.time })
         }
         Some("#info") => {
             let info: InfoBody = read(body, "info body")?;
-            Ok(Frame::Info {
-                name: info.name,
-                message: info.message,
-            })
+            Ok(Frame::Info { name: info.name, message: info.message })
         }
         _ => {
             // Deprecated (#handle, #migrate, #tombstone) or future kinds: not ours, but keep
@@ -424,13 +385,8 @@ impl CountingSlice<'_> {
 }
 
 fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameError> {
-    let commit: CommitBody = serde_ipld_dagcbor::from_slice(body).map_err(|error| {
-        fail(
-            Some(seq),
-            None,
-            format!("cannot decode commit body: {error}"),
-        )
-    })?;
+    let commit: CommitBody = serde_ipld_dagcbor::from_slice(body)
+        .map_err(|error| fail(Some(seq), None, format!("cannot decode commit body: {error}")))?;
     let did = commit.repo;
     let failed = |reason: String| fail(Some(seq), Some(did), reason);
 
@@ -440,8 +396,7 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
     if root != Some(commit.commit) {
         return Err(failed(format!(
             "CAR root {} is not the commit {}",
-            root.map(|cid| cid.to_string())
-                .unwrap_or_else(|| "(none)".into()),
+            root.map(|cid| cid.to_string()).unwrap_or_else(|| "(none)".into()),
             commit.commit
         )));
     }
@@ -451,19 +406,13 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
     let mut ops = Vec::new();
     for op in &commit.ops {
         let Some((collection, rkey)) = op.path.split_once('/') else {
-            return Err(failed(format!(
-                "op path {:?} is not collection/rkey",
-                op.path
-            )));
+            return Err(failed(format!("op path {:?} is not collection/rkey", op.path)));
         };
         if !collection.starts_with(ATCR_NSID_PREFIX) {
             continue;
         }
         if rkey.is_empty() || rkey.contains('/') {
-            return Err(failed(format!(
-                "op path {:?} has an invalid record key",
-                op.path
-            )));
+            return Err(failed(format!("op path {:?} has an invalid record key", op.path)));
         }
         let action = match op.action {
             "create" => PutAction::Create,
@@ -477,24 +426,14 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
                 continue;
             }
             other => {
-                return Err(failed(format!(
-                    "unknown op action {other:?} for {}",
-                    op.path
-                )));
+                return Err(failed(format!("unknown op action {other:?} for {}", op.path)));
             }
         };
         let Some(cid) = op.cid else {
-            return Err(failed(format!(
-                "{} op for {} has no cid",
-                op.action, op.path
-            )));
+            return Err(failed(format!("{} op for {} has no cid", op.action, op.path)));
         };
-        let record = poll_ready(car.read_block(cid)).map_err(|error| {
-            failed(format!(
-                "record block {cid} for {} missing from CAR: {error}",
-                op.path
-            ))
-        })?;
+        let record = poll_ready(car.read_block(cid))
+            .map_err(|error| failed(format!("record block {cid} for {} missing from CAR: {error}", op.path)))?;
         ops.push(RecordOp::Put {
             collection: collection.to_string(),
             rkey: rkey.to_string(),
@@ -518,14 +457,9 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
 /// Drives a future that never waits (atrium-repo's CAR reader over an in-memory cursor) to
 /// completion without a runtime. A future that does wait is a bug in that assumption and is
 /// reported as an error rather than spun on.
-fn poll_ready<T, E: fmt::Display, F: Future<Output = Result<T, E>>>(
-    future: F,
-) -> Result<T, String> {
+fn poll_ready<T, E: fmt::Display, F: Future<Output = Result<T, E>>>(future: F) -> Result<T, String> {
     let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(output) => output.map_err(|error| error.to_string()),
         Poll::Pending => Err("in-memory CAR read did not complete synchronously".into()),
     }

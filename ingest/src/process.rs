@@ -4,9 +4,7 @@
 
 use std::collections::HashSet;
 
-use atcr_storage::{
-    AppendBatch, Event, EventBody, QuarantineEntry, Source, StreamNote, StreamNoteKind,
-};
+use atcr_storage::{AppendBatch, Event, EventBody, QuarantineEntry, Source, StreamNote, StreamNoteKind};
 
 use crate::frame::{Frame, RecordOp, decode_frame};
 
@@ -47,16 +45,8 @@ pub struct FrameProcessor {
 }
 
 impl FrameProcessor {
-    pub fn new(
-        upstream: String,
-        cursor: Option<i64>,
-        tracked_dids: impl IntoIterator<Item = String>,
-    ) -> Self {
-        FrameProcessor {
-            upstream,
-            last_seq: cursor,
-            tracked_dids: tracked_dids.into_iter().collect(),
-        }
+    pub fn new(upstream: String, cursor: Option<i64>, tracked_dids: impl IntoIterator<Item = String>) -> Self {
+        FrameProcessor { upstream, last_seq: cursor, tracked_dids: tracked_dids.into_iter().collect() }
     }
 
     pub fn upstream(&self) -> &str {
@@ -115,19 +105,16 @@ impl FrameProcessor {
             }
             self.advance(seq, batch);
         }
-        let event =
-            |did: String, rev: Option<String>, time: Option<String>, seq: i64, body: EventBody| {
-                Event {
-                    source: Source::Firehose,
-                    upstream_seq: Some(seq),
-                    did,
-                    rev,
-                    upstream_time: time,
-                    received_at_us,
-                    commit_cid: None,
-                    body,
-                }
-            };
+        let event = |did: String, rev: Option<String>, time: Option<String>, seq: i64, body: EventBody| Event {
+            source: Source::Firehose,
+            upstream_seq: Some(seq),
+            did,
+            rev,
+            upstream_time: time,
+            received_at_us,
+            commit_cid: None,
+            body,
+        };
         if let Some(time) = frame.time() {
             counts.newest_upstream_time_us = parse_time_us(time).or(counts.newest_upstream_time_us);
         }
@@ -138,28 +125,12 @@ impl FrameProcessor {
                 self.tracked_dids.insert(commit.did.clone());
                 for op in commit.ops {
                     let body = match op {
-                        RecordOp::Put {
-                            collection,
-                            rkey,
-                            cid,
-                            action,
-                            record,
-                        } => EventBody::RecordPut {
-                            collection,
-                            rkey,
-                            cid,
-                            action,
-                            record,
-                        },
-                        RecordOp::Delete {
-                            collection,
-                            rkey,
-                            prev_cid,
-                        } => EventBody::RecordDeleted {
-                            collection,
-                            rkey,
-                            prev_cid,
-                        },
+                        RecordOp::Put { collection, rkey, cid, action, record } => {
+                            EventBody::RecordPut { collection, rkey, cid, action, record }
+                        }
+                        RecordOp::Delete { collection, rkey, prev_cid } => {
+                            EventBody::RecordDeleted { collection, rkey, prev_cid }
+                        }
                     };
                     let mut record_event = event(
                         commit.did.clone(),
@@ -171,68 +142,36 @@ impl FrameProcessor {
                     record_event.commit_cid = Some(commit.commit_cid.clone());
                     batch.events.push(record_event);
                 }
-                batch
-                    .commit_blocks
-                    .push((commit.commit_cid, commit.commit_block));
+                batch.commit_blocks.push((commit.commit_cid, commit.commit_block));
             }
             Frame::Skipped { .. } => counts.filtered += 1,
-            Frame::Identity {
-                seq,
-                did,
-                handle,
-                time,
-            } => {
+            Frame::Identity { seq, did, handle, time } => {
                 if self.tracked_dids.contains(&did) {
                     counts.events += 1;
-                    batch
-                        .events
-                        .push(event(did, None, time, seq, EventBody::Identity { handle }));
+                    batch.events.push(event(did, None, time, seq, EventBody::Identity { handle }));
                 } else {
                     counts.filtered += 1;
                 }
             }
-            Frame::Account {
-                seq,
-                did,
-                active,
-                status,
-                time,
-            } => {
+            Frame::Account { seq, did, active, status, time } => {
                 if self.tracked_dids.contains(&did) {
                     counts.events += 1;
-                    batch.events.push(event(
-                        did,
-                        None,
-                        time,
-                        seq,
-                        EventBody::Account { active, status },
-                    ));
+                    batch.events.push(event(did, None, time, seq, EventBody::Account { active, status }));
                 } else {
                     counts.filtered += 1;
                 }
             }
-            Frame::Sync {
-                seq,
-                did,
-                rev,
-                time,
-            } => {
+            Frame::Sync { seq, did, rev, time } => {
                 if self.tracked_dids.contains(&did) {
                     counts.events += 1;
                     let reason = "upstream #sync: repo state replaced, resync needed".to_string();
-                    batch
-                        .events
-                        .push(event(did, rev, time, seq, EventBody::Resync { reason }));
+                    batch.events.push(event(did, rev, time, seq, EventBody::Resync { reason }));
                 } else {
                     counts.filtered += 1;
                 }
             }
             Frame::Info { name, message } => {
-                let kind = if name == "OutdatedCursor" {
-                    StreamNoteKind::OutdatedCursor
-                } else {
-                    StreamNoteKind::Info
-                };
+                let kind = if name == "OutdatedCursor" { StreamNoteKind::OutdatedCursor } else { StreamNoteKind::Info };
                 tracing::warn!(upstream = %self.upstream, %name, ?message, cursor = ?self.last_seq, "upstream #info, recorded as a possible gap");
                 batch.notes.push(StreamNote {
                     received_at_us,

@@ -5,9 +5,7 @@
 pub enum StorageError {
     #[error("event log database error: {0}")]
     Database(#[from] redb::DatabaseError),
-    #[error(
-        "event log is already opened for writing by another process (is `atcr serve` running?)"
-    )]
+    #[error("event log is already opened for writing by another process (is `atcr serve` running?)")]
     AlreadyOpen,
     #[error("event log transaction error: {0}")]
     Transaction(#[from] redb::TransactionError),

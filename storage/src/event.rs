@@ -90,8 +90,7 @@ impl EventBody {
     /// The collection of a record event.
     pub fn collection(&self) -> Option<&str> {
         match self {
-            EventBody::RecordPut { collection, .. }
-            | EventBody::RecordDeleted { collection, .. } => Some(collection),
+            EventBody::RecordPut { collection, .. } | EventBody::RecordDeleted { collection, .. } => Some(collection),
             _ => None,
         }
     }
@@ -127,27 +126,30 @@ pub const EVENT_ENCODING_VERSION: u8 = 1;
 
 pub fn encode_event(event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
+    encode_event_into(event, &mut out);
+    out
+}
+
+/// Encodes into a reused buffer (cleared first): the append path encodes one event at a time.
+pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
+    out.clear();
     out.push(EVENT_ENCODING_VERSION);
     // postcard into a Vec cannot fail for these types (no maps with non-string keys, no
     // unsupported serde features), so a failure here is a programming error.
-    match postcard::to_extend(event, out) {
-        Ok(out) => out,
+    let buffer = std::mem::take(out);
+    match postcard::to_extend(event, buffer) {
+        Ok(buffer) => *out = buffer,
         Err(error) => panic!("event encoding failed, which postcard never does for Event: {error}"),
     }
 }
 
 pub fn decode_event(offset: u64, bytes: &[u8]) -> Result<Event> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(StorageError::Corrupt {
-            location: format!("event {offset}"),
-            reason: "empty value".into(),
-        });
+        return Err(StorageError::Corrupt { location: format!("event {offset}"), reason: "empty value".into() });
     };
     match version {
-        1 => postcard::from_bytes(body).map_err(|error| StorageError::Corrupt {
-            location: format!("event {offset}"),
-            reason: error.to_string(),
-        }),
+        1 => postcard::from_bytes(body)
+            .map_err(|error| StorageError::Corrupt { location: format!("event {offset}"), reason: error.to_string() }),
         other => Err(StorageError::UnsupportedVersion(other)),
     }
 }
@@ -197,23 +199,15 @@ pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-pub(crate) fn decode_versioned<T: for<'de> Deserialize<'de>>(
-    location: &str,
-    bytes: &[u8],
-) -> Result<T> {
+pub(crate) fn decode_versioned<T: for<'de> Deserialize<'de>>(location: &str, bytes: &[u8]) -> Result<T> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(StorageError::Corrupt {
-            location: location.into(),
-            reason: "empty value".into(),
-        });
+        return Err(StorageError::Corrupt { location: location.into(), reason: "empty value".into() });
     };
     if version != 1 {
         return Err(StorageError::UnsupportedVersion(version));
     }
-    postcard::from_bytes(body).map_err(|error| StorageError::Corrupt {
-        location: location.into(),
-        reason: error.to_string(),
-    })
+    postcard::from_bytes(body)
+        .map_err(|error| StorageError::Corrupt { location: location.into(), reason: error.to_string() })
 }
 
 #[cfg(test)]
@@ -251,23 +245,14 @@ mod tests {
     fn unknown_version_is_refused_not_misread() {
         let mut bytes = encode_event(&sample());
         bytes[0] = 99;
-        assert!(matches!(
-            decode_event(0, &bytes),
-            Err(StorageError::UnsupportedVersion(99))
-        ));
-        assert!(matches!(
-            decode_event(0, &[]),
-            Err(StorageError::Corrupt { .. })
-        ));
+        assert!(matches!(decode_event(0, &bytes), Err(StorageError::UnsupportedVersion(99))));
+        assert!(matches!(decode_event(0, &[]), Err(StorageError::Corrupt { .. })));
     }
 
     const PINNED_V1_HEX: &str = "010001540b6469643a706c633a6162630105336b6162630114323032362d30312d30315430303a30303a30305a02010762616679726569000b696f2e617463722e746167066c617465737407626166797265630004a1616101";
 
     fn hex_decode(hex: &str) -> Vec<u8> {
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
@@ -275,13 +260,7 @@ mod tests {
         // A log written by this version must stay readable: pin the bytes of one event.
         let bytes = encode_event(&sample());
         let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-        assert_eq!(
-            hex, PINNED_V1_HEX,
-            "the v1 encoding changed: bump EVENT_ENCODING_VERSION and upcast"
-        );
-        assert_eq!(
-            decode_event(0, &hex_decode(PINNED_V1_HEX)).unwrap(),
-            sample()
-        );
+        assert_eq!(hex, PINNED_V1_HEX, "the v1 encoding changed: bump EVENT_ENCODING_VERSION and upcast");
+        assert_eq!(decode_event(0, &hex_decode(PINNED_V1_HEX)).unwrap(), sample());
     }
 }

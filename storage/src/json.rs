@@ -22,20 +22,15 @@ pub fn ipld_to_json(ipld: Ipld) -> Value {
             Ok(value) => Value::from(value),
             Err(_) => Value::String(value.to_string()),
         },
-        Ipld::Float(value) => serde_json::Number::from_f64(value)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+        Ipld::Float(value) => serde_json::Number::from_f64(value).map(Value::Number).unwrap_or(Value::Null),
         Ipld::String(value) => Value::String(value),
         Ipld::Bytes(value) => {
             json!({ "$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(value) })
         }
         Ipld::List(values) => Value::Array(values.into_iter().map(ipld_to_json).collect()),
-        Ipld::Map(entries) => Value::Object(
-            entries
-                .into_iter()
-                .map(|(key, value)| (key, ipld_to_json(value)))
-                .collect::<Map<_, _>>(),
-        ),
+        Ipld::Map(entries) => {
+            Value::Object(entries.into_iter().map(|(key, value)| (key, ipld_to_json(value))).collect::<Map<_, _>>())
+        }
         Ipld::Link(cid) => json!({ "$link": cid.to_string() }),
     }
 }
@@ -53,13 +48,7 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
     object.insert("received_at_us".into(), json!(event.received_at_us));
     object.insert("commit".into(), json!(event.commit_cid));
     match &event.body {
-        EventBody::RecordPut {
-            collection,
-            rkey,
-            cid,
-            action,
-            record,
-        } => {
+        EventBody::RecordPut { collection, rkey, cid, action, record } => {
             object.insert("collection".into(), json!(collection));
             object.insert("rkey".into(), json!(rkey));
             object.insert("cid".into(), json!(cid));
@@ -68,15 +57,10 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
                 PutAction::Update => "update",
             };
             object.insert("action".into(), json!(action));
-            let record =
-                dag_cbor_to_json(record).unwrap_or_else(|error| json!({ "$undecodable": error }));
+            let record = dag_cbor_to_json(record).unwrap_or_else(|error| json!({ "$undecodable": error }));
             object.insert("record".into(), record);
         }
-        EventBody::RecordDeleted {
-            collection,
-            rkey,
-            prev_cid,
-        } => {
+        EventBody::RecordDeleted { collection, rkey, prev_cid } => {
             object.insert("collection".into(), json!(collection));
             object.insert("rkey".into(), json!(rkey));
             object.insert("action".into(), json!("delete"));
@@ -89,11 +73,7 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
             object.insert("active".into(), json!(active));
             object.insert("status".into(), json!(status));
         }
-        EventBody::ManifestStored {
-            digest,
-            media_type,
-            size,
-        } => {
+        EventBody::ManifestStored { digest, media_type, size } => {
             object.insert("digest".into(), json!(digest));
             object.insert("media_type".into(), json!(media_type));
             object.insert("size".into(), json!(size));
@@ -112,25 +92,14 @@ mod tests {
     #[test]
     fn links_and_bytes_use_atproto_json_conventions() {
         // {"a": bytes[1,2], "l": CID link} built with the reference encoder's types.
-        let cid: ipld_core::cid::Cid =
-            "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
-                .parse()
-                .unwrap();
+        let cid: ipld_core::cid::Cid = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm".parse().unwrap();
         let value = Ipld::Map(
-            [
-                ("a".to_string(), Ipld::Bytes(vec![1, 2])),
-                ("l".to_string(), Ipld::Link(cid)),
-            ]
-            .into_iter()
-            .collect(),
+            [("a".to_string(), Ipld::Bytes(vec![1, 2])), ("l".to_string(), Ipld::Link(cid))].into_iter().collect(),
         );
         let bytes = serde_ipld_dagcbor::to_vec(&value).unwrap();
         let json = dag_cbor_to_json(&bytes).unwrap();
         assert_eq!(json["a"]["$bytes"], "AQI");
-        assert_eq!(
-            json["l"]["$link"],
-            "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
-        );
+        assert_eq!(json["l"]["$link"], "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm");
     }
 
     #[test]

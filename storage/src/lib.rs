@@ -14,9 +14,7 @@ pub mod log;
 pub mod writer;
 
 pub use error::{Result, StorageError};
-pub use event::{
-    Event, EventBody, PutAction, QuarantineEntry, Source, StoredEvent, StreamNote, StreamNoteKind,
-};
+pub use event::{Event, EventBody, PutAction, QuarantineEntry, Source, StoredEvent, StreamNote, StreamNoteKind};
 pub use log::{AppendBatch, AppendReceipt, EventLog, LogStats};
 pub use writer::{LogWriter, LogWriterTask};
 

@@ -12,19 +12,19 @@
 //! Only one process may write; any number may read (redb `SingleWriter` mode), so `atcr log
 //! tail` works while `atcr serve` runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use redb::{
-    ConcurrencyMode, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    ConcurrencyMode, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use tokio::sync::watch;
 
 use crate::error::{Result, StorageError};
 use crate::event::{
-    Event, QuarantineEntry, StoredEvent, StreamNote, StreamNoteKind, decode_event,
-    decode_versioned, encode_event, encode_versioned,
+    Event, QuarantineEntry, StoredEvent, StreamNote, StreamNoteKind, decode_event, decode_versioned, encode_event_into,
+    encode_versioned,
 };
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -120,10 +120,7 @@ impl EventLog {
             write.open_table(COUNTS)?;
         }
         write.commit()?;
-        let log = EventLog {
-            handle: Handle::Writable(database),
-            head: watch::Sender::new(0),
-        };
+        let log = EventLog { handle: Handle::Writable(database), head: watch::Sender::new(0) };
         let next = log.next_offset()?;
         log.head.send_replace(next);
         Ok(log)
@@ -141,10 +138,7 @@ impl EventLog {
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .open_read_only(path)
             .map_err(map_open_error)?;
-        let log = EventLog {
-            handle: Handle::ReadOnly(database),
-            head: watch::Sender::new(0),
-        };
+        let log = EventLog { handle: Handle::ReadOnly(database), head: watch::Sender::new(0) };
         let next = log.next_offset()?;
         log.head.send_replace(next);
         Ok(log)
@@ -202,22 +196,31 @@ impl EventLog {
             };
             let mut quarantine_id = next_key(&quarantine)?;
             let mut note_id = next_key(&notes)?;
-            let mut count_deltas: BTreeMap<String, u64> = BTreeMap::new();
+            // Counted per group, written once per key: no per-event key formatting.
+            let mut kind_deltas: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let mut collection_deltas: BTreeMap<String, u64> = BTreeMap::new();
+            let mut dids_seen: HashSet<String> = HashSet::new();
+            let mut encoded = Vec::with_capacity(512);
 
             for batch in batches {
                 let first_offset = offset;
                 let appended = batch.events.len();
                 for event in &batch.events {
-                    events.insert(offset, encode_event(event).as_slice())?;
-                    *count_deltas
-                        .entry(format!("kind/{}", event.body.kind()))
-                        .or_default() += 1;
+                    encode_event_into(event, &mut encoded);
+                    events.insert(offset, encoded.as_slice())?;
+                    *kind_deltas.entry(event.body.kind()).or_default() += 1;
                     if let Some(collection) = event.body.collection() {
-                        *count_deltas
-                            .entry(format!("collection/{collection}"))
-                            .or_default() += 1;
-                        if tracked_dids.get(event.did.as_str())?.is_none() {
-                            tracked_dids.insert(event.did.as_str(), offset)?;
+                        match collection_deltas.get_mut(collection) {
+                            Some(count) => *count += 1,
+                            None => {
+                                collection_deltas.insert(collection.to_string(), 1);
+                            }
+                        }
+                        if !dids_seen.contains(&event.did) {
+                            if tracked_dids.get(event.did.as_str())?.is_none() {
+                                tracked_dids.insert(event.did.as_str(), offset)?;
+                            }
+                            dids_seen.insert(event.did.clone());
                         }
                     }
                     offset += 1;
@@ -236,16 +239,13 @@ impl EventLog {
                 for (upstream, cursor) in &batch.cursors {
                     cursors.insert(upstream.as_str(), *cursor)?;
                 }
-                receipts.push(AppendReceipt {
-                    first_offset,
-                    appended,
-                });
+                receipts.push(AppendReceipt { first_offset, appended });
             }
-            for (key, delta) in count_deltas {
-                let current = counts
-                    .get(key.as_str())?
-                    .map(|value| value.value())
-                    .unwrap_or(0);
+            let deltas = kind_deltas.into_iter().map(|(kind, delta)| (format!("kind/{kind}"), delta)).chain(
+                collection_deltas.into_iter().map(|(collection, delta)| (format!("collection/{collection}"), delta)),
+            );
+            for (key, delta) in deltas {
+                let current = counts.get(key.as_str())?.map(|value| value.value()).unwrap_or(0);
                 counts.insert(key.as_str(), current + delta)?;
             }
             next_offset = offset;
@@ -295,10 +295,7 @@ impl EventLog {
         for entry in events.range(from..)?.take(limit) {
             let (key, value) = entry?;
             let offset = key.value();
-            out.push(StoredEvent {
-                offset,
-                event: decode_event(offset, value.value())?,
-            });
+            out.push(StoredEvent { offset, event: decode_event(offset, value.value())? });
         }
         Ok(out)
     }
@@ -343,10 +340,7 @@ impl EventLog {
         for entry in table.range(from..)?.take(limit) {
             let (key, value) = entry?;
             let id = key.value();
-            out.push((
-                id,
-                decode_versioned(&format!("quarantine {id}"), value.value())?,
-            ));
+            out.push((id, decode_versioned(&format!("quarantine {id}"), value.value())?));
         }
         Ok(out)
     }
@@ -358,10 +352,7 @@ impl EventLog {
         for entry in table.range(from..)?.take(limit) {
             let (key, value) = entry?;
             let id = key.value();
-            out.push((
-                id,
-                decode_versioned(&format!("stream note {id}"), value.value())?,
-            ));
+            out.push((id, decode_versioned(&format!("stream note {id}"), value.value())?));
         }
         Ok(out)
     }
@@ -384,9 +375,7 @@ impl EventLog {
             if let Some(kind) = key.strip_prefix("kind/") {
                 stats.by_kind.insert(kind.to_string(), value.value());
             } else if let Some(collection) = key.strip_prefix("collection/") {
-                stats
-                    .by_collection
-                    .insert(collection.to_string(), value.value());
+                stats.by_collection.insert(collection.to_string(), value.value());
             }
         }
         for entry in read.open_table(CURSORS)?.iter()? {

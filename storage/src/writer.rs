@@ -48,22 +48,15 @@ impl LogWriter {
     /// Appends a batch; resolves once it is durable.
     pub async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt> {
         let (reply, receipt) = oneshot::channel();
-        self.requests
-            .send((batch, reply))
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
+        self.requests.send((batch, reply)).await.map_err(|_| StorageError::WriterGone)?;
         receipt.await.map_err(|_| StorageError::WriterGone)?
     }
 
     /// Blocking variant for threads outside the async runtime.
     pub fn append_blocking(&self, batch: AppendBatch) -> Result<AppendReceipt> {
         let (reply, receipt) = oneshot::channel();
-        self.requests
-            .blocking_send((batch, reply))
-            .map_err(|_| StorageError::WriterGone)?;
-        receipt
-            .blocking_recv()
-            .map_err(|_| StorageError::WriterGone)?
+        self.requests.blocking_send((batch, reply)).map_err(|_| StorageError::WriterGone)?;
+        receipt.blocking_recv().map_err(|_| StorageError::WriterGone)?
     }
 }
 
@@ -93,10 +86,8 @@ fn run_writer(log: Arc<EventLog>, mut receiver: mpsc::Receiver<Request>) {
                 tracing::error!(%error, "event log append failed, stopping the writer");
                 let message = error.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(StorageError::Corrupt {
-                        location: "append".into(),
-                        reason: message.clone(),
-                    }));
+                    let _ =
+                        reply.send(Err(StorageError::Corrupt { location: "append".into(), reason: message.clone() }));
                 }
                 return;
             }
