@@ -72,6 +72,12 @@ pub enum EventBody {
     Resync {
         reason: String,
     },
+    /// A DID document as ingest resolved it (PLC directory or did:web), kept verbatim so views
+    /// can derive handle, PDS and hold endpoints and signing keys without the network.
+    /// (Appended after the v1 variants: postcard keeps older variant indexes valid.)
+    IdentityResolved {
+        document_json: String,
+    },
 }
 
 impl EventBody {
@@ -84,6 +90,7 @@ impl EventBody {
             EventBody::Account { .. } => "account",
             EventBody::ManifestStored { .. } => "manifest_stored",
             EventBody::Resync { .. } => "resync",
+            EventBody::IdentityResolved { .. } => "identity_resolved",
         }
     }
 

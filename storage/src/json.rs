@@ -81,6 +81,10 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
         EventBody::Resync { reason } => {
             object.insert("reason".into(), json!(reason));
         }
+        EventBody::IdentityResolved { document_json } => {
+            let document = serde_json::from_str(document_json).unwrap_or_else(|_| json!(document_json));
+            object.insert("document".into(), document);
+        }
     }
     Value::Object(object)
 }

@@ -7,10 +7,12 @@
 //!
 //! This crate knows nothing of HTTP, WebSockets or ATProto sync.
 
+pub mod content;
 pub mod error;
 pub mod event;
 pub mod json;
 pub mod log;
+pub mod records;
 pub mod writer;
 
 pub use error::{Result, StorageError};

@@ -34,6 +34,9 @@ const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine
 const NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_notes");
 const TRACKED_DIDS: TableDefinition<&str, u64> = TableDefinition::new("tracked_dids");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+/// Log consumers that append (enrichment): the next offset each will read, committed with
+/// what it appended.
+const CONSUMER_CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("consumer_checkpoints");
 
 /// Everything that must become durable together.
 #[derive(Debug, Default, Clone)]
@@ -45,6 +48,8 @@ pub struct AppendBatch {
     pub notes: Vec<StreamNote>,
     /// Upstream cursors reached by this batch, by upstream URL.
     pub cursors: Vec<(String, i64)>,
+    /// Log-consumer checkpoints reached by this batch, by consumer name.
+    pub checkpoints: Vec<(String, u64)>,
 }
 
 impl AppendBatch {
@@ -54,6 +59,7 @@ impl AppendBatch {
             && self.quarantine.is_empty()
             && self.notes.is_empty()
             && self.cursors.is_empty()
+            && self.checkpoints.is_empty()
     }
 
     /// Moves everything of `other` to the end of this batch (later cursors win).
@@ -63,6 +69,7 @@ impl AppendBatch {
         self.quarantine.extend(other.quarantine);
         self.notes.extend(other.notes);
         self.cursors.extend(other.cursors);
+        self.checkpoints.extend(other.checkpoints);
     }
 }
 
@@ -118,6 +125,7 @@ impl EventLog {
             write.open_table(NOTES)?;
             write.open_table(TRACKED_DIDS)?;
             write.open_table(COUNTS)?;
+            write.open_table(CONSUMER_CHECKPOINTS)?;
         }
         write.commit()?;
         let log = EventLog { handle: Handle::Writable(database), head: watch::Sender::new(0) };
@@ -189,6 +197,7 @@ impl EventLog {
             let mut notes = write.open_table(NOTES)?;
             let mut tracked_dids = write.open_table(TRACKED_DIDS)?;
             let mut counts = write.open_table(COUNTS)?;
+            let mut checkpoints = write.open_table(CONSUMER_CHECKPOINTS)?;
 
             let mut offset = match events.last()? {
                 Some((key, _)) => key.value() + 1,
@@ -238,6 +247,9 @@ impl EventLog {
                 }
                 for (upstream, cursor) in &batch.cursors {
                     cursors.insert(upstream.as_str(), *cursor)?;
+                }
+                for (consumer, offset) in &batch.checkpoints {
+                    checkpoints.insert(consumer.as_str(), *offset)?;
                 }
                 receipts.push(AppendReceipt { first_offset, appended });
             }
@@ -313,6 +325,13 @@ impl EventLog {
         let read = self.read_txn()?;
         let cursors = read.open_table(CURSORS)?;
         Ok(cursors.get(upstream)?.map(|value| value.value()))
+    }
+
+    /// Where a log consumer that appends (enrichment) left off.
+    pub fn consumer_checkpoint(&self, consumer: &str) -> Result<Option<u64>> {
+        let read = self.read_txn()?;
+        let checkpoints = read.open_table(CONSUMER_CHECKPOINTS)?;
+        Ok(checkpoints.get(consumer)?.map(|value| value.value()))
     }
 
     pub fn commit_block(&self, commit_cid: &str) -> Result<Option<Vec<u8>>> {

@@ -131,7 +131,8 @@ fn group_commit_keeps_every_producers_batch_whole_and_in_order() {
             scope.spawn(move || {
                 for round in 0..50 {
                     let did = format!("did:plc:p{producer}");
-                    let events = (0..3).map(|index| put(round * 3 + index, &did, &format!("r{round}-{index}"))).collect();
+                    let events =
+                        (0..3).map(|index| put(round * 3 + index, &did, &format!("r{round}-{index}"))).collect();
                     let receipt = writer.append_blocking(AppendBatch { events, ..AppendBatch::default() }).unwrap();
                     assert_eq!(receipt.appended, 3);
                 }
@@ -151,8 +152,11 @@ fn group_commit_keeps_every_producers_batch_whole_and_in_order() {
     }
     for producer in 0..8 {
         let did = format!("did:plc:p{producer}");
-        let seqs: Vec<_> =
-            events.iter().filter(|stored| stored.event.did == did).map(|stored| stored.event.upstream_seq.unwrap()).collect();
+        let seqs: Vec<_> = events
+            .iter()
+            .filter(|stored| stored.event.did == did)
+            .map(|stored| stored.event.upstream_seq.unwrap())
+            .collect();
         assert_eq!(seqs, (0..150).collect::<Vec<_>>());
     }
 }

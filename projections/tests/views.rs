@@ -1,0 +1,162 @@
+//! The registry views from a hand-made log: puts, moves, deletes, referrers, older shapes,
+//! stale revs, idempotent replays and rebuilds.
+
+use std::sync::Arc;
+
+use atcr_projections::{ProjectionRunner, Views};
+use atcr_storage::{AppendBatch, Event, EventBody, EventLog, PutAction, Source};
+use ipld_core::ipld;
+use ipld_core::ipld::Ipld;
+
+const ALICE: &str = "did:plc:alice";
+const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const IMAGE_V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const SBOM: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const LAYER: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+const CONFIG: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+
+fn cbor(value: Ipld) -> Vec<u8> {
+    serde_ipld_dagcbor::to_vec(&value).unwrap()
+}
+
+fn event(rev: &str, body: EventBody) -> Event {
+    Event {
+        source: Source::Firehose,
+        upstream_seq: None,
+        did: ALICE.into(),
+        rev: Some(rev.into()),
+        upstream_time: Some(format!("2026-01-01T00:00:{rev}Z")),
+        received_at_us: 0,
+        commit_cid: None,
+        body,
+    }
+}
+
+fn put(rev: &str, collection: &str, rkey: &str, record: Ipld) -> Event {
+    event(
+        rev,
+        EventBody::RecordPut {
+            collection: collection.into(),
+            rkey: rkey.into(),
+            cid: format!("cid-{rev}"),
+            action: PutAction::Create,
+            record: cbor(record),
+        },
+    )
+}
+
+fn delete(rev: &str, collection: &str, rkey: &str) -> Event {
+    event(rev, EventBody::RecordDeleted { collection: collection.into(), rkey: rkey.into(), prev_cid: None })
+}
+
+fn manifest(digest: &str, subject: Option<&str>) -> Ipld {
+    let mut record = ipld!({
+        "repository": "web/app", "digest": digest, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "schemaVersion": 2, "holdDid": "did:web:hold.example",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": CONFIG, "size": 100 },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": LAYER, "size": 1000 }],
+    });
+    if let (Some(subject), Ipld::Map(map)) = (subject, &mut record) {
+        map.insert(
+            "subject".into(),
+            ipld!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": 10 }),
+        );
+    }
+    record
+}
+
+fn tag(tag: &str, digest: &str) -> Ipld {
+    let hex = &digest[7..];
+    ipld!({ "repository": "web/app", "tag": tag, "manifest": format!("at://{ALICE}/io.atcr.manifest/{hex}") })
+}
+
+fn setup(events: Vec<Event>) -> (tempfile::TempDir, Arc<EventLog>, Arc<Views>) {
+    let directory = tempfile::tempdir().unwrap();
+    let log = Arc::new(EventLog::open(&directory.path().join("log.redb")).unwrap());
+    log.append(AppendBatch { events, ..AppendBatch::default() }).unwrap();
+    let views = Arc::new(Views::open(&directory.path().join("views.redb")).unwrap());
+    (directory, log, views)
+}
+
+fn scenario() -> Vec<Event> {
+    vec![
+        put("01", "io.atcr.manifest", &IMAGE[7..], manifest(IMAGE, None)),
+        put("02", "io.atcr.tag", "web~app_latest", tag("latest", IMAGE)),
+        put("03", "io.atcr.tag", "web~app_v1", tag("v1", IMAGE)),
+        put("04", "io.atcr.manifest", &SBOM[7..], manifest(SBOM, Some(IMAGE))),
+        put("05", "io.atcr.manifest", &IMAGE_V2[7..], manifest(IMAGE_V2, None)),
+        // latest moves to v2; v1 is deleted; an older-shape tag record points at the first image.
+        put("06", "io.atcr.tag", "web~app_latest", tag("latest", IMAGE_V2)),
+        delete("07", "io.atcr.tag", "web~app_v1"),
+        put(
+            "08",
+            "io.atcr.tag",
+            "legacy",
+            ipld!({ "repository": "web/app", "tag": "old", "manifestDigest": IMAGE, "createdAt": "2025-01-01T00:00:00Z" }),
+        ),
+        // A late, replayed commit (older rev) must not move latest back.
+        put("05", "io.atcr.tag", "web~app_latest", tag("latest", IMAGE)),
+        // Garbage is skipped, not fatal.
+        put("09", "io.atcr.tag", "bad", ipld!({ "repository": "web/app" })),
+    ]
+}
+
+#[test]
+fn views_follow_puts_moves_deletes_and_referrers() {
+    let (_directory, log, views) = setup(scenario());
+    let runner = ProjectionRunner::new(log.clone(), views.clone());
+    assert_eq!(runner.catch_up().unwrap(), 10);
+    assert_eq!(views.checkpoint().unwrap(), 10);
+
+    assert_eq!(views.tag(ALICE, "web/app", "latest").unwrap().unwrap().digest, IMAGE_V2, "the stale rev did not win");
+    assert!(views.tag(ALICE, "web/app", "v1").unwrap().is_none());
+    assert_eq!(views.tag(ALICE, "web/app", "old").unwrap().unwrap().digest, IMAGE);
+    assert_eq!(views.tags(ALICE, "web/app", None, 10).unwrap(), vec!["latest", "old"]);
+    assert_eq!(views.tags(ALICE, "web/app", Some("latest"), 10).unwrap(), vec!["old"]);
+
+    let image = views.manifest(ALICE, IMAGE).unwrap().unwrap();
+    assert_eq!(image.repository, "web/app");
+    assert_eq!(image.hold_did.as_deref(), Some("did:web:hold.example"));
+    let referrers = views.referrers(ALICE, IMAGE).unwrap();
+    assert_eq!(referrers.iter().map(|(digest, _)| digest.as_str()).collect::<Vec<_>>(), vec![SBOM]);
+    assert_eq!(views.blob_referrers(ALICE, "web/app", LAYER).unwrap().len(), 3);
+    assert!(views.blob_referrers(ALICE, "other", LAYER).unwrap().is_empty(), "blobs are scoped to their repository");
+    assert_eq!(views.repository(ALICE, "web/app").unwrap().unwrap().manifests, 3);
+    assert_eq!(views.repositories(None, 10).unwrap(), vec![(ALICE.to_string(), "web/app".to_string())]);
+
+    // Deleting the SBOM removes it from referrers and from the blob index.
+    log.append(AppendBatch { events: vec![delete("10", "io.atcr.manifest", &SBOM[7..])], ..AppendBatch::default() })
+        .unwrap();
+    runner.catch_up().unwrap();
+    assert!(views.referrers(ALICE, IMAGE).unwrap().is_empty());
+    assert_eq!(views.blob_referrers(ALICE, "web/app", LAYER).unwrap().len(), 2);
+    assert_eq!(views.repository(ALICE, "web/app").unwrap().unwrap().manifests, 2);
+}
+
+#[test]
+fn a_rebuild_from_offset_zero_gives_the_same_views() {
+    let (directory, log, views) = setup(scenario());
+    ProjectionRunner::new(log.clone(), views.clone()).catch_up().unwrap();
+    let rebuilt = Arc::new(Views::open(&directory.path().join("rebuilt.redb")).unwrap());
+    ProjectionRunner::new(log, rebuilt.clone()).catch_up().unwrap();
+    for tag in ["latest", "old", "v1"] {
+        assert_eq!(views.tag(ALICE, "web/app", tag).unwrap(), rebuilt.tag(ALICE, "web/app", tag).unwrap());
+    }
+    for digest in [IMAGE, IMAGE_V2, SBOM] {
+        assert_eq!(views.manifest(ALICE, digest).unwrap(), rebuilt.manifest(ALICE, digest).unwrap());
+    }
+}
+
+#[test]
+fn identities_come_from_resolved_did_documents() {
+    let document = r##"{"id":"did:plc:alice","alsoKnownAs":["at://alice.test"],"service":[{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"https://pds.example"}]}"##;
+    let resolved = Event {
+        source: Source::Enrichment,
+        rev: None,
+        ..event("01", EventBody::IdentityResolved { document_json: document.into() })
+    };
+    let (_directory, log, views) = setup(vec![resolved]);
+    ProjectionRunner::new(log, views.clone()).catch_up().unwrap();
+    assert_eq!(views.did_for_handle("Alice.Test").unwrap().as_deref(), Some(ALICE));
+    assert_eq!(views.identity(ALICE).unwrap().unwrap().pds_endpoint.as_deref(), Some("https://pds.example"));
+}

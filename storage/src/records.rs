@@ -1,0 +1,346 @@
+//! Typed `io.atcr.*` records, decoded from the DAG-CBOR bytes kept in the log.
+//!
+//! Records are untrusted input written by anyone, in every schema generation ATCR has
+//! published (see `shared/lexicons/SOURCE.md`): fields are optional unless nothing can be done
+//! without them, unknown fields are ignored, and older shapes are accepted:
+//! - `io.atcr.tag` with only the deprecated `manifestDigest` (and `createdAt`) instead of the
+//!   `manifest` AT-URI;
+//! - `io.atcr.sailor.star` whose `subject` is an object `{did, repository}` instead of an AT-URI;
+//! - `io.atcr.manifest` with `holdEndpoint` (a URL) instead of `holdDid`;
+//! - blob references in the legacy `{cid, mimeType}` form as well as `{$type: blob, ref, …}`.
+
+use std::collections::BTreeMap;
+
+use ipld_core::cid::Cid;
+use ipld_core::ipld::Ipld;
+use serde::Deserialize;
+
+pub const MANIFEST: &str = "io.atcr.manifest";
+pub const TAG: &str = "io.atcr.tag";
+pub const STAR: &str = "io.atcr.sailor.star";
+pub const PROFILE: &str = "io.atcr.sailor.profile";
+pub const REPO_PAGE: &str = "io.atcr.repo.page";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {collection} record: {reason}")]
+pub struct RecordError {
+    pub collection: &'static str,
+    pub reason: String,
+}
+
+fn invalid(collection: &'static str, reason: impl Into<String>) -> RecordError {
+    RecordError { collection, reason: reason.into() }
+}
+
+/// A blob reference inside a record (`manifestBlob`, `avatar`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub cid: String,
+    pub mime_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// An OCI descriptor as a record carries it (`config`, `layers[]`, `subject`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub digest: String,
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Platform {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub os_version: Option<String>,
+}
+
+/// A child of an index (`manifests[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestRef {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub digest: String,
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub repository: String,
+    pub digest: String,
+    pub media_type: String,
+    pub created_at: Option<String>,
+    pub manifest_blob: Option<BlobRef>,
+    pub config: Option<Descriptor>,
+    pub layers: Vec<Descriptor>,
+    pub manifests: Vec<ManifestRef>,
+    pub subject: Option<Descriptor>,
+    pub annotations: BTreeMap<String, String>,
+    pub hold_did: Option<String>,
+    pub hold_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestWire {
+    repository: String,
+    digest: String,
+    media_type: String,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    manifest_blob: Option<Ipld>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<ManifestRef>>,
+    #[serde(default)]
+    subject: Option<Descriptor>,
+    #[serde(default)]
+    annotations: Option<Ipld>,
+    #[serde(default)]
+    hold_did: Option<String>,
+    #[serde(default)]
+    hold_endpoint: Option<String>,
+}
+
+fn decode<'a, T: Deserialize<'a>>(collection: &'static str, bytes: &'a [u8]) -> Result<T, RecordError> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|error| invalid(collection, error.to_string()))
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
+fn string_map(value: Option<Ipld>) -> BTreeMap<String, String> {
+    let Some(Ipld::Map(entries)) = value else { return BTreeMap::new() };
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| match value {
+            Ipld::String(text) => Some((key, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn blob_ref(value: Ipld) -> Option<BlobRef> {
+    let Ipld::Map(entries) = value else { return None };
+    let mime_type = match entries.get("mimeType") {
+        Some(Ipld::String(mime)) => Some(mime.clone()),
+        _ => None,
+    };
+    let size = match entries.get("size") {
+        Some(Ipld::Integer(size)) => u64::try_from(*size).ok(),
+        _ => None,
+    };
+    let cid = match (entries.get("ref"), entries.get("cid")) {
+        (Some(Ipld::Link(cid)), _) => cid.to_string(),
+        (_, Some(Ipld::String(cid))) => cid.parse::<Cid>().ok()?.to_string(),
+        _ => return None,
+    };
+    Some(BlobRef { cid, mime_type, size })
+}
+
+impl ManifestRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: ManifestWire = decode(MANIFEST, bytes)?;
+        if !is_sha256_digest(&wire.digest) {
+            return Err(invalid(MANIFEST, format!("digest {:?} is not sha256:<64 hex>", wire.digest)));
+        }
+        if wire.repository.is_empty() {
+            return Err(invalid(MANIFEST, "empty repository"));
+        }
+        Ok(ManifestRecord {
+            repository: wire.repository,
+            digest: wire.digest,
+            media_type: wire.media_type,
+            created_at: wire.created_at,
+            manifest_blob: wire.manifest_blob.and_then(blob_ref),
+            config: wire.config,
+            layers: wire.layers.unwrap_or_default(),
+            manifests: wire.manifests.unwrap_or_default(),
+            subject: wire.subject,
+            annotations: string_map(wire.annotations),
+            hold_did: wire.hold_did,
+            hold_endpoint: wire.hold_endpoint,
+        })
+    }
+
+    pub fn is_index(&self) -> bool {
+        self.media_type.contains("index") || self.media_type.contains("manifest.list")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub repository: String,
+    pub tag: String,
+    /// The digest the tag points to, from `manifest` (AT-URI whose rkey is the digest's hex)
+    /// or the deprecated `manifestDigest`.
+    pub digest: String,
+    pub media_type: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TagWire {
+    repository: String,
+    tag: String,
+    #[serde(default)]
+    manifest: Option<String>,
+    #[serde(default)]
+    manifest_digest: Option<String>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl TagRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: TagWire = decode(TAG, bytes)?;
+        let from_uri = wire.manifest.as_deref().and_then(|uri| {
+            let rkey = uri.strip_prefix("at://")?.split('/').nth(2)?;
+            let digest = if rkey.starts_with("sha256:") { rkey.to_string() } else { format!("sha256:{rkey}") };
+            is_sha256_digest(&digest).then_some(digest)
+        });
+        let digest = from_uri
+            .or_else(|| wire.manifest_digest.filter(|digest| is_sha256_digest(digest)))
+            .ok_or_else(|| invalid(TAG, "neither `manifest` nor `manifestDigest` names a sha256 manifest"))?;
+        if wire.tag.is_empty() || wire.repository.is_empty() {
+            return Err(invalid(TAG, "empty tag or repository"));
+        }
+        Ok(TagRecord {
+            repository: wire.repository,
+            tag: wire.tag,
+            digest,
+            media_type: wire.media_type,
+            updated_at: wire.updated_at.or(wire.created_at),
+        })
+    }
+}
+
+/// What a star points at: a repository, named by its owner and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StarRecord {
+    pub subject_did: String,
+    pub subject_repository: String,
+    pub created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StarWire {
+    subject: Ipld,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl StarRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: StarWire = decode(STAR, bytes)?;
+        let (did, repository) = match wire.subject {
+            // at://did/io.atcr.repo.page/<repository>
+            Ipld::String(uri) => {
+                let mut parts = uri.strip_prefix("at://").unwrap_or(&uri).splitn(3, '/');
+                let did = parts.next().unwrap_or_default().to_string();
+                let _collection = parts.next();
+                let repository = parts.next().unwrap_or_default().to_string();
+                (did, repository)
+            }
+            Ipld::Map(entries) => {
+                let text = |key: &str| match entries.get(key) {
+                    Some(Ipld::String(value)) => value.clone(),
+                    _ => String::new(),
+                };
+                (text("did"), text("repository"))
+            }
+            _ => (String::new(), String::new()),
+        };
+        if !did.starts_with("did:") || repository.is_empty() {
+            return Err(invalid(STAR, "subject does not name a repository"));
+        }
+        Ok(StarRecord { subject_did: did, subject_repository: repository, created_at: wire.created_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipld_core::ipld;
+
+    fn cbor(value: Ipld) -> Vec<u8> {
+        serde_ipld_dagcbor::to_vec(&value).unwrap()
+    }
+
+    const DIGEST: &str = "sha256:b7cf38f057d9ace9033c883199bbc66e7ea90c44123463617b61f3fbd6603922";
+
+    #[test]
+    fn tags_resolve_from_the_uri_or_the_deprecated_digest() {
+        let modern = cbor(ipld!({
+            "$type": "io.atcr.tag", "repository": "hello", "tag": "latest",
+            "manifest": "at://did:plc:abc/io.atcr.manifest/b7cf38f057d9ace9033c883199bbc66e7ea90c44123463617b61f3fbd6603922",
+        }));
+        assert_eq!(TagRecord::decode(&modern).unwrap().digest, DIGEST);
+        let legacy = cbor(
+            ipld!({ "repository": "hello", "tag": "v1", "manifestDigest": DIGEST, "createdAt": "2025-01-01T00:00:00Z" }),
+        );
+        let legacy = TagRecord::decode(&legacy).unwrap();
+        assert_eq!((legacy.digest.as_str(), legacy.updated_at.as_deref()), (DIGEST, Some("2025-01-01T00:00:00Z")));
+        let hostile = cbor(ipld!({ "repository": "hello", "tag": "x", "manifestDigest": "sha256:../../etc/passwd" }));
+        assert!(TagRecord::decode(&hostile).is_err());
+    }
+
+    #[test]
+    fn stars_accept_both_subject_shapes() {
+        let modern = cbor(ipld!({ "subject": "at://did:plc:abc/io.atcr.repo.page/web/nginx-mini" }));
+        let star = StarRecord::decode(&modern).unwrap();
+        assert_eq!((star.subject_did.as_str(), star.subject_repository.as_str()), ("did:plc:abc", "web/nginx-mini"));
+        let legacy = cbor(ipld!({ "subject": { "did": "did:plc:abc", "repository": "hello" } }));
+        assert_eq!(StarRecord::decode(&legacy).unwrap().subject_repository, "hello");
+        assert!(StarRecord::decode(&cbor(ipld!({ "subject": 5 }))).is_err());
+    }
+
+    #[test]
+    fn manifests_keep_blob_refs_and_refuse_bad_digests() {
+        let cid: Cid = "bafkreifxz44pav6zvtuqgpeiggm3xrtop2uqyrasgrrwc63b6p55mybzei".parse().unwrap();
+        let record = cbor(ipld!({
+            "repository": "hello", "digest": DIGEST, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "schemaVersion": 2,
+            "manifestBlob": { "$type": "blob", "ref": cid, "mimeType": "application/vnd.oci.image.manifest.v1+json", "size": 904 },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": DIGEST, "size": 10 }],
+            "annotations": { "org.opencontainers.image.title": "hello", "weird": 5 },
+            "holdEndpoint": "https://hold.example",
+        }));
+        let manifest = ManifestRecord::decode(&record).unwrap();
+        assert_eq!(manifest.manifest_blob.as_ref().unwrap().cid, cid.to_string());
+        assert_eq!(manifest.layers.len(), 1);
+        assert_eq!(manifest.annotations.len(), 1, "non-string annotations are dropped");
+        assert_eq!(manifest.hold_endpoint.as_deref(), Some("https://hold.example"));
+        let bad = cbor(ipld!({ "repository": "hello", "digest": "md5:abc", "mediaType": "x" }));
+        assert!(ManifestRecord::decode(&bad).is_err());
+    }
+}
