@@ -34,11 +34,7 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Ingest {
-            corpus,
-            repeat,
-            runs,
-        } => bench_ingest(corpus, repeat, runs).await,
+        BenchCommand::Ingest { corpus, repeat, runs } => bench_ingest(corpus, repeat, runs).await,
     }
 }
 
@@ -46,16 +42,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 /// increasing positions so the replay server's cursor logic holds, while atcr's dedup by seq
 /// would drop the repeats: so each repeat is a separate upstream run of the same frames.
 async fn bench_ingest(corpus: PathBuf, repeat: usize, runs: usize) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&corpus)
-        .with_context(|| format!("cannot read corpus {}", corpus.display()))?;
+    let bytes = std::fs::read(&corpus).with_context(|| format!("cannot read corpus {}", corpus.display()))?;
     let frames = split_frames(&bytes).map_err(|error| anyhow::anyhow!("{error}"))?;
     let recorded: Vec<RecordedFrame> = frames
         .iter()
         .map(|bytes| RecordedFrame {
-            seq: decode_frame(bytes)
-                .ok()
-                .and_then(|frame| frame.seq())
-                .unwrap_or(0),
+            seq: decode_frame(bytes).ok().and_then(|frame| frame.seq()).unwrap_or(0),
             bytes: bytes.to_vec(),
         })
         .collect();
@@ -73,12 +65,7 @@ async fn bench_ingest(corpus: PathBuf, repeat: usize, runs: usize) -> anyhow::Re
             let mut config = FirehoseConfig::new(server.url());
             config.start_cursor = Some(0);
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(run_firehose(
-                config,
-                log.clone(),
-                writer.clone(),
-                shutdown.clone(),
-            ));
+            let task = tokio::spawn(run_firehose(config, log.clone(), writer.clone(), shutdown.clone()));
             let key = server.url();
             let deadline = Instant::now() + Duration::from_secs(120);
             while log.cursor(&key)? != Some(head) {

@@ -1,5 +1,6 @@
 //! Configuration: defaults < TOML file < `ATCR_*` environment < command-line flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -23,6 +24,13 @@ pub struct Config {
     pub reset_cursor: bool,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// PLC directory for `did:plc` documents.
+    pub plc_directory: String,
+    /// Development only: let outbound fetches (DID documents, PDS blobs) reach loopback over
+    /// plain http. Never set this in production.
+    pub dev_allow_loopback: bool,
+    /// Holds atcr serves itself: hold DID → directory with `sha256/<hex>` blob files.
+    pub local_holds: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -41,6 +49,9 @@ impl Default for Config {
             start_cursor: None,
             reset_cursor: false,
             log_format: LogFormat::Text,
+            plc_directory: "https://plc.directory".into(),
+            dev_allow_loopback: false,
+            local_holds: BTreeMap::new(),
         }
     }
 }
@@ -48,6 +59,14 @@ impl Default for Config {
 impl Config {
     pub fn log_path(&self) -> PathBuf {
         self.data_dir.join("log.redb")
+    }
+
+    pub fn views_path(&self) -> PathBuf {
+        self.data_dir.join("views.redb")
+    }
+
+    pub fn content_path(&self) -> PathBuf {
+        self.data_dir.join("content")
     }
 }
 
@@ -87,24 +106,42 @@ pub struct IngestFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reset_cursor: bool,
+    /// PLC directory URL for did:plc documents [env: ATCR_PLC_DIRECTORY] [default: https://plc.directory].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plc_directory: Option<String>,
+    /// Development only: allow outbound fetches to loopback over http [env: ATCR_DEV_ALLOW_LOOPBACK].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dev_allow_loopback: bool,
+    /// Serve a hold's blobs from a local directory (`sha256/<hex>` files): DID=DIR, repeatable.
+    #[arg(long = "local-hold", value_name = "DID=DIR", value_parser = parse_local_hold)]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_holds")]
+    pub local_holds: Vec<(String, PathBuf)>,
+}
+
+fn parse_local_hold(text: &str) -> Result<(String, PathBuf), String> {
+    let (did, directory) = text.split_once('=').ok_or("expected DID=DIR")?;
+    if !did.starts_with("did:") {
+        return Err(format!("{did:?} is not a DID"));
+    }
+    Ok((did.to_string(), PathBuf::from(directory)))
+}
+
+fn serialize_holds<S: serde::Serializer>(holds: &[(String, PathBuf)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(holds.iter().map(|(did, directory)| (did, directory)))
 }
 
 pub fn load(flags: &ConfigFlags, ingest: Option<&IngestFlags>) -> anyhow::Result<Config> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     match &flags.config {
         Some(path) => {
-            anyhow::ensure!(
-                path.exists(),
-                "config file {} does not exist",
-                path.display()
-            );
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file(path));
         }
         None => figment = figment.merge(Toml::file("atcr.toml")),
     }
-    figment = figment
-        .merge(Env::prefixed("ATCR_"))
-        .merge(Serialized::defaults(flags));
+    figment = figment.merge(Env::prefixed("ATCR_")).merge(Serialized::defaults(flags));
     if let Some(ingest) = ingest {
         figment = figment.merge(Serialized::defaults(ingest));
     }

@@ -7,29 +7,71 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
 use atcr_ingest::corpus::split_frames;
+use atcr_ingest::enrich::{FetchError, Fetcher};
 use atcr_ingest::frame::decode_frame;
+use atcr_storage::content::sha256_hex_of_cid;
 
 use crate::config::Config;
 use crate::serve;
 
 /// The recorded demo firehose (see fixtures/demo/README.md for what it contains).
 const DEMO_FIREHOSE: &[u8] = include_bytes!("../fixtures/demo/firehose.bin");
+/// The DID documents the local PLC served while recording.
+const DEMO_DIDS: &str = include_str!("../fixtures/demo/dids.json");
+/// The holds the demo's manifests name; atcr serves their blobs from `fixtures/demo/blobs`.
+const DEMO_HOLDS: [&str; 2] = ["did:web:hold.demo.test", "did:web:hold2.demo.test"];
+
+fn demo_blobs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/blobs")
+}
+
+/// Enrichment for the demo: the recorded DID documents and blob files instead of a PLC and a
+/// PDS. Everything downstream (events, views, the pull path) is the production code.
+struct RecordedFetcher {
+    documents: HashMap<String, String>,
+    blobs: PathBuf,
+}
+
+impl RecordedFetcher {
+    fn load() -> anyhow::Result<Self> {
+        let documents: HashMap<String, serde_json::Value> = serde_json::from_str(DEMO_DIDS)?;
+        let mut documents: HashMap<String, String> =
+            documents.into_iter().map(|(did, document)| (did, document.to_string())).collect();
+        for hold in DEMO_HOLDS {
+            // The demo holds exist only here; their documents name no endpoint.
+            documents.insert(hold.to_string(), serde_json::json!({ "id": hold }).to_string());
+        }
+        let blobs = demo_blobs_dir();
+        anyhow::ensure!(blobs.is_dir(), "demo blobs not found at {} (run from a checkout)", blobs.display());
+        Ok(RecordedFetcher { documents, blobs })
+    }
+}
+
+impl Fetcher for RecordedFetcher {
+    async fn did_document(&self, did: &str) -> Result<String, FetchError> {
+        self.documents.get(did).cloned().ok_or(FetchError::NotFound)
+    }
+
+    async fn blob(&self, _pds: &str, _did: &str, cid: &str) -> Result<Vec<u8>, FetchError> {
+        let hex = sha256_hex_of_cid(cid).ok_or(FetchError::NotFound)?;
+        std::fs::read(self.blobs.join("sha256").join(hex)).map_err(|_| FetchError::NotFound)
+    }
+}
 
 pub fn demo_frames() -> anyhow::Result<Vec<RecordedFrame>> {
-    let frames =
-        split_frames(DEMO_FIREHOSE).map_err(|error| anyhow::anyhow!("demo firehose: {error}"))?;
+    let frames = split_frames(DEMO_FIREHOSE).map_err(|error| anyhow::anyhow!("demo firehose: {error}"))?;
     let mut recorded = Vec::with_capacity(frames.len());
     for (index, bytes) in frames.into_iter().enumerate() {
         let seq = decode_frame(bytes)
             .ok()
             .and_then(|frame| frame.seq())
             .with_context(|| format!("demo frame {index} has no seq"))?;
-        recorded.push(RecordedFrame {
-            seq,
-            bytes: bytes.to_vec(),
-        });
+        recorded.push(RecordedFrame { seq, bytes: bytes.to_vec() });
     }
     Ok(recorded)
 }
@@ -44,17 +86,27 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
     config.data_dir = config.data_dir.join("demo");
     let log_path = config.log_path();
     if log_path.exists() {
-        std::fs::remove_file(&log_path)
-            .with_context(|| format!("cannot reset {}", log_path.display()))?;
+        std::fs::remove_file(&log_path).with_context(|| format!("cannot reset {}", log_path.display()))?;
+    }
+    let views_path = config.views_path();
+    if views_path.exists() {
+        std::fs::remove_file(&views_path).with_context(|| format!("cannot reset {}", views_path.display()))?;
     }
     config.upstream = Some(upstream.url());
     config.start_cursor = Some(0);
+    for hold in DEMO_HOLDS {
+        config.local_holds.insert(hold.to_string(), demo_blobs_dir());
+    }
     let firehose = serve::firehose_config(&config);
-    let running = serve::start(&config, firehose).await?;
+    let running = serve::start(&config, firehose, RecordedFetcher::load()?).await?;
 
     let started = Instant::now();
     let key = upstream.url();
     while running.log.cursor(&key)? != Some(head) && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Enrichment and the views follow the log; wait until the views have caught up.
+    while running.views.checkpoint()? < running.log.next_offset()? && started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let stats = running.log.stats()?;
@@ -68,8 +120,9 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
     for (collection, count) in &stats.by_collection {
         println!("  {collection:<28} {count}");
     }
+    println!("status page: http://{}/   (Ctrl-C to stop)", running.address);
     println!(
-        "status page: http://{}/   (Ctrl-C to stop)",
+        "pull:        skopeo copy --src-tls-verify=false docker://{}/alice.test/hello:latest oci:/tmp/hello:latest",
         running.address
     );
     running.run_until_stopped().await

@@ -45,8 +45,8 @@ pub enum LogCommand {
 
 fn open(config: &Config) -> anyhow::Result<LogQuery> {
     let path = config.log_path();
-    let log = EventLog::open_read_only(&path)
-        .with_context(|| format!("cannot read the event log at {}", path.display()))?;
+    let log =
+        EventLog::open_read_only(&path).with_context(|| format!("cannot read the event log at {}", path.display()))?;
     Ok(LogQuery::new(Arc::new(log)))
 }
 
@@ -60,20 +60,9 @@ pub async fn run(config: Config, command: LogCommand) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match command {
-        LogCommand::Tail {
-            from,
-            did,
-            collection,
-            limit,
-            follow,
-        } => {
+        LogCommand::Tail { from, did, collection, limit, follow } => {
             let mut remaining = limit.unwrap_or(usize::MAX);
-            let mut filter = EventFilter {
-                from,
-                limit: 0,
-                did,
-                collection,
-            };
+            let mut filter = EventFilter { from, limit: 0, did, collection };
             loop {
                 filter.limit = remaining.min(1000);
                 if filter.limit == 0 {
@@ -101,9 +90,7 @@ pub async fn run(config: Config, command: LogCommand) -> anyhow::Result<()> {
             }
         }
         LogCommand::Show { offset } => {
-            let event = query
-                .event(offset)?
-                .with_context(|| format!("no event at offset {offset}"))?;
+            let event = query.event(offset)?.with_context(|| format!("no event at offset {offset}"))?;
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&event)?);
         }
         LogCommand::Quarantine { from, limit } => {

@@ -13,11 +13,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigFlags, IngestFlags, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "atcr",
-    version,
-    about = "AppView for ATCR, the ATProto Container Registry"
-)]
+#[command(name = "atcr", version, about = "AppView for ATCR, the ATProto Container Registry")]
 struct Cli {
     #[command(flatten)]
     flags: ConfigFlags,
@@ -47,9 +43,7 @@ enum Command {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ATCR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -70,9 +64,7 @@ fn main() -> anyhow::Result<()> {
     #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(_) => runtime.block_on(serve::serve(config)),
         Command::Demo => runtime.block_on(demo::demo(config)),

@@ -1,41 +1,61 @@
-//! `atcr serve`: the log, its single writer, firehose ingest and the HTTP server, started
-//! together and stopped together.
+//! `atcr serve`: the log and its single writer, firehose ingest, enrichment, the projection
+//! runner and the HTTP server, started together and stopped together.
 //!
-//! Shutdown order matters: stop accepting frames, let ingest append what it already holds,
-//! stop HTTP, then drop the last writer handle and join the writer thread so the final group
-//! commit is durable before the process exits.
+//! Shutdown order matters: cancel every task (ingest appends what it already holds first),
+//! wait for them, then drop the last writer handle and join the writer thread so the final
+//! group commit is durable before the process exits. A task that stops on its own (our
+//! storage failed, upstream refused our cursor) stops the whole process with its error.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::future::select_all;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use atcr_ingest::enrich::{Enricher, Fetcher, HttpFetcher};
+use atcr_ingest::policy::UrlPolicy;
 use atcr_ingest::{FirehoseConfig, run_firehose};
-use atcr_query::LogQuery;
+use atcr_projections::{ProjectionRunner, Views};
+use atcr_query::{LogQuery, RegistryQuery};
+use atcr_storage::blobs::BlobBackend;
+use atcr_storage::content::ContentStore;
 use atcr_storage::{EventLog, LogWriter};
 use atcr_web::AppState;
 
 use crate::config::Config;
 
+type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
+
 /// A running atcr: what `serve` and `demo` share.
 pub struct Running {
     pub log: Arc<EventLog>,
+    pub views: Arc<Views>,
     pub address: SocketAddr,
     shutdown: CancellationToken,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
-    ingest: Option<tokio::task::JoinHandle<Result<(), atcr_ingest::IngestError>>>,
+    tasks: Vec<Task>,
     writer_task: atcr_storage::LogWriterTask,
 }
 
-pub async fn start(config: &Config, upstream: Option<FirehoseConfig>) -> anyhow::Result<Running> {
+pub async fn start<F: Fetcher>(
+    config: &Config,
+    upstream: Option<FirehoseConfig>,
+    fetcher: F,
+) -> anyhow::Result<Running> {
     let log_path = config.log_path();
     let log = Arc::new(
-        EventLog::open(&log_path)
-            .with_context(|| format!("cannot open the event log at {}", log_path.display()))?,
+        EventLog::open(&log_path).with_context(|| format!("cannot open the event log at {}", log_path.display()))?,
     );
+    let views = Arc::new(
+        Views::open(&config.views_path())
+            .with_context(|| format!("cannot open the views at {}", config.views_path().display()))?,
+    );
+    let content = Arc::new(ContentStore::open(&config.content_path())?);
     let (writer, writer_task) = LogWriter::start(log.clone());
     let shutdown = CancellationToken::new();
+    let mut tasks: Vec<Task> = Vec::new();
 
     let metrics = match atcr_web::install_metrics_recorder() {
         Ok(handle) => Some(handle),
@@ -44,80 +64,87 @@ pub async fn start(config: &Config, upstream: Option<FirehoseConfig>) -> anyhow:
             None
         }
     };
-    let app = atcr_web::router(AppState {
-        query: LogQuery::new(log.clone()),
-        metrics,
-    });
+    let local_holds: HashMap<String, BlobBackend> = config
+        .local_holds
+        .iter()
+        .map(|(did, root)| (did.clone(), BlobBackend::Filesystem { root: root.clone() }))
+        .collect();
+    let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
+    let app = atcr_web::router(AppState { query: LogQuery::new(log.clone()), registry: Some(registry), metrics });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
+    tasks.push((
+        "http",
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await?;
+            Ok(())
+        }),
+    ));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "serving");
 
-    let ingest = upstream.map(|firehose| {
-        tokio::spawn(run_firehose(
-            firehose,
-            log.clone(),
-            writer,
-            shutdown.clone(),
-        ))
-    });
-    Ok(Running {
-        log,
-        address,
-        shutdown,
-        http,
-        ingest,
-        writer_task,
-    })
+    let runner = ProjectionRunner::new(log.clone(), views.clone());
+    let stop = shutdown.clone();
+    tasks.push(("projections", tokio::spawn(async move { Ok(runner.run(stop).await?) })));
+
+    let enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher);
+    let stop = shutdown.clone();
+    tasks.push(("enrichment", tokio::spawn(async move { Ok(enricher.run(stop).await?) })));
+
+    if let Some(firehose) = upstream {
+        let (log, stop) = (log.clone(), shutdown.clone());
+        tasks.push(("ingest", tokio::spawn(async move { Ok(run_firehose(firehose, log, writer, stop).await?) })));
+    }
+    Ok(Running { log, views, address, shutdown, tasks, writer_task })
+}
+
+pub fn http_fetcher(config: &Config) -> anyhow::Result<HttpFetcher> {
+    let policy = UrlPolicy { allow_loopback: config.dev_allow_loopback };
+    if config.dev_allow_loopback {
+        tracing::warn!("--dev-allow-loopback: outbound fetches may reach loopback over http (development only)");
+    }
+    Ok(HttpFetcher::new(&config.plc_directory, policy)?)
 }
 
 impl Running {
-    /// Waits for Ctrl-C / SIGTERM or for ingest to stop on its own, then shuts down cleanly.
+    /// Waits for Ctrl-C / SIGTERM or for a task to stop on its own, then shuts down cleanly.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let ingest_result = match self.ingest.as_mut() {
-            Some(ingest) => tokio::select! {
-                _ = shutdown_signal() => None,
-                result = ingest => Some(result),
-            },
-            None => {
-                shutdown_signal().await;
-                None
-            }
+        let handles: Vec<_> = self.tasks.iter_mut().map(|(_, handle)| handle).collect();
+        let early = tokio::select! {
+            _ = shutdown_signal() => None,
+            (result, index, _) = select_all(handles) => Some((index, result)),
         };
-        if ingest_result.is_some() {
-            self.ingest = None;
+        let mut failure = None;
+        if let Some((index, result)) = early {
+            let (name, _) = self.tasks.remove(index);
+            failure = Some(match result {
+                Ok(Ok(())) => anyhow::anyhow!("{name} stopped unexpectedly"),
+                Ok(Err(error)) => error.context(format!("{name} stopped")),
+                Err(error) => anyhow::anyhow!("{name} task failed: {error}"),
+            });
         }
-        let outcome = self.stop().await;
-        match ingest_result {
-            Some(Ok(Ok(()))) | None => outcome,
-            Some(Ok(Err(error))) => Err(anyhow::Error::new(error).context("ingest stopped")),
-            Some(Err(error)) => Err(anyhow::anyhow!("ingest task failed: {error}")),
+        self.stop().await?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.shutdown.cancel();
-        if let Some(ingest) = self.ingest {
-            match ingest.await {
+        for (name, handle) in self.tasks {
+            match handle.await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "ingest stopped with an error"),
-                Err(error) => tracing::error!(%error, "ingest task failed"),
+                Ok(Err(error)) => {
+                    tracing::error!(task = name, error = format!("{error:#}"), "task stopped with an error")
+                }
+                Err(error) => tracing::error!(task = name, %error, "task failed"),
             }
         }
-        match self.http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "http server failed"),
-            Err(error) => tracing::error!(%error, "http task failed"),
-        }
-        // Every writer handle is gone with ingest; the writer drains and exits.
+        // Every writer handle is gone with its tasks; the writer drains and exits.
         tokio::task::spawn_blocking(move || self.writer_task.join()).await?;
         tracing::info!("stopped");
         Ok(())
@@ -135,11 +162,10 @@ pub fn firehose_config(config: &Config) -> Option<FirehoseConfig> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let firehose = firehose_config(&config);
     if firehose.is_none() {
-        tracing::warn!(
-            "no upstream configured (--upstream / ATCR_UPSTREAM): serving the log without ingesting"
-        );
+        tracing::warn!("no upstream configured (--upstream / ATCR_UPSTREAM): serving the log without ingesting");
     }
-    start(&config, firehose).await?.run_until_stopped().await
+    let fetcher = http_fetcher(&config)?;
+    start(&config, firehose, fetcher).await?.run_until_stopped().await
 }
 
 async fn shutdown_signal() {

@@ -98,10 +98,7 @@ enum QueueItem {
     Frame { bytes: tokio_tungstenite::tungstenite::Bytes, received_at_us: i64 },
     /// The connection ended; answer with the cursor to resume from once everything before is
     /// handled.
-    Disconnected {
-        oversized: Option<usize>,
-        resume_at: oneshot::Sender<Option<i64>>,
-    },
+    Disconnected { oversized: Option<usize>, resume_at: oneshot::Sender<Option<i64>> },
 }
 
 /// Runs until `shutdown` is cancelled (returns `Ok`) or ingest cannot go on (returns the

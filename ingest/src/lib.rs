@@ -2,15 +2,19 @@
 //!
 //! - [`frame`]: decode a `subscribeRepos` frame, filter to `io.atcr.*`, extract records;
 //! - [`process`]: frames → an append batch (events, quarantine, notes, cursor);
-//! - [`firehose`]: the WebSocket client with reconnects, backoff and a bounded queue.
+//! - [`firehose`]: the WebSocket client with reconnects, backoff and a bounded queue;
+//! - [`enrich`]: DID documents and manifest bytes fetched once, appended as events;
+//! - [`policy`]: which outbound URLs taken from user data may be fetched.
 //!
 //! Ingest writes only to the event log (through its single writer) and knows nothing of
 //! projections or HTTP serving.
 
 pub mod corpus;
+pub mod enrich;
 pub mod firehose;
 pub mod frame;
 pub mod metrics;
+pub mod policy;
 pub mod process;
 
 pub use firehose::{FirehoseConfig, IngestError, run_firehose};

@@ -30,11 +30,7 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn matches(&self, stored: &StoredEvent) -> bool {
-        if self
-            .did
-            .as_deref()
-            .is_some_and(|did| did != stored.event.did)
-        {
+        if self.did.as_deref().is_some_and(|did| did != stored.event.did) {
             return false;
         }
         match self.collection.as_deref() {
@@ -117,17 +113,10 @@ impl LogQuery {
     }
 
     pub fn event(&self, offset: u64) -> Result<Option<Value>, QueryError> {
-        Ok(self
-            .log
-            .event(offset)?
-            .map(|event| event_to_json(offset, &event)))
+        Ok(self.log.event(offset)?.map(|event| event_to_json(offset, &event)))
     }
 
-    pub fn quarantine(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<QuarantineSummary>, QueryError> {
+    pub fn quarantine(&self, from: u64, limit: usize) -> Result<Vec<QuarantineSummary>, QueryError> {
         Ok(self
             .log
             .quarantine(from, limit)?
@@ -154,19 +143,16 @@ impl LogQuery {
             .map(|stored| event_to_json(stored.offset, &stored.event))
             .collect();
         recent_events.reverse();
-        let recent_quarantine =
-            self.quarantine(log.quarantined.saturating_sub(recent as u64), recent)?;
+        let recent_quarantine = self.quarantine(log.quarantined.saturating_sub(recent as u64), recent)?;
         let stream_notes = self
             .log
             .notes(log.stream_notes.saturating_sub(recent as u64), recent)?
             .into_iter()
             .map(|(_, note)| note)
             .collect();
-        Ok(StatusReport {
-            log,
-            recent_events,
-            recent_quarantine,
-            stream_notes,
-        })
+        Ok(StatusReport { log, recent_events, recent_quarantine, stream_notes })
     }
 }
+
+pub mod registry;
+pub use registry::{BlobLocation, BlobServe, Manifest, RegistryError, RegistryQuery, RepositoryRef};

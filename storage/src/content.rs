@@ -28,6 +28,16 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     out
 }
 
+/// The sha256 hex inside a CID whose multihash is sha2-256 (ATProto blob CIDs of OCI content
+/// carry the OCI digest this way).
+pub fn sha256_hex_of_cid(cid: &str) -> Option<String> {
+    let cid: ipld_core::cid::Cid = cid.parse().ok()?;
+    if cid.hash().code() != 0x12 || cid.hash().size() != 32 {
+        return None;
+    }
+    Some(cid.hash().digest().iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
     #[error("{0:?} is not a sha256 digest")]

@@ -7,6 +7,7 @@
 //!
 //! This crate knows nothing of HTTP, WebSockets or ATProto sync.
 
+pub mod blobs;
 pub mod content;
 pub mod error;
 pub mod event;

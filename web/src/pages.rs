@@ -36,30 +36,13 @@ fn field<'a>(event: &'a Value, name: &str) -> &'a str {
 fn what(event: &Value) -> String {
     match field(event, "kind") {
         "record_put" | "record_deleted" => {
-            format!(
-                "{} {}/{}",
-                field(event, "action"),
-                field(event, "collection"),
-                field(event, "rkey")
-            )
+            format!("{} {}/{}", field(event, "action"), field(event, "collection"), field(event, "rkey"))
         }
         "identity" => format!("identity {}", field(event, "handle")),
         "account" => format!(
             "account {}{}",
-            if event
-                .get("active")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
-                "active"
-            } else {
-                "inactive"
-            },
-            event
-                .get("status")
-                .and_then(Value::as_str)
-                .map(|status| format!(" ({status})"))
-                .unwrap_or_default()
+            if event.get("active").and_then(Value::as_bool).unwrap_or(false) { "active" } else { "inactive" },
+            event.get("status").and_then(Value::as_str).map(|status| format!(" ({status})")).unwrap_or_default()
         ),
         other => other.to_string(),
     }

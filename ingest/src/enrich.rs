@@ -1,0 +1,351 @@
+//! Enrichment: the facts atcr must fetch itself, appended to the log as events with source
+//! `enrichment`, so that projections (and the pull path) never touch the network.
+//!
+//! A log consumer with its own checkpoint (committed with what it appends). For every DID that
+//! appears with an `io.atcr.*` record, and every hold DID a manifest names, it resolves the DID
+//! document once per run (again after `#identity`) and appends `IdentityResolved`. For every
+//! manifest record it fetches the `manifestBlob` from the owner's PDS
+//! (`com.atproto.sync.getBlob`), checks its sha256 against the record's `digest`, stores it in
+//! the content store and appends `ManifestStored`. A failure is logged and retried with
+//! exponential backoff; bytes that do not match are never stored, so never served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use atcr_storage::content::{ContentError, ContentStore, sha256_digest};
+use atcr_storage::records::{self, ManifestRecord};
+use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, Source, StorageError, now_micros};
+
+use crate::policy::UrlPolicy;
+
+/// The consumer name its checkpoint is stored under.
+pub const CONSUMER: &str = "enrichment";
+/// Manifests larger than this are not fetched (OCI registries commonly cap at 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+const MAX_ATTEMPTS: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("refused by the outbound URL policy: {0}")]
+    Policy(String),
+    #[error("{0}")]
+    Http(String),
+    #[error("response over {0} bytes")]
+    TooLarge(usize),
+    #[error("not found")]
+    NotFound,
+}
+
+/// Where enrichment gets DID documents and blobs. Production uses [`HttpFetcher`]; the demo
+/// serves recorded files.
+pub trait Fetcher: Send + Sync + 'static {
+    fn did_document(&self, did: &str) -> impl Future<Output = Result<String, FetchError>> + Send;
+    fn blob(&self, pds: &str, did: &str, cid: &str) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
+}
+
+/// DID documents from a PLC directory (`did:plc`) or `https://<host>/.well-known/did.json`
+/// (`did:web`), blobs from `<pds>/xrpc/com.atproto.sync.getBlob`. Every URL passes the
+/// [`UrlPolicy`] first; responses are size-capped and time-limited.
+pub struct HttpFetcher {
+    client: reqwest::Client,
+    plc_directory: String,
+    policy: UrlPolicy,
+}
+
+impl HttpFetcher {
+    pub fn new(plc_directory: &str, policy: UrlPolicy) -> Result<Self, FetchError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("atcr/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| FetchError::Http(error.to_string()))?;
+        Ok(HttpFetcher { client, plc_directory: plc_directory.trim_end_matches('/').to_string(), policy })
+    }
+
+    async fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, FetchError> {
+        self.policy.check(url).map_err(FetchError::Policy)?;
+        let mut response = self.client.get(url).send().await.map_err(|error| FetchError::Http(error.to_string()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(FetchError::NotFound);
+        }
+        if !response.status().is_success() {
+            return Err(FetchError::Http(format!("{url} answered {}", response.status())));
+        }
+        if response.content_length().is_some_and(|length| length > limit as u64) {
+            return Err(FetchError::TooLarge(limit));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| FetchError::Http(error.to_string()))? {
+            if body.len() + chunk.len() > limit {
+                return Err(FetchError::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// The URL of a DID's document, or why there is none.
+pub fn did_document_url(plc_directory: &str, did: &str) -> Result<String, FetchError> {
+    if let Some(rest) = did.strip_prefix("did:plc:") {
+        if rest.is_empty() || !rest.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+            return Err(FetchError::Policy(format!("malformed did:plc {did:?}")));
+        }
+        return Ok(format!("{plc_directory}/{did}"));
+    }
+    if let Some(rest) = did.strip_prefix("did:web:") {
+        // did:web:host%3Aport — a port is percent-encoded; paths (`:`) are not allowed in atproto.
+        let host = rest.replace("%3A", ":").replace("%3a", ":");
+        if host.is_empty() || host.contains(['/', '?', '#', '@', '%']) || rest.contains(':') {
+            return Err(FetchError::Policy(format!("malformed did:web {did:?}")));
+        }
+        let scheme = if host.starts_with("localhost") || host.starts_with("127.") { "http" } else { "https" };
+        return Ok(format!("{scheme}://{host}/.well-known/did.json"));
+    }
+    Err(FetchError::Policy(format!("unsupported DID method in {did:?}")))
+}
+
+impl Fetcher for HttpFetcher {
+    async fn did_document(&self, did: &str) -> Result<String, FetchError> {
+        let url = did_document_url(&self.plc_directory, did)?;
+        let bytes = self.get(&url, 64 * 1024).await?;
+        String::from_utf8(bytes).map_err(|_| FetchError::Http("DID document is not UTF-8".into()))
+    }
+
+    async fn blob(&self, pds: &str, did: &str, cid: &str) -> Result<Vec<u8>, FetchError> {
+        if !cid.bytes().all(|byte| byte.is_ascii_alphanumeric())
+            || !did.bytes().all(|byte| byte.is_ascii_graphic() && byte != b'&' && byte != b'#')
+        {
+            return Err(FetchError::Policy("malformed did or cid".into()));
+        }
+        let url = format!("{}/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}", pds.trim_end_matches('/'));
+        self.get(&url, MAX_MANIFEST_BYTES).await
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Job {
+    Resolve { did: String },
+    FetchManifest { did: String, digest: String, media_type: String, cid: String },
+}
+
+struct Pending {
+    job: Job,
+    attempts: u32,
+    due: Instant,
+}
+
+pub struct Enricher<F: Fetcher> {
+    log: Arc<EventLog>,
+    writer: LogWriter,
+    content: Arc<ContentStore>,
+    fetcher: F,
+    /// DID → (document JSON, PDS endpoint) resolved during this run.
+    resolved: HashMap<String, (String, Option<String>)>,
+    /// Jobs not done yet, by the log offset that asked for them.
+    pending: BTreeMap<(u64, u32), Pending>,
+    next_job: u32,
+}
+
+impl<F: Fetcher> Enricher<F> {
+    pub fn new(log: Arc<EventLog>, writer: LogWriter, content: Arc<ContentStore>, fetcher: F) -> Self {
+        Enricher { log, writer, content, fetcher, resolved: HashMap::new(), pending: BTreeMap::new(), next_job: 0 }
+    }
+
+    /// Runs until `shutdown`; an error of our own storage stops it.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StorageError> {
+        let mut head = self.log.subscribe();
+        let mut next = self.log.consumer_checkpoint(CONSUMER)?.unwrap_or(0);
+        loop {
+            let events = self.log.read_from(next, 512)?;
+            let mut batch = AppendBatch::default();
+            for stored in &events {
+                self.plan(stored.offset, &stored.event);
+                next = stored.offset + 1;
+            }
+            self.work(&mut batch, &shutdown).await;
+            // Resume from the oldest unfinished job after a restart; everything before is done.
+            let checkpoint = self.pending.keys().next().map_or(next, |(offset, _)| *offset);
+            let changed = !batch.events.is_empty() || self.log.consumer_checkpoint(CONSUMER)? != Some(checkpoint);
+            if changed {
+                batch.checkpoints.push((CONSUMER.to_string(), checkpoint));
+                self.writer.append(batch).await?;
+            }
+            if !events.is_empty() {
+                continue;
+            }
+            let wait = self
+                .pending
+                .values()
+                .map(|pending| pending.due.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = head.changed() => if changed.is_err() { return Ok(()) },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn add(&mut self, offset: u64, job: Job) {
+        self.next_job = self.next_job.wrapping_add(1);
+        self.pending.insert((offset, self.next_job), Pending { job, attempts: 0, due: Instant::now() });
+    }
+
+    /// Decides what an event asks for.
+    fn plan(&mut self, offset: u64, event: &Event) {
+        match &event.body {
+            EventBody::RecordPut { collection, record, .. } if collection.starts_with("io.atcr.") => {
+                if !self.resolved.contains_key(&event.did) && !self.is_pending_resolve(&event.did) {
+                    self.add(offset, Job::Resolve { did: event.did.clone() });
+                }
+                if collection != records::MANIFEST {
+                    return;
+                }
+                let Ok(manifest) = ManifestRecord::decode(record) else { return };
+                if let Some(hold) = &manifest.hold_did
+                    && !self.resolved.contains_key(hold)
+                    && !self.is_pending_resolve(hold)
+                {
+                    self.add(offset, Job::Resolve { did: hold.clone() });
+                }
+                match manifest.manifest_blob {
+                    Some(blob) if !self.content.contains(&manifest.digest) => self.add(
+                        offset,
+                        Job::FetchManifest {
+                            did: event.did.clone(),
+                            digest: manifest.digest,
+                            media_type: manifest.media_type,
+                            cid: blob.cid,
+                        },
+                    ),
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!(offset, did = %event.did, digest = %manifest.digest, "manifest record has no manifestBlob")
+                    }
+                }
+            }
+            EventBody::Identity { .. } => {
+                self.resolved.remove(&event.did);
+                self.add(offset, Job::Resolve { did: event.did.clone() });
+            }
+            _ => {}
+        }
+    }
+
+    fn is_pending_resolve(&self, did: &str) -> bool {
+        self.pending.values().any(|pending| matches!(&pending.job, Job::Resolve { did: other } if other == did))
+    }
+
+    /// Runs every job that is due, in log order: a manifest fetch waits for its owner's DID.
+    async fn work(&mut self, batch: &mut AppendBatch, shutdown: &CancellationToken) {
+        let due: Vec<(u64, u32)> =
+            self.pending.iter().filter(|(_, pending)| pending.due <= Instant::now()).map(|(key, _)| *key).collect();
+        for key in due {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let Some(pending) = self.pending.get(&key) else { continue };
+            let job = pending.job.clone();
+            match self.perform(&job, batch).await {
+                Ok(()) => {
+                    self.pending.remove(&key);
+                }
+                Err(reason) => {
+                    let Some(pending) = self.pending.get_mut(&key) else { continue };
+                    pending.attempts += 1;
+                    if pending.attempts >= MAX_ATTEMPTS {
+                        tracing::error!(?job, %reason, attempts = pending.attempts, "enrichment gave up");
+                        metrics::counter!("atcr_enrichment_given_up_total").increment(1);
+                        self.pending.remove(&key);
+                    } else {
+                        let delay =
+                            Duration::from_millis(500u64 << pending.attempts.min(10)).min(Duration::from_secs(300));
+                        tracing::warn!(?job, %reason, attempt = pending.attempts, retry_in_ms = delay.as_millis() as u64, "enrichment failed, will retry");
+                        metrics::counter!("atcr_enrichment_failures_total").increment(1);
+                        pending.due = Instant::now() + delay;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn perform(&mut self, job: &Job, batch: &mut AppendBatch) -> Result<(), String> {
+        match job {
+            Job::Resolve { did } => {
+                let document =
+                    self.fetcher.did_document(did).await.map_err(|error| format!("resolving {did}: {error}"))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&document).map_err(|error| format!("DID document of {did}: {error}"))?;
+                if value.get("id").and_then(|id| id.as_str()) != Some(did.as_str()) {
+                    return Err(format!("DID document served for {did} names another id"));
+                }
+                let pds = value
+                    .get("service")
+                    .and_then(|services| services.as_array())
+                    .and_then(|services| {
+                        services.iter().find(|service| {
+                            service.get("id").and_then(|id| id.as_str()).is_some_and(|id| id.ends_with("#atproto_pds"))
+                        })
+                    })
+                    .and_then(|service| service.get("serviceEndpoint"))
+                    .and_then(|endpoint| endpoint.as_str())
+                    .map(|endpoint| endpoint.trim_end_matches('/').to_string());
+                let unchanged = self.resolved.get(did).is_some_and(|(known, _)| *known == document);
+                self.resolved.insert(did.clone(), (document.clone(), pds));
+                if !unchanged {
+                    batch.events.push(enrichment_event(did, EventBody::IdentityResolved { document_json: document }));
+                }
+                Ok(())
+            }
+            Job::FetchManifest { did, digest, media_type, cid } => {
+                if self.content.contains(digest) {
+                    return Ok(());
+                }
+                let Some((_, pds)) = self.resolved.get(did) else {
+                    return Err(format!("owner {did} is not resolved yet"));
+                };
+                let Some(pds) = pds.clone() else { return Err(format!("{did} has no PDS endpoint")) };
+                let bytes =
+                    self.fetcher.blob(&pds, did, cid).await.map_err(|error| format!("fetching {digest}: {error}"))?;
+                match self.content.put(digest, &bytes) {
+                    Ok(()) => {
+                        batch.events.push(enrichment_event(
+                            did,
+                            EventBody::ManifestStored {
+                                digest: digest.clone(),
+                                media_type: media_type.clone(),
+                                size: bytes.len() as u64,
+                            },
+                        ));
+                        Ok(())
+                    }
+                    Err(ContentError::DigestMismatch { .. }) => {
+                        Err(format!("manifest blob {cid} of {did} hashes to {}, not {digest}", sha256_digest(&bytes)))
+                    }
+                    Err(error) => Err(format!("storing {digest}: {error}")),
+                }
+            }
+        }
+    }
+}
+
+fn enrichment_event(did: &str, body: EventBody) -> Event {
+    Event {
+        source: Source::Enrichment,
+        upstream_seq: None,
+        did: did.to_string(),
+        rev: None,
+        upstream_time: None,
+        received_at_us: now_micros(),
+        commit_cid: None,
+        body,
+    }
+}
