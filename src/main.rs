@@ -43,7 +43,9 @@ enum Command {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ATCR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colors only for a person at a terminal, never in files, pipes or CI logs.
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colors);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -51,8 +51,11 @@ fn start_demo() -> Demo {
     panic!("atcr demo did not serve alice.test/hello:latest within 60 s");
 }
 
-/// A tiny blocking HTTP/1.1 GET over loopback: (status, headers lowercased, body).
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// Status, headers (names lowercased) and body of a response.
+type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A tiny blocking HTTP/1.1 GET over loopback.
+fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -201,4 +204,80 @@ fn corrupted_manifest_bytes_are_never_served() {
     let (status, _, body) = get(demo.port, "/v2/bob.test/tools/cli/manifests/latest", &[]).unwrap();
     assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
     assert!(!body.windows(bytes.len().min(20)).any(|window| window == &bytes[..bytes.len().min(20)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_oci_client_pulls_by_tag_and_digest() {
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    use oci_client::manifest::OciManifest;
+    use oci_client::secrets::RegistryAuth;
+    use oci_client::{Client, Reference};
+
+    #[allow(deprecated)] // ring: see src/main.rs
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let demo = tokio::task::spawn_blocking(start_demo).await.unwrap();
+    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() });
+    let hello = expected_digest("alice.test", "hello", "latest");
+    for reference in [
+        format!("127.0.0.1:{}/alice.test/hello:latest", demo.port),
+        format!("127.0.0.1:{}/alice.test/hello@{hello}", demo.port),
+    ] {
+        let reference: Reference = reference.parse().unwrap();
+        let (manifest, digest) = client.pull_manifest(&reference, &RegistryAuth::Anonymous).await.unwrap();
+        assert_eq!(digest, hello, "{reference}");
+        let OciManifest::Image(image) = manifest else { panic!("an image manifest") };
+        // Every layer and the config come back with the bytes their digests promise.
+        for descriptor in image.layers.iter().chain(std::iter::once(&image.config)) {
+            let mut bytes = Vec::new();
+            client.pull_blob(&reference, descriptor, &mut bytes).await.unwrap();
+            assert_eq!(atcr_storage::content::sha256_digest(&bytes), descriptor.digest);
+        }
+    }
+    let index = expected_digest("alice.test", "web/nginx-mini", "latest");
+    let reference: Reference = format!("127.0.0.1:{}/alice.test/web/nginx-mini:latest", demo.port).parse().unwrap();
+    let (manifest, digest) = client.pull_manifest(&reference, &RegistryAuth::Anonymous).await.unwrap();
+    assert_eq!(digest, index);
+    let OciManifest::ImageIndex(index) = manifest else { panic!("a multi-arch index") };
+    let platforms: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|entry| {
+            entry.platform.as_ref().map(|platform| format!("{}/{}", platform.os, platform.architecture))
+        })
+        .collect();
+    assert!(
+        platforms.contains(&"linux/amd64".to_string()) && platforms.contains(&"linux/arm64".to_string()),
+        "{platforms:?}"
+    );
+}
+
+#[test]
+fn podman_pulls_by_tag_and_digest() {
+    let found = Command::new("podman").arg("--version").output().is_ok_and(|output| output.status.success());
+    if !found {
+        println!("SKIP: podman not installed (fixtures/test-all.sh installs it)");
+        return;
+    }
+    let demo = start_demo();
+    let store = tempfile::tempdir().unwrap();
+    let podman = |args: &[&str]| {
+        let output = Command::new("podman")
+            .args(["--storage-driver", "vfs", "--root"])
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(args)
+            .env_remove("AWS_CA_BUNDLE")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let hello = expected_digest("alice.test", "hello", "latest");
+    let by_tag = format!("127.0.0.1:{}/alice.test/hello:latest", demo.port);
+    podman(&["pull", "--tls-verify=false", &by_tag]);
+    assert_eq!(podman(&["image", "inspect", "--format", "{{.Digest}}", &by_tag]), hello);
+    let by_digest = format!("127.0.0.1:{}/alice.test/hello@{hello}", demo.port);
+    podman(&["pull", "--tls-verify=false", &by_digest]);
+    assert_eq!(podman(&["image", "inspect", "--format", "{{.Digest}}", &by_digest]), hello);
 }

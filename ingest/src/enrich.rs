@@ -254,7 +254,13 @@ impl<F: Fetcher> Enricher<F> {
             }
             let Some(pending) = self.pending.get(&key) else { continue };
             let job = pending.job.clone();
-            match self.perform(&job, batch).await {
+            // A slow upstream must not hold up shutdown: abandon the job, it is still pending
+            // (and before the checkpoint), so the next run does it again.
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcome = self.perform(&job, batch) => outcome,
+            };
+            match outcome {
                 Ok(()) => {
                     self.pending.remove(&key);
                 }
