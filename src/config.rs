@@ -31,6 +31,55 @@ pub struct Config {
     pub dev_allow_loopback: bool,
     /// Holds atcr serves itself: hold DID → directory with `sha256/<hex>` blob files.
     pub local_holds: BTreeMap<String, PathBuf>,
+    /// Holds atcr serves itself from an S3-compatible bucket, by hold DID: pulls are redirected
+    /// to presigned URLs (signed for the request's method).
+    pub s3_holds: BTreeMap<String, S3HoldConfig>,
+}
+
+/// `[s3_holds."did:web:hold.example"]` in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct S3HoldConfig {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub key_prefix: String,
+    #[serde(default = "default_path_style")]
+    pub path_style: bool,
+    /// Seconds a presigned URL stays valid.
+    #[serde(default = "default_presign_seconds")]
+    pub presign_expiry_seconds: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_path_style() -> bool {
+    true
+}
+
+fn default_presign_seconds() -> u64 {
+    15 * 60
+}
+
+impl S3HoldConfig {
+    pub fn to_storage(&self) -> atcr_storage::blobs::S3Config {
+        let mut config = atcr_storage::blobs::S3Config::new(
+            self.endpoint.clone(),
+            self.bucket.clone(),
+            self.access_key_id.clone(),
+            self.secret_access_key.clone(),
+        );
+        config.region = self.region.clone();
+        config.key_prefix = self.key_prefix.clone();
+        config.path_style = self.path_style;
+        config.presign_expiry = std::time::Duration::from_secs(self.presign_expiry_seconds);
+        config
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -52,6 +101,7 @@ impl Default for Config {
             plc_directory: "https://plc.directory".into(),
             dev_allow_loopback: false,
             local_holds: BTreeMap::new(),
+            s3_holds: BTreeMap::new(),
         }
     }
 }

@@ -20,7 +20,7 @@ use atcr_ingest::policy::UrlPolicy;
 use atcr_ingest::{FirehoseConfig, run_firehose};
 use atcr_projections::{ProjectionRunner, Views};
 use atcr_query::{LogQuery, RegistryQuery};
-use atcr_storage::blobs::BlobBackend;
+use atcr_storage::blobs::{BlobBackend, S3Backend};
 use atcr_storage::content::ContentStore;
 use atcr_storage::{EventLog, LogWriter};
 use atcr_web::AppState;
@@ -64,11 +64,15 @@ pub async fn start<F: Fetcher>(
             None
         }
     };
-    let local_holds: HashMap<String, BlobBackend> = config
+    let mut local_holds: HashMap<String, BlobBackend> = config
         .local_holds
         .iter()
         .map(|(did, root)| (did.clone(), BlobBackend::Filesystem { root: root.clone() }))
         .collect();
+    for (did, s3) in &config.s3_holds {
+        let backend = S3Backend::new(s3.to_storage()).with_context(|| format!("S3 hold {did}"))?;
+        local_holds.insert(did.clone(), BlobBackend::S3(backend));
+    }
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
     let app = atcr_web::router(AppState { query: LogQuery::new(log.clone()), registry: Some(registry), metrics });
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -155,4 +155,5 @@ impl LogQuery {
 }
 
 pub mod registry;
+pub use atcr_storage::blobs::BlobMethod;
 pub use registry::{BlobLocation, BlobServe, Manifest, RegistryError, RegistryQuery, RepositoryRef};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use atcr_projections::{ProjectionError, Views};
-use atcr_storage::blobs::{BlobAccess, BlobBackend};
+use atcr_storage::blobs::{BlobAccess, BlobBackend, BlobMethod};
 use atcr_storage::content::{ContentError, ContentStore};
 use atcr_storage::records::is_sha256_digest;
 use serde_json::{Value, json};
@@ -177,11 +177,18 @@ impl RegistryQuery {
 
     /// Decides how to hand out a blob: a local backend for holds atcr serves, else a redirect
     /// to the hold's `com.atproto.sync.getBlob`.
-    pub fn serve_blob(&self, repository: &RepositoryRef, digest: &str) -> Result<BlobServe, RegistryError> {
+    /// `method` matters for presigned URLs: a GET-signed URL fails a HEAD on real S3.
+    pub fn serve_blob(
+        &self,
+        repository: &RepositoryRef,
+        digest: &str,
+        method: BlobMethod,
+    ) -> Result<BlobServe, RegistryError> {
         let location = self.blob(repository, digest)?;
         if let Some(backend) = location.hold_did.as_ref().and_then(|hold| self.local_holds.get(hold)) {
-            return match backend.locate(digest) {
+            return match backend.locate(digest, method) {
                 Some(BlobAccess::File(path)) => Ok(BlobServe::File { path, digest: location.digest }),
+                Some(BlobAccess::Redirect(url)) => Ok(BlobServe::Redirect { url, digest: location.digest }),
                 None => Err(RegistryError::BlobUnknown(format!("{digest} is not in the local hold"))),
             };
         }

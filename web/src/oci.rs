@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceExt;
 
-use atcr_query::{BlobServe, RegistryError, RegistryQuery};
+use atcr_query::{BlobMethod, BlobServe, RegistryError, RegistryQuery};
 
 use crate::AppState;
 
@@ -262,9 +262,10 @@ impl AsRef<[u8]> for ArcBytes {
 
 async fn blob(registry: RegistryQuery, name: &str, digest: &str, request: Request) -> Result<Response, OciError> {
     let (name, digest) = (name.to_string(), digest.to_string());
+    let method = if request.method() == Method::HEAD { BlobMethod::Head } else { BlobMethod::Get };
     let serve = blocking(move || {
         let repository = registry.resolve(&name)?;
-        registry.serve_blob(&repository, &digest)
+        registry.serve_blob(&repository, &digest, method)
     })
     .await?;
     match serve {
@@ -274,6 +275,8 @@ async fn blob(registry: RegistryQuery, name: &str, digest: &str, request: Reques
             })?;
             let mut headers = HeaderMap::new();
             headers.insert(header::LOCATION, location);
+            // The target may be a presigned URL that expires: never let a cache keep it.
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             headers.insert(
                 "docker-content-digest",
                 HeaderValue::from_str(&digest).unwrap_or(HeaderValue::from_static("")),
