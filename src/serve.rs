@@ -73,6 +73,7 @@ pub async fn start<F: Fetcher>(
         let backend = S3Backend::new(s3.to_storage()).with_context(|| format!("S3 hold {did}"))?;
         local_holds.insert(did.clone(), BlobBackend::S3(backend));
     }
+    let local_hold_dids: Vec<String> = local_holds.keys().cloned().collect();
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
     let app = atcr_web::router(AppState { query: LogQuery::new(log.clone()), registry: Some(registry), metrics });
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -93,7 +94,7 @@ pub async fn start<F: Fetcher>(
     let stop = shutdown.clone();
     tasks.push(("projections", tokio::spawn(async move { Ok(runner.run(stop).await?) })));
 
-    let enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher);
+    let enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher).with_local_holds(local_hold_dids);
     let stop = shutdown.clone();
     tasks.push(("enrichment", tokio::spawn(async move { Ok(enricher.run(stop).await?) })));
 

@@ -9,7 +9,7 @@
 //! the content store and appends `ManifestStored`. A failure is logged and retried with
 //! exponential backoff; bytes that do not match are never stored, so never served.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,11 +151,28 @@ pub struct Enricher<F: Fetcher> {
     /// Jobs not done yet, by the log offset that asked for them.
     pending: BTreeMap<(u64, u32), Pending>,
     next_job: u32,
+    /// Hold DIDs atcr serves itself: nothing to resolve for them.
+    local_holds: HashSet<String>,
 }
 
 impl<F: Fetcher> Enricher<F> {
     pub fn new(log: Arc<EventLog>, writer: LogWriter, content: Arc<ContentStore>, fetcher: F) -> Self {
-        Enricher { log, writer, content, fetcher, resolved: HashMap::new(), pending: BTreeMap::new(), next_job: 0 }
+        Enricher {
+            log,
+            writer,
+            content,
+            fetcher,
+            resolved: HashMap::new(),
+            pending: BTreeMap::new(),
+            next_job: 0,
+            local_holds: HashSet::new(),
+        }
+    }
+
+    /// Holds served from local backends need no DID resolution (and must not cause a fetch).
+    pub fn with_local_holds(mut self, holds: impl IntoIterator<Item = String>) -> Self {
+        self.local_holds = holds.into_iter().collect();
+        self
     }
 
     /// Runs until `shutdown`; an error of our own storage stops it.
@@ -211,6 +228,7 @@ impl<F: Fetcher> Enricher<F> {
                 }
                 let Ok(manifest) = ManifestRecord::decode(record) else { return };
                 if let Some(hold) = &manifest.hold_did
+                    && !self.local_holds.contains(hold)
                     && !self.resolved.contains_key(hold)
                     && !self.is_pending_resolve(hold)
                 {

@@ -440,7 +440,7 @@ const ATCR_ENV: &[&str] = &[
     "ATCR_CONFIG",
 ];
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -489,6 +489,8 @@ pub struct Atcr {
     pub port: u16,
     /// How many times `serve` was started (the output of run N is `serve-N.log`).
     pub runs: u32,
+    /// More `atcr serve` arguments (e.g. `--local-hold`, `--config`).
+    pub extra_args: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -509,6 +511,7 @@ impl Atcr {
             child: None,
             port: 0,
             runs: 0,
+            extra_args: Vec::new(),
             http: http_client(),
         })
     }
@@ -545,6 +548,7 @@ impl Atcr {
         if let Some(cursor) = self.start_cursor {
             command.arg("--start-cursor").arg(cursor.to_string());
         }
+        command.args(&self.extra_args);
         for name in ATCR_ENV {
             command.env_remove(name);
         }
