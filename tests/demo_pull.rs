@@ -3,11 +3,15 @@
 //! recorded in `fixtures/demo/summary.json`. Also the pull path's errors and its refusal to
 //! serve corrupted bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod clients;
+
+use clients::{has_tool, oci_client_pull, podman_pull, skopeo_pull};
 
 const ATCR: &str = env!("CARGO_BIN_EXE_atcr");
 
@@ -101,39 +105,15 @@ fn expected_digest(owner: &str, repository: &str, tag: &str) -> String {
         .to_string()
 }
 
-fn skopeo() -> Option<PathBuf> {
-    let found = Command::new("skopeo").arg("--version").output().is_ok_and(|output| output.status.success());
-    if !found {
-        println!("SKIP: skopeo not installed (fixtures/test-all.sh installs it)");
-        return None;
-    }
-    Some(PathBuf::from("skopeo"))
-}
-
-fn oci_layout_digest(layout: &Path) -> String {
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn skopeo_pulls_single_and_multi_arch_images_by_tag_and_digest() {
-    let Some(skopeo) = skopeo() else { return };
+    if !has_tool("skopeo") {
+        return;
+    }
     let demo = start_demo();
     let out = tempfile::tempdir().unwrap();
     let pull = |reference: &str, layout: &str, all: bool| {
-        let mut command = Command::new(&skopeo);
-        command.args(["copy", "--src-tls-verify=false"]);
-        if all {
-            command.arg("--all");
-        }
-        let destination = out.path().join(layout);
-        let status = command
-            .arg(format!("docker://127.0.0.1:{}/{reference}", demo.port))
-            .arg(format!("oci:{}:pulled", destination.display()))
-            .status()
-            .unwrap();
-        assert!(status.success(), "skopeo copy {reference} failed");
-        oci_layout_digest(&destination)
+        skopeo_pull(&format!("127.0.0.1:{}/{reference}", demo.port), &out.path().join(layout), all)
     };
     let hello = expected_digest("alice.test", "hello", "latest");
     assert_eq!(pull("alice.test/hello:latest", "hello-tag", false), hello);
@@ -208,76 +188,36 @@ fn corrupted_manifest_bytes_are_never_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_oci_client_pulls_by_tag_and_digest() {
-    use oci_client::client::{ClientConfig, ClientProtocol};
-    use oci_client::manifest::OciManifest;
-    use oci_client::secrets::RegistryAuth;
-    use oci_client::{Client, Reference};
-
-    #[allow(deprecated)] // ring: see src/main.rs
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let demo = tokio::task::spawn_blocking(start_demo).await.unwrap();
-    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() });
+    let hello = expected_digest("alice.test", "hello", "latest");
+    let name = format!("127.0.0.1:{}/alice.test/hello", demo.port);
+    assert_eq!(oci_client_pull(&format!("{name}:latest")).await, hello);
+    assert_eq!(oci_client_pull(&format!("{name}@{hello}")).await, hello);
+    let index = expected_digest("alice.test", "web/nginx-mini", "latest");
+    assert_eq!(oci_client_pull(&format!("127.0.0.1:{}/alice.test/web/nginx-mini:latest", demo.port)).await, index);
+    let (_, _, body) = get(demo.port, &format!("/v2/alice.test/web/nginx-mini/manifests/{index}"), &[]).unwrap();
+    let index: Value = serde_json::from_slice(&body).unwrap();
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| format!("{}/{}", entry["platform"]["os"], entry["platform"]["architecture"]).replace('"', ""))
+        .collect();
+    assert!(platforms.contains(&"linux/amd64".into()) && platforms.contains(&"linux/arm64".into()), "{platforms:?}");
+}
+
+#[test]
+fn podman_pulls_by_tag_and_digest() {
+    if !has_tool("podman") {
+        return;
+    }
+    let demo = start_demo();
+    let store = tempfile::tempdir().unwrap();
     let hello = expected_digest("alice.test", "hello", "latest");
     for reference in [
         format!("127.0.0.1:{}/alice.test/hello:latest", demo.port),
         format!("127.0.0.1:{}/alice.test/hello@{hello}", demo.port),
     ] {
-        let reference: Reference = reference.parse().unwrap();
-        let (manifest, digest) = client.pull_manifest(&reference, &RegistryAuth::Anonymous).await.unwrap();
-        assert_eq!(digest, hello, "{reference}");
-        let OciManifest::Image(image) = manifest else { panic!("an image manifest") };
-        // Every layer and the config come back with the bytes their digests promise.
-        for descriptor in image.layers.iter().chain(std::iter::once(&image.config)) {
-            let mut bytes = Vec::new();
-            client.pull_blob(&reference, descriptor, &mut bytes).await.unwrap();
-            assert_eq!(atcr_storage::content::sha256_digest(&bytes), descriptor.digest);
-        }
+        assert_eq!(podman_pull(store.path(), &reference), hello);
     }
-    let index = expected_digest("alice.test", "web/nginx-mini", "latest");
-    let reference: Reference = format!("127.0.0.1:{}/alice.test/web/nginx-mini:latest", demo.port).parse().unwrap();
-    let (manifest, digest) = client.pull_manifest(&reference, &RegistryAuth::Anonymous).await.unwrap();
-    assert_eq!(digest, index);
-    let OciManifest::ImageIndex(index) = manifest else { panic!("a multi-arch index") };
-    let platforms: Vec<String> = index
-        .manifests
-        .iter()
-        .filter_map(|entry| {
-            entry.platform.as_ref().map(|platform| format!("{}/{}", platform.os, platform.architecture))
-        })
-        .collect();
-    assert!(
-        platforms.contains(&"linux/amd64".to_string()) && platforms.contains(&"linux/arm64".to_string()),
-        "{platforms:?}"
-    );
-}
-
-#[test]
-fn podman_pulls_by_tag_and_digest() {
-    let found = Command::new("podman").arg("--version").output().is_ok_and(|output| output.status.success());
-    if !found {
-        println!("SKIP: podman not installed (fixtures/test-all.sh installs it)");
-        return;
-    }
-    let demo = start_demo();
-    let store = tempfile::tempdir().unwrap();
-    let podman = |args: &[&str]| {
-        let output = Command::new("podman")
-            .args(["--storage-driver", "vfs", "--root"])
-            .arg(store.path().join("root"))
-            .arg("--runroot")
-            .arg(store.path().join("run"))
-            .args(args)
-            .env_remove("AWS_CA_BUNDLE")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    };
-    let hello = expected_digest("alice.test", "hello", "latest");
-    let by_tag = format!("127.0.0.1:{}/alice.test/hello:latest", demo.port);
-    podman(&["pull", "--tls-verify=false", &by_tag]);
-    assert_eq!(podman(&["image", "inspect", "--format", "{{.Digest}}", &by_tag]), hello);
-    let by_digest = format!("127.0.0.1:{}/alice.test/hello@{hello}", demo.port);
-    podman(&["pull", "--tls-verify=false", &by_digest]);
-    assert_eq!(podman(&["image", "inspect", "--format", "{{.Digest}}", &by_digest]), hello);
 }

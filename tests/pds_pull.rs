@@ -10,15 +10,17 @@
 //! The test starts its own PDS (it stops it), on ports of its own, with the harness that
 //! `fixtures/test-all.sh` installs.
 
+mod clients;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
+use clients::{has_tool, oci_client_pull, podman_pull, skopeo_pull};
 use support::{Atcr, Pds, free_port, pds_url_or_skip};
 
 const FS_HOLD: &str = "did:web:fs-hold.atcr.test";
@@ -185,50 +187,6 @@ async fn upload_to_s3(blobs: &[String]) -> Result<Option<(String, String)>> {
     Ok(Some((toml, bucket)))
 }
 
-fn tool(name: &str) -> bool {
-    let found = Command::new(name).arg("--version").output().is_ok_and(|output| output.status.success());
-    if !found {
-        println!("SKIP ({name} part): {name} not installed (fixtures/test-all.sh installs it)");
-    }
-    found
-}
-
-fn layout_digest(layout: &Path) -> String {
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"].as_str().unwrap().to_string()
-}
-
-fn skopeo_pull(reference: &str, layout: &Path, all: bool) -> String {
-    std::fs::create_dir_all(layout.parent().unwrap()).unwrap();
-    let mut command = Command::new("skopeo");
-    command.args(["copy", "--src-tls-verify=false"]).env_remove("AWS_CA_BUNDLE");
-    if all {
-        command.arg("--all");
-    }
-    let output =
-        command.arg(format!("docker://{reference}")).arg(format!("oci:{}:pulled", layout.display())).output().unwrap();
-    assert!(output.status.success(), "skopeo copy {reference}: {}", String::from_utf8_lossy(&output.stderr));
-    layout_digest(layout)
-}
-
-async fn oci_client_pull(reference: &str) -> String {
-    use oci_client::client::{ClientConfig, ClientProtocol};
-    use oci_client::manifest::OciManifest;
-    use oci_client::secrets::RegistryAuth;
-    use oci_client::{Client, Reference};
-    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() });
-    let parsed: Reference = reference.parse().unwrap();
-    let (manifest, digest) = client.pull_manifest(&parsed, &RegistryAuth::Anonymous).await.unwrap();
-    if let OciManifest::Image(image) = manifest {
-        for descriptor in image.layers.iter().chain(std::iter::once(&image.config)) {
-            let mut bytes = Vec::new();
-            client.pull_blob(&parsed, descriptor, &mut bytes).await.unwrap();
-            assert_eq!(atcr_storage::content::sha256_digest(&bytes), descriptor.digest, "{reference}: blob bytes");
-        }
-    }
-    digest
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_images_pull_with_real_clients_while_the_pds_is_down() -> Result<()> {
     if pds_url_or_skip().is_none() {
@@ -296,8 +254,6 @@ async fn published_images_pull_with_real_clients_while_the_pds_is_down() -> Resu
         pds.list_records(&repositories[0].2.did, "io.atcr.tag").await.map(|_| (200, ())).unwrap_or((0, ()));
     assert_eq!(status, 0, "the PDS is down for the pulls");
 
-    #[allow(deprecated)] // ring: see src/main.rs
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = format!("127.0.0.1:{}", atcr.port);
     let layouts = tempfile::tempdir()?;
     for (repository, _, account) in &repositories {
@@ -307,31 +263,17 @@ async fn published_images_pull_with_real_clients_while_the_pds_is_down() -> Resu
         assert_eq!(oci_client_pull(&format!("{name}:latest")).await, IMAGE);
         assert_eq!(oci_client_pull(&format!("{name}@{IMAGE}")).await, IMAGE);
         assert_eq!(oci_client_pull(&format!("{name}:multi")).await, INDEX);
-        if tool("skopeo") {
+        if has_tool("skopeo") {
             let dir = layouts.path().join(repository.replace('/', "-"));
             assert_eq!(skopeo_pull(&format!("{name}:latest"), &dir.join("tag"), false), IMAGE);
             assert_eq!(skopeo_pull(&format!("{name}@{IMAGE}"), &dir.join("digest"), false), IMAGE);
             assert_eq!(skopeo_pull(&format!("{name}:multi"), &dir.join("multi"), true), INDEX);
             assert_eq!(skopeo_pull(&format!("{name}@{INDEX}"), &dir.join("multi-digest"), true), INDEX);
         }
-        if tool("podman") {
+        if has_tool("podman") {
             let store = layouts.path().join(format!("podman-{}", repository.replace('/', "-")));
             for reference in [format!("{name}:latest"), format!("{name}@{IMAGE}")] {
-                let run = |args: &[&str]| {
-                    let output = Command::new("podman")
-                        .args(["--storage-driver", "vfs", "--root"])
-                        .arg(store.join("root"))
-                        .arg("--runroot")
-                        .arg(store.join("run"))
-                        .args(args)
-                        .env_remove("AWS_CA_BUNDLE")
-                        .output()
-                        .unwrap();
-                    assert!(output.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-                    String::from_utf8_lossy(&output.stdout).trim().to_string()
-                };
-                run(&["pull", "--tls-verify=false", &reference]);
-                assert_eq!(run(&["image", "inspect", "--format", "{{.Digest}}", &reference]), IMAGE);
+                assert_eq!(podman_pull(&store, &reference), IMAGE);
             }
         }
         // The SBOM is found as a referrer of the image it describes.
