@@ -80,6 +80,13 @@ pub async fn start<F: Fetcher>(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    // No Nagle: a streamed body's first segment must not wait for the client's delayed ACK
+    // (that costs ~40 ms per blob response).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let http_shutdown = shutdown.clone();
     tasks.push((
         "http",

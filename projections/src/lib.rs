@@ -17,8 +17,9 @@ pub mod runner;
 pub mod views;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use runner::ProjectionRunner;
 pub use views::{ChildRow, IdentityRow, ManifestRow, ReferrerRow, RepositoryRow, TagRow};
@@ -57,6 +58,8 @@ pub const REGISTRY_VERSION: u32 = 1;
 /// The views database.
 pub struct Views {
     database: Database,
+    /// Bumped after every committed batch: readers that cache answers drop them when it moves.
+    generation: AtomicU64,
 }
 
 impl Views {
@@ -64,8 +67,10 @@ impl Views {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|error| ProjectionError::Corrupt(error.to_string()))?;
         }
-        let database = Database::builder().set_concurrency_mode(ConcurrencyMode::SingleWriter).create(path)?;
-        let views = Views { database };
+        // One process owns the views (they are disposable and rebuilt from the log), so the
+        // default exclusive mode: no per-transaction file locking on the pull path.
+        let database = Database::builder().create(path)?;
+        let views = Views { database, generation: AtomicU64::new(0) };
         views.prepare()?;
         Ok(views)
     }
@@ -106,6 +111,16 @@ impl Views {
 
     pub(crate) fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Changes whenever the views change (in this process). An answer derived from the views
+    /// at one generation stays true until the generation moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn read(&self) -> Result<ReadTransaction, ProjectionError> {

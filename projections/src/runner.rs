@@ -54,6 +54,7 @@ impl ProjectionRunner {
         }
         txn.open_table(CHECKPOINTS)?.insert(REGISTRY, last.offset + 1)?;
         txn.commit()?;
+        self.views.bump_generation();
         Ok(())
     }
 

@@ -154,11 +154,23 @@ pub enum BlobServe {
     Redirect { url: String, digest: String },
 }
 
+/// Answers to `GET /v2/<name>/manifests/<reference>` already worked out, valid while the views'
+/// generation does not move: the hot pull path then reads no table at all.
+#[derive(Default)]
+struct ResolvedCache {
+    generation: u64,
+    entries: HashMap<(String, String), Manifest>,
+}
+
+/// Most resolved answers kept before the cache starts over.
+const RESOLVED_CACHE_ENTRIES: usize = 100_000;
+
 #[derive(Clone)]
 pub struct RegistryQuery {
     views: Arc<Views>,
     content: Arc<ContentStore>,
     cache: Arc<ManifestCache>,
+    resolved: Arc<RwLock<ResolvedCache>>,
     /// Holds atcr serves itself, by hold DID.
     local_holds: Arc<HashMap<String, BlobBackend>>,
 }
@@ -166,7 +178,39 @@ pub struct RegistryQuery {
 impl RegistryQuery {
     pub fn new(views: Arc<Views>, content: Arc<ContentStore>) -> Self {
         let cache = ManifestCache { entries: RwLock::new(HashMap::new()), capacity_bytes: 64 * 1024 * 1024 };
-        RegistryQuery { views, content, cache: Arc::new(cache), local_holds: Arc::new(HashMap::new()) }
+        RegistryQuery {
+            views,
+            content,
+            cache: Arc::new(cache),
+            resolved: Arc::new(RwLock::new(ResolvedCache::default())),
+            local_holds: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// A manifest answered before for this name and reference, if the views have not changed
+    /// since. Never blocks on storage: safe to call on an async worker.
+    pub fn cached_manifest(&self, name: &str, reference: &str) -> Option<Manifest> {
+        let generation = self.views.generation();
+        let cache = self.resolved.read().ok()?;
+        if cache.generation != generation {
+            return None;
+        }
+        cache.entries.get(&(name.to_string(), reference.to_string())).cloned()
+    }
+
+    /// [`RegistryQuery::resolve`] + [`RegistryQuery::manifest`], remembering the answer.
+    pub fn manifest_by_name(&self, name: &str, reference: &str) -> Result<Manifest, RegistryError> {
+        let generation = self.views.generation();
+        let repository = self.resolve(name)?;
+        let manifest = self.manifest(&repository, reference)?;
+        if let Ok(mut cache) = self.resolved.write() {
+            if cache.generation != generation || cache.entries.len() >= RESOLVED_CACHE_ENTRIES {
+                cache.entries.clear();
+                cache.generation = generation;
+            }
+            cache.entries.insert((name.to_string(), reference.to_string()), manifest.clone());
+        }
+        Ok(manifest)
     }
 
     /// Serves the blobs of these holds from local backends instead of redirecting.
