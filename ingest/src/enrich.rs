@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::content::{ContentError, ContentStore, sha256_digest};
+use atcr_storage::did::parse_did_document;
 use atcr_storage::records::{self, ManifestRecord};
 use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, Source, StorageError, now_micros};
 
@@ -306,22 +307,11 @@ impl<F: Fetcher> Enricher<F> {
             Job::Resolve { did } => {
                 let document =
                     self.fetcher.did_document(did).await.map_err(|error| format!("resolving {did}: {error}"))?;
-                let value: serde_json::Value =
-                    serde_json::from_str(&document).map_err(|error| format!("DID document of {did}: {error}"))?;
-                if value.get("id").and_then(|id| id.as_str()) != Some(did.as_str()) {
+                let facts = parse_did_document(&document).map_err(|error| format!("DID document of {did}: {error}"))?;
+                if facts.did != *did {
                     return Err(format!("DID document served for {did} names another id"));
                 }
-                let pds = value
-                    .get("service")
-                    .and_then(|services| services.as_array())
-                    .and_then(|services| {
-                        services.iter().find(|service| {
-                            service.get("id").and_then(|id| id.as_str()).is_some_and(|id| id.ends_with("#atproto_pds"))
-                        })
-                    })
-                    .and_then(|service| service.get("serviceEndpoint"))
-                    .and_then(|endpoint| endpoint.as_str())
-                    .map(|endpoint| endpoint.trim_end_matches('/').to_string());
+                let pds = facts.pds_endpoint;
                 let unchanged = self.resolved.get(did).is_some_and(|(known, _)| *known == document);
                 self.resolved.insert(did.clone(), (document.clone(), pds));
                 if !unchanged {

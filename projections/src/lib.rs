@@ -9,10 +9,8 @@
 //! - [`views`]: the registry views (identities, repositories, manifests, blobs, tags,
 //!   referrers) and how each event changes them;
 //! - [`runner`]: tails the log and applies batches;
-//! - [`identity`]: DID document parsing;
 //! - [`Views`]: the read side the query crate uses.
 
-pub mod identity;
 pub mod runner;
 pub mod views;
 

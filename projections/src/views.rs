@@ -25,7 +25,7 @@ use atcr_storage::records::{self, ManifestRecord, TagRecord};
 use atcr_storage::{Event, EventBody};
 
 use crate::ProjectionError;
-use crate::identity::parse_did_document;
+use atcr_storage::did::parse_did_document;
 
 pub(crate) const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
 pub(crate) const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");

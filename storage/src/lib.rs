@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod content;
+pub mod did;
 pub mod error;
 pub mod event;
 pub mod json;

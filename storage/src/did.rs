@@ -1,5 +1,6 @@
-//! What a view needs from a DID document: the handle it claims, its PDS, its hold service and
-//! its signing key. Parsing only; resolution (network) is ingest's job.
+//! What atcr needs from a DID document: the handle it claims, its PDS, its hold service and its
+//! signing key. Parsing only: enrichment (ingest) uses it on what it fetched, the views
+//! (projections) on what the log holds. Resolution (network) is ingest's job.
 
 use serde::Deserialize;
 
