@@ -10,9 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
-use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
-use atcr_ingest::corpus::split_frames;
-use atcr_ingest::frame::decode_frame;
+use atcr_firehose_replay::{Faults, ReplayServer};
 use atcr_ingest::{FirehoseConfig, run_firehose};
 use atcr_storage::{EventLog, LogWriter};
 
@@ -23,7 +21,7 @@ pub enum BenchCommand {
         /// Recorded frames ([u32 LE length][frame]…).
         #[arg(long, default_value = "../shared/firehose-corpus/corpus.bin")]
         corpus: PathBuf,
-        /// Replay the corpus this many times (seqs are renumbered to stay increasing).
+        /// Replay the corpus this many times, each pass from its own replaying upstream.
         #[arg(long, default_value_t = 10)]
         repeat: usize,
         /// Runs to report (median is printed last).
@@ -38,19 +36,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Rewrites nothing in the frames themselves; a repeated corpus is served with synthetic
-/// increasing positions so the replay server's cursor logic holds, while atcr's dedup by seq
-/// would drop the repeats: so each repeat is a separate upstream run of the same frames.
+/// Each repeat is a separate upstream (its own replay server and cursor key) serving the same
+/// frames, since atcr's dedup by seq would drop a second pass over one upstream.
 async fn bench_ingest(corpus: PathBuf, repeat: usize, runs: usize) -> anyhow::Result<()> {
     let bytes = std::fs::read(&corpus).with_context(|| format!("cannot read corpus {}", corpus.display()))?;
-    let frames = split_frames(&bytes).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let recorded: Vec<RecordedFrame> = frames
-        .iter()
-        .map(|bytes| RecordedFrame {
-            seq: decode_frame(bytes).ok().and_then(|frame| frame.seq()).unwrap_or(0),
-            bytes: bytes.to_vec(),
-        })
-        .collect();
+    let recorded = crate::demo::recorded_frames(&bytes)?;
     let head = recorded.last().map(|frame| frame.seq).unwrap_or(0);
     let mut rates = Vec::new();
     for run in 0..runs {

@@ -63,21 +63,23 @@ impl Fetcher for RecordedFetcher {
     }
 }
 
-pub fn demo_frames() -> anyhow::Result<Vec<RecordedFrame>> {
-    let frames = split_frames(DEMO_FIREHOSE).map_err(|error| anyhow::anyhow!("demo firehose: {error}"))?;
+/// A recording (`[u32 LE length][frame]…`) as frames the replay server can serve, each with the
+/// seq it carries. Shared by the demo and `atcr bench ingest`.
+pub fn recorded_frames(recording: &[u8]) -> anyhow::Result<Vec<RecordedFrame>> {
+    let frames = split_frames(recording).map_err(|error| anyhow::anyhow!("recorded firehose: {error}"))?;
     let mut recorded = Vec::with_capacity(frames.len());
     for (index, bytes) in frames.into_iter().enumerate() {
         let seq = decode_frame(bytes)
             .ok()
             .and_then(|frame| frame.seq())
-            .with_context(|| format!("demo frame {index} has no seq"))?;
+            .with_context(|| format!("recorded frame {index} has no seq"))?;
         recorded.push(RecordedFrame { seq, bytes: bytes.to_vec() });
     }
     Ok(recorded)
 }
 
 pub async fn demo(mut config: Config) -> anyhow::Result<()> {
-    let frames = demo_frames()?;
+    let frames = recorded_frames(DEMO_FIREHOSE)?;
     let head = frames.last().map(|frame| frame.seq).unwrap_or(0);
     let upstream = ReplayServer::start(frames, Faults::default()).await?;
 
