@@ -11,6 +11,7 @@
 //! - [`runner`]: tails the log and applies batches;
 //! - [`Views`]: the read side the query crate uses.
 
+pub mod browse;
 pub mod runner;
 pub mod views;
 
