@@ -154,6 +154,7 @@ impl LogQuery {
     }
 }
 
+pub mod browse;
 pub mod registry;
 pub use atcr_storage::blobs::BlobMethod;
 pub use registry::{BlobLocation, BlobServe, Manifest, RegistryError, RegistryQuery, RepositoryRef};
