@@ -3,22 +3,27 @@
 //! - [`event`]: the event envelope and its versioned encoding;
 //! - [`log`]: the append-only log on redb (events, commit blocks, cursors, quarantine, notes);
 //! - [`writer`]: the single writer with group commit;
-//! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools.
+//! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools;
+//! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline.
 //!
 //! This crate knows nothing of HTTP, WebSockets or ATProto sync.
 
 pub mod blobs;
+pub mod commit;
 pub mod content;
 pub mod did;
 pub mod error;
 pub mod event;
 pub mod json;
+pub mod keys;
 pub mod log;
 pub mod records;
 pub mod writer;
 
+pub use commit::{CommitError, SignedCommit};
 pub use error::{Result, StorageError};
 pub use event::{Event, EventBody, PutAction, QuarantineEntry, Source, StoredEvent, StreamNote, StreamNoteKind};
+pub use keys::{KeyError, PublicKey, SignatureError};
 pub use log::{AppendBatch, AppendReceipt, EventLog, LogStats};
 pub use writer::{LogWriter, LogWriterTask};
 

@@ -340,6 +340,21 @@ impl EventLog {
         Ok(blocks.get(commit_cid)?.map(|value| value.value().to_vec()))
     }
 
+    /// **Test support only; nothing in atcr calls it.** Replaces the stored signed block of a
+    /// commit, simulating tampering with the file on disk, so tests can prove that
+    /// `atcr audit verify` notices. It is the single exception to "entries are never rewritten"
+    /// (invariant 1) and touches only `commit_blocks`, never an event.
+    #[doc(hidden)]
+    pub fn overwrite_commit_block_for_audit_tests(&self, commit_cid: &str, block: &[u8]) -> Result<()> {
+        let write = self.write_txn()?;
+        {
+            let mut blocks = write.open_table(COMMIT_BLOCKS)?;
+            blocks.insert(commit_cid, block)?;
+        }
+        write.commit()?;
+        Ok(())
+    }
+
     /// Every DID that has at least one `io.atcr.*` record event in the log.
     pub fn tracked_dids(&self) -> Result<Vec<String>> {
         let read = self.read_txn()?;
