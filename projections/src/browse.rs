@@ -1,7 +1,17 @@
 //! Read models for browsing: what the web pages, the JSON API and the search index need to know
 //! about users and repositories, computed from the registry views.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
+
+use crate::views::{
+    ACTIVITY, ActivityRow, FIRST_SEEN, IDENTITIES, MANIFESTS, ManifestRow, PROFILES, PageRow, ProfileRow,
+    RECORD_HISTORY, REPO_MANIFESTS, REPO_PAGES, REPOS_BY_FIRST, REPOS_BY_PUSH, REPOS_BY_STARS, REPOSITORIES,
+    RecordVersionRow, RepositoryRow, STAR_COUNTS, STARS, TAG_HISTORY, TAGS, TagMoveRow, TagRow, decode, key,
+};
+use crate::{ProjectionError, Views};
 
 /// Everything the search index knows about one repository. Built from the registry views by
 /// [`crate::Views::search_document`], so the index can always be rebuilt from them.
@@ -31,4 +41,392 @@ pub struct SearchDoc {
     pub size: u64,
     /// Live manifests (images, indexes and artifacts).
     pub manifests: u64,
+}
+
+/// The OCI annotation keys whose values the search index matches besides the description.
+const SEARCHABLE_ANNOTATIONS: [&str; 5] = [
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.vendor",
+    "org.opencontainers.image.licenses",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.authors",
+];
+const DESCRIPTION_ANNOTATION: &str = "org.opencontainers.image.description";
+
+/// Counts over the whole registry views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewCounts {
+    pub identities: u64,
+    pub repositories: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub stars: u64,
+}
+
+/// Scans the keys of `table` that start with `prefix`, yielding (key without prefix, value).
+fn scan_prefix<V: redb::Value + 'static>(
+    read: &ReadTransaction,
+    table: redb::TableDefinition<&'static str, V>,
+    prefix: &str,
+    mut each: impl FnMut(&str, V::SelfType<'_>) -> Result<bool, ProjectionError>,
+) -> Result<(), ProjectionError> {
+    let table = read.open_table(table)?;
+    for entry in table.range(prefix..)? {
+        let (key, value) = entry?;
+        let Some(rest) = key.value().strip_prefix(prefix) else { break };
+        if !each(rest, value.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The first paragraph of a markdown text, without heading marks, as one line of plain text.
+pub fn summary_line(markdown: &str) -> Option<String> {
+    let paragraph = markdown
+        .split("\n\n")
+        .map(str::trim)
+        .find(|block| !block.is_empty() && !block.starts_with("```") && !block.starts_with('!'))?;
+    let text: String = paragraph
+        .lines()
+        .map(|line| line.trim_start_matches('#').trim())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(match text.char_indices().nth(280) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    })
+}
+
+impl Views {
+    fn reader(&self) -> Result<ReadTransaction, ProjectionError> {
+        Ok(self.database().begin_read()?)
+    }
+
+    /// The repository names of a DID, in order.
+    pub fn repository_keys_of(&self, did: &str) -> Result<Vec<String>, ProjectionError> {
+        Ok(self.repositories_of(did)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The repositories of a DID with their rows, in name order.
+    pub fn repositories_of(&self, did: &str) -> Result<Vec<(String, RepositoryRow)>, ProjectionError> {
+        let read = self.reader()?;
+        let mut out = Vec::new();
+        scan_prefix(&read, REPOSITORIES, &format!("{did}\0"), |name, bytes| {
+            out.push((name.to_string(), decode("repositories", bytes)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The live manifests of a repository, by digest.
+    pub fn repository_manifests(
+        &self,
+        did: &str,
+        repository: &str,
+    ) -> Result<Vec<(String, ManifestRow)>, ProjectionError> {
+        let read = self.reader()?;
+        repository_manifests(&read, did, repository)
+    }
+
+    /// Every tag of a repository with its row, in name order.
+    pub fn tag_rows(&self, did: &str, repository: &str) -> Result<Vec<(String, TagRow)>, ProjectionError> {
+        let read = self.reader()?;
+        tag_rows(&read, did, repository)
+    }
+
+    pub fn star_count(&self, did: &str, repository: &str) -> Result<u64, ProjectionError> {
+        let read = self.reader()?;
+        let counts = read.open_table(STAR_COUNTS)?;
+        Ok(counts.get(key(&[did, repository]).as_str())?.map(|count| count.value()).unwrap_or(0))
+    }
+
+    /// Stars on all of a DID's repositories.
+    pub fn stars_received(&self, did: &str) -> Result<u64, ProjectionError> {
+        let read = self.reader()?;
+        let mut total = 0u64;
+        scan_prefix(&read, STAR_COUNTS, &format!("{did}\0"), |_, count| {
+            total = total.saturating_add(count);
+            Ok(true)
+        })?;
+        Ok(total)
+    }
+
+    /// Who starred a repository: (starrer DID, created at), in starrer order.
+    pub fn stargazers(&self, did: &str, repository: &str) -> Result<Vec<(String, String)>, ProjectionError> {
+        let read = self.reader()?;
+        let mut out = Vec::new();
+        scan_prefix(&read, STARS, &format!("{}\0", key(&[did, repository])), |rest, created| {
+            if let Some((starrer, _rkey)) = rest.split_once('\0') {
+                out.push((starrer.to_string(), created.to_string()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    pub fn page(&self, did: &str, repository: &str) -> Result<Option<PageRow>, ProjectionError> {
+        let read = self.reader()?;
+        let pages = read.open_table(REPO_PAGES)?;
+        pages.get(key(&[did, repository]).as_str())?.map(|bytes| decode("repo_pages", bytes.value())).transpose()
+    }
+
+    pub fn profile(&self, did: &str) -> Result<Option<ProfileRow>, ProjectionError> {
+        let read = self.reader()?;
+        let profiles = read.open_table(PROFILES)?;
+        profiles.get(did)?.map(|bytes| decode("profiles", bytes.value())).transpose()
+    }
+
+    /// Upstream time of the first event atcr holds for a DID.
+    pub fn first_seen(&self, did: &str) -> Result<Option<String>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(FIRST_SEEN)?;
+        Ok(table.get(did)?.map(|time| time.value().to_string()))
+    }
+
+    /// Row counts of the main views (O(1) each).
+    pub fn counts(&self) -> Result<ViewCounts, ProjectionError> {
+        let read = self.reader()?;
+        Ok(ViewCounts {
+            identities: read.open_table(IDENTITIES)?.len()?,
+            repositories: read.open_table(REPOSITORIES)?.len()?,
+            manifests: read.open_table(MANIFESTS)?.len()?,
+            tags: read.open_table(TAGS)?.len()?,
+            stars: read.open_table(STARS)?.len()?,
+        })
+    }
+
+    /// Repositories by newest push first.
+    pub fn recently_pushed(&self, limit: usize) -> Result<Vec<(String, String)>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(REPOS_BY_PUSH)?;
+        ranked(table.iter()?.rev(), 1, limit)
+    }
+
+    /// Repositories by most stars first.
+    pub fn most_starred(&self, limit: usize) -> Result<Vec<(String, String)>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(REPOS_BY_STARS)?;
+        ranked(table.iter()?, 1, limit)
+    }
+
+    /// Repositories by first appearance in the log, newest first.
+    pub fn newest_repositories(&self, limit: usize) -> Result<Vec<(String, String)>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(REPOS_BY_FIRST)?;
+        ranked(table.iter()?.rev(), 1, limit)
+    }
+
+    /// Every change of a repository's tags (of one tag when `tag` is given), oldest first, as
+    /// (tag, change).
+    pub fn tag_history(
+        &self,
+        did: &str,
+        repository: &str,
+        tag: Option<&str>,
+    ) -> Result<Vec<(String, TagMoveRow)>, ProjectionError> {
+        let read = self.reader()?;
+        let prefix = match tag {
+            Some(tag) => format!("{}\0", key(&[did, repository, tag])),
+            None => format!("{}\0", key(&[did, repository])),
+        };
+        let mut out = Vec::new();
+        scan_prefix(&read, TAG_HISTORY, &prefix, |rest, bytes| {
+            let name = match tag {
+                Some(tag) => tag.to_string(),
+                None => rest.rsplit_once('\0').map(|(name, _)| name.to_string()).unwrap_or_default(),
+            };
+            out.push((name, decode::<TagMoveRow>("tag_history", bytes)?));
+            Ok(true)
+        })?;
+        out.sort_by_key(|(_, change)| change.offset);
+        Ok(out)
+    }
+
+    /// Every version of one record, oldest first.
+    pub fn record_history(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+    ) -> Result<Vec<RecordVersionRow>, ProjectionError> {
+        let read = self.reader()?;
+        let mut out = Vec::new();
+        scan_prefix(&read, RECORD_HISTORY, &format!("{}\0", key(&[did, collection, rkey])), |_, bytes| {
+            out.push(decode("record_history", bytes)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// A DID's activity, newest first, starting below offset `before`.
+    pub fn activity(&self, did: &str, before: Option<u64>, limit: usize) -> Result<Vec<ActivityRow>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(ACTIVITY)?;
+        let low = format!("{did}\0");
+        let high = match before {
+            Some(before) => format!("{did}\0{before:016x}"),
+            None => format!("{did}\u{1}"),
+        };
+        let mut out = Vec::new();
+        for entry in table.range(low.as_str()..high.as_str())?.rev() {
+            let (_, bytes) = entry?;
+            out.push(decode("activity", bytes.value())?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The search document of a repository, or None when it has no manifests and no tags left.
+    pub fn search_document(&self, did: &str, repository: &str) -> Result<Option<SearchDoc>, ProjectionError> {
+        let read = self.reader()?;
+        let Some(row) = read
+            .open_table(REPOSITORIES)?
+            .get(key(&[did, repository]).as_str())?
+            .map(|bytes| decode::<RepositoryRow>("repositories", bytes.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let manifests = repository_manifests(&read, did, repository)?;
+        let tags = tag_rows(&read, did, repository)?;
+        if manifests.is_empty() && tags.is_empty() {
+            return Ok(None);
+        }
+        let handle = read
+            .open_table(IDENTITIES)?
+            .get(did)?
+            .map(|bytes| decode::<crate::IdentityRow>("identities", bytes.value()))
+            .transpose()?
+            .and_then(|identity| identity.handle);
+        let page = read
+            .open_table(REPO_PAGES)?
+            .get(key(&[did, repository]).as_str())?
+            .map(|bytes| decode::<PageRow>("repo_pages", bytes.value()))
+            .transpose()?;
+        let stars = read
+            .open_table(STAR_COUNTS)?
+            .get(key(&[did, repository]).as_str())?
+            .map(|count| count.value())
+            .unwrap_or(0);
+        let facts = RepositoryFacts::of(&manifests, &tags);
+        let readme = page.and_then(|page| page.description);
+        let description = readme
+            .as_deref()
+            .and_then(summary_line)
+            .or_else(|| facts.annotations.get(DESCRIPTION_ANNOTATION).and_then(|text| summary_line(text)));
+        let annotations =
+            SEARCHABLE_ANNOTATIONS.iter().filter_map(|name| facts.annotations.get(*name).cloned()).collect();
+        Ok(Some(SearchDoc {
+            did: did.to_string(),
+            handle,
+            repository: repository.to_string(),
+            description,
+            readme,
+            annotations,
+            tags: tags.into_iter().map(|(name, _)| name).collect(),
+            platforms: facts.platforms.into_iter().collect(),
+            holds: facts.holds.into_iter().collect(),
+            last_push: row.last_push,
+            stars,
+            size: facts.size,
+            manifests: manifests.len() as u64,
+        }))
+    }
+}
+
+/// What a repository's manifests say about it as a whole.
+#[derive(Debug, Default)]
+pub struct RepositoryFacts {
+    pub platforms: BTreeSet<String>,
+    pub holds: BTreeSet<String>,
+    /// Sum of the distinct blobs' sizes.
+    pub size: u64,
+    /// Annotations of the newest image (by log offset) that has any.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl RepositoryFacts {
+    pub fn of(manifests: &[(String, ManifestRow)], _tags: &[(String, TagRow)]) -> Self {
+        let mut facts = RepositoryFacts::default();
+        let mut blobs: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut newest_annotated: Option<&ManifestRow> = None;
+        for (_, manifest) in manifests {
+            facts.platforms.extend(manifest.children.iter().filter_map(|child| child.platform.clone()));
+            if let Some(hold) = manifest.hold_did.clone().or_else(|| manifest.hold_endpoint.clone()) {
+                facts.holds.insert(hold);
+            }
+            for (digest, size) in &manifest.blobs {
+                blobs.insert(digest.as_str(), size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0));
+            }
+            if manifest.subject.is_none()
+                && !manifest.annotations.is_empty()
+                && newest_annotated.is_none_or(|newest| newest.offset < manifest.offset)
+            {
+                newest_annotated = Some(manifest);
+            }
+        }
+        facts.size = blobs.values().sum();
+        facts.annotations = newest_annotated.map(|manifest| manifest.annotations.clone()).unwrap_or_default();
+        facts
+    }
+}
+
+fn repository_manifests(
+    read: &ReadTransaction,
+    did: &str,
+    repository: &str,
+) -> Result<Vec<(String, ManifestRow)>, ProjectionError> {
+    let mut digests = Vec::new();
+    scan_prefix(read, REPO_MANIFESTS, &format!("{}\0", key(&[did, repository])), |digest, ()| {
+        digests.push(digest.to_string());
+        Ok(true)
+    })?;
+    let table = read.open_table(MANIFESTS)?;
+    let mut out = Vec::with_capacity(digests.len());
+    for digest in digests {
+        if let Some(bytes) = table.get(key(&[did, &digest]).as_str())? {
+            out.push((digest, decode("manifests", bytes.value())?));
+        }
+    }
+    Ok(out)
+}
+
+fn tag_rows(read: &ReadTransaction, did: &str, repository: &str) -> Result<Vec<(String, TagRow)>, ProjectionError> {
+    let mut out = Vec::new();
+    scan_prefix(read, TAGS, &format!("{}\0", key(&[did, repository])), |tag, bytes| {
+        out.push((tag.to_string(), decode("tags", bytes)?));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Reads `(did, repo)` pairs from a ranking table whose keys end in `did \0 repo` after `skip`
+/// leading `\0`-separated parts.
+fn ranked<'a>(
+    entries: impl Iterator<
+        Item = Result<(redb::AccessGuard<'a, &'static str>, redb::AccessGuard<'a, ()>), redb::StorageError>,
+    >,
+    skip: usize,
+    limit: usize,
+) -> Result<Vec<(String, String)>, ProjectionError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let (key, _) = entry?;
+        let mut parts = key.value().splitn(skip + 2, '\0').skip(skip);
+        if let (Some(did), Some(repository)) = (parts.next(), parts.next()) {
+            out.push((did.to_string(), repository.to_string()));
+        }
+        if out.len() == limit {
+            break;
+        }
+    }
+    Ok(out)
 }

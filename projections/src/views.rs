@@ -15,14 +15,31 @@
 //! | `tag_rkeys` | did `\0` rkey | repo `\0` tag |
 //! | `referrers` | did `\0` subject digest `\0` digest | [`ReferrerRow`] |
 //! | `manifest_content` | digest | (media type, size) once its bytes are in the content store |
+//! | `repo_manifests` | did `\0` repo `\0` digest | () |
+//! | `stars` | subject did `\0` repo `\0` starrer did `\0` rkey | created at |
+//! | `star_rkeys` | starrer did `\0` rkey | subject did `\0` repo |
+//! | `star_counts` | did `\0` repo | stars |
+//! | `repo_pages` | did `\0` repo | [`PageRow`] |
+//! | `page_rkeys` | did `\0` rkey | repo |
+//! | `profiles` | did | [`ProfileRow`] |
+//! | `first_seen` | did | upstream time of the DID's first event |
+//! | `tag_history` | did `\0` repo `\0` tag `\0` offset (16 hex) | [`TagMoveRow`] |
+//! | `record_history` | did `\0` collection `\0` rkey `\0` offset (16 hex) | [`RecordVersionRow`] |
+//! | `activity` | did `\0` offset (16 hex) | [`ActivityRow`] |
+//! | `repos_by_push` | last push `\0` did `\0` repo | () |
+//! | `repos_by_stars` | (u64::MAX - stars) (16 hex) `\0` did `\0` repo | () |
+//! | `repos_by_first` | first offset (16 hex) `\0` did `\0` repo | () |
+//!
+//! History tables are keyed by log offset, so applying an event twice writes the same row and a
+//! replay rebuilds them byte for byte.
 
 use std::collections::BTreeMap;
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use atcr_storage::records::{self, ManifestRecord, TagRecord};
-use atcr_storage::{Event, EventBody};
+use atcr_storage::records::{self, ManifestRecord, ProfileRecord, RepoPageRecord, StarRecord, TagRecord};
+use atcr_storage::{Event, EventBody, PutAction};
 
 use crate::ProjectionError;
 use atcr_storage::did::parse_did_document;
@@ -37,6 +54,30 @@ pub(crate) const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags
 pub(crate) const TAG_RKEYS: TableDefinition<&str, &str> = TableDefinition::new("tag_rkeys");
 pub(crate) const REFERRERS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrers");
 pub(crate) const MANIFEST_CONTENT: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_content");
+pub(crate) const REPO_MANIFESTS: TableDefinition<&str, ()> = TableDefinition::new("repo_manifests");
+pub(crate) const STARS: TableDefinition<&str, &str> = TableDefinition::new("stars");
+pub(crate) const STAR_RKEYS: TableDefinition<&str, &str> = TableDefinition::new("star_rkeys");
+pub(crate) const STAR_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("star_counts");
+pub(crate) const REPO_PAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_pages");
+pub(crate) const PAGE_RKEYS: TableDefinition<&str, &str> = TableDefinition::new("page_rkeys");
+pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+pub(crate) const FIRST_SEEN: TableDefinition<&str, &str> = TableDefinition::new("first_seen");
+pub(crate) const TAG_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("tag_history");
+pub(crate) const RECORD_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("record_history");
+pub(crate) const ACTIVITY: TableDefinition<&str, &[u8]> = TableDefinition::new("activity");
+pub(crate) const REPOS_BY_PUSH: TableDefinition<&str, ()> = TableDefinition::new("repos_by_push");
+pub(crate) const REPOS_BY_STARS: TableDefinition<&str, ()> = TableDefinition::new("repos_by_stars");
+pub(crate) const REPOS_BY_FIRST: TableDefinition<&str, ()> = TableDefinition::new("repos_by_first");
+
+/// Repositories an event changed: `(did, Some(repo))`, or `(did, None)` for every repository of
+/// the DID (identity changes, deletes whose repository is no longer known). The search index
+/// recomputes exactly these.
+pub type Touched = std::collections::BTreeSet<(String, Option<String>)>;
+
+/// A log offset as a fixed-width key part, so keys sort in log order.
+pub(crate) fn offset_key(offset: u64) -> String {
+    format!("{offset:016x}")
+}
 
 pub(crate) fn key(parts: &[&str]) -> String {
     parts.join("\0")
@@ -106,6 +147,64 @@ pub struct TagRow {
     pub offset: u64,
 }
 
+/// A repository page (`io.atcr.repo.page`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRow {
+    pub rkey: String,
+    /// Markdown README.
+    pub description: Option<String>,
+    pub avatar_cid: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// A user's registry preferences (`io.atcr.sailor.profile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRow {
+    pub oci_client: Option<String>,
+    pub default_hold: Option<String>,
+    pub registry_domain: Option<String>,
+}
+
+/// One change of a tag: created (`from` empty), moved, or deleted (`to` empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagMoveRow {
+    pub offset: u64,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub time: Option<String>,
+    pub rev: Option<String>,
+    pub upstream_seq: Option<i64>,
+}
+
+/// One version of a record: the event at `offset` put (with `cid`) or deleted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordVersionRow {
+    pub offset: u64,
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    pub cid: Option<String>,
+    pub rev: Option<String>,
+    pub upstream_seq: Option<i64>,
+    pub time: Option<String>,
+    pub commit_cid: Option<String>,
+}
+
+/// One entry of a user's activity feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityRow {
+    pub offset: u64,
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    pub collection: String,
+    pub rkey: String,
+    /// What the record was about, when it names it (repository, tag, digest, star subject).
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub subject: Option<String>,
+    pub time: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferrerRow {
     pub media_type: String,
@@ -125,29 +224,122 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(TAG_RKEYS)?;
     txn.open_table(REFERRERS)?;
     txn.open_table(MANIFEST_CONTENT)?;
+    txn.open_table(REPO_MANIFESTS)?;
+    txn.open_table(STARS)?;
+    txn.open_table(STAR_RKEYS)?;
+    txn.open_table(STAR_COUNTS)?;
+    txn.open_table(REPO_PAGES)?;
+    txn.open_table(PAGE_RKEYS)?;
+    txn.open_table(PROFILES)?;
+    txn.open_table(FIRST_SEEN)?;
+    txn.open_table(TAG_HISTORY)?;
+    txn.open_table(RECORD_HISTORY)?;
+    txn.open_table(ACTIVITY)?;
+    txn.open_table(REPOS_BY_PUSH)?;
+    txn.open_table(REPOS_BY_STARS)?;
+    txn.open_table(REPOS_BY_FIRST)?;
     Ok(())
 }
 
 /// Applies one event to every registry view. Idempotent: applying it twice leaves the same
 /// state. Invalid records are skipped with a warning (they stay in the log).
 pub(crate) fn apply(txn: &WriteTransaction, offset: u64, event: &Event) -> Result<(), ProjectionError> {
+    apply_tracking(txn, offset, event, &mut Touched::new())
+}
+
+/// [`apply`], also noting which repositories the event changed.
+pub(crate) fn apply_tracking(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    touched: &mut Touched,
+) -> Result<(), ProjectionError> {
+    note_first_seen(txn, event)?;
     match &event.body {
-        EventBody::RecordPut { collection, rkey, record, .. } => match collection.as_str() {
-            records::MANIFEST => match ManifestRecord::decode(record) {
-                Ok(manifest) => put_manifest(txn, offset, event, rkey, manifest),
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            records::TAG => match TagRecord::decode(record) {
-                Ok(tag) => put_tag(txn, offset, event, rkey, tag),
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            _ => Ok(()),
-        },
-        EventBody::RecordDeleted { collection, rkey, .. } => match collection.as_str() {
-            records::MANIFEST => delete_manifest(txn, &event.did, rkey),
-            records::TAG => delete_tag(txn, &event.did, rkey),
-            _ => Ok(()),
-        },
+        EventBody::RecordPut { collection, rkey, record, action, cid } => {
+            record_version(txn, offset, event, collection, rkey, Some(cid), action_name(*action))?;
+            match collection.as_str() {
+                records::MANIFEST => match ManifestRecord::decode(record) {
+                    Ok(manifest) => {
+                        touched.insert((event.did.clone(), Some(manifest.repository.clone())));
+                        note_activity(
+                            txn,
+                            offset,
+                            event,
+                            rkey,
+                            Some(&manifest.repository),
+                            None,
+                            Some(&manifest.digest),
+                        )?;
+                        put_manifest(txn, offset, event, rkey, manifest)
+                    }
+                    Err(error) => skip(offset, &error.to_string()),
+                },
+                records::TAG => match TagRecord::decode(record) {
+                    Ok(tag) => {
+                        touched.insert((event.did.clone(), Some(tag.repository.clone())));
+                        note_activity(
+                            txn,
+                            offset,
+                            event,
+                            rkey,
+                            Some(&tag.repository),
+                            Some(&tag.tag),
+                            Some(&tag.digest),
+                        )?;
+                        put_tag(txn, offset, event, rkey, tag, touched)
+                    }
+                    Err(error) => skip(offset, &error.to_string()),
+                },
+                records::STAR => match StarRecord::decode(record) {
+                    Ok(star) => {
+                        let subject = format!("{}/{}", star.subject_did, star.subject_repository);
+                        note_activity_subject(txn, offset, event, rkey, &subject)?;
+                        put_star(txn, event, rkey, star, touched)
+                    }
+                    Err(error) => skip(offset, &error.to_string()),
+                },
+                records::REPO_PAGE => match RepoPageRecord::decode(record) {
+                    Ok(page) => {
+                        touched.insert((event.did.clone(), Some(page.repository.clone())));
+                        note_activity(txn, offset, event, rkey, Some(&page.repository), None, None)?;
+                        put_page(txn, event, rkey, page, touched)
+                    }
+                    Err(error) => skip(offset, &error.to_string()),
+                },
+                records::PROFILE => match ProfileRecord::decode(record) {
+                    Ok(profile) => {
+                        note_activity(txn, offset, event, rkey, None, None, None)?;
+                        let row = ProfileRow {
+                            oci_client: profile.oci_client,
+                            default_hold: profile.default_hold,
+                            registry_domain: profile.registry_domain,
+                        };
+                        txn.open_table(PROFILES)?.insert(event.did.as_str(), encode(&row).as_slice())?;
+                        touched.insert((event.did.clone(), None));
+                        Ok(())
+                    }
+                    Err(error) => skip(offset, &error.to_string()),
+                },
+                _ => note_activity(txn, offset, event, rkey, None, None, None),
+            }
+        }
+        EventBody::RecordDeleted { collection, rkey, .. } => {
+            record_version(txn, offset, event, collection, rkey, None, "delete")?;
+            note_deletion(txn, offset, event, collection, rkey)?;
+            touched.insert((event.did.clone(), None));
+            match collection.as_str() {
+                records::MANIFEST => delete_manifest(txn, &event.did, rkey),
+                records::TAG => delete_tag(txn, offset, event, rkey, true),
+                records::STAR => delete_star(txn, &event.did, rkey, touched),
+                records::REPO_PAGE => delete_page(txn, &event.did, rkey),
+                records::PROFILE => {
+                    txn.open_table(PROFILES)?.remove(event.did.as_str())?;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
         EventBody::IdentityResolved { document_json } => match parse_did_document(document_json) {
             Ok(facts) if facts.did == event.did => {
                 let mut identities = txn.open_table(IDENTITIES)?;
@@ -165,6 +357,7 @@ pub(crate) fn apply(txn: &WriteTransaction, offset: u64, event: &Event) -> Resul
                 if let Some(handle) = &facts.handle {
                     handles.insert(handle.as_str(), event.did.as_str())?;
                 }
+                touched.insert((event.did.clone(), None));
                 row.handle = facts.handle;
                 row.pds_endpoint = facts.pds_endpoint;
                 row.hold_endpoint = facts.hold_endpoint;
@@ -183,6 +376,7 @@ pub(crate) fn apply(txn: &WriteTransaction, offset: u64, event: &Event) -> Resul
             };
             row.active = *active;
             row.status = status.clone();
+            touched.insert((event.did.clone(), None));
             identities.insert(event.did.as_str(), encode(&row).as_slice())?;
             Ok(())
         }
@@ -193,6 +387,251 @@ pub(crate) fn apply(txn: &WriteTransaction, offset: u64, event: &Event) -> Resul
         }
         EventBody::Identity { .. } | EventBody::Resync { .. } => Ok(()),
     }
+}
+
+fn action_name(action: PutAction) -> &'static str {
+    match action {
+        PutAction::Create => "create",
+        PutAction::Update => "update",
+    }
+}
+
+/// Remembers when a DID was first seen (its "joined" date): the upstream time of its first event.
+fn note_first_seen(txn: &WriteTransaction, event: &Event) -> Result<(), ProjectionError> {
+    let Some(time) = event.upstream_time.as_deref() else { return Ok(()) };
+    let mut first_seen = txn.open_table(FIRST_SEEN)?;
+    if first_seen.get(event.did.as_str())?.is_none() {
+        first_seen.insert(event.did.as_str(), time)?;
+    }
+    Ok(())
+}
+
+fn record_version(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    collection: &str,
+    rkey: &str,
+    cid: Option<&String>,
+    action: &str,
+) -> Result<(), ProjectionError> {
+    let row = RecordVersionRow {
+        offset,
+        action: action.to_string(),
+        cid: cid.cloned(),
+        rev: event.rev.clone(),
+        upstream_seq: event.upstream_seq,
+        time: event.upstream_time.clone(),
+        commit_cid: event.commit_cid.clone(),
+    };
+    let history_key = key(&[&event.did, collection, rkey, &offset_key(offset)]);
+    txn.open_table(RECORD_HISTORY)?.insert(history_key.as_str(), encode(&row).as_slice())?;
+    Ok(())
+}
+
+fn write_activity(txn: &WriteTransaction, event: &Event, row: &ActivityRow) -> Result<(), ProjectionError> {
+    let activity_key = key(&[&event.did, &offset_key(row.offset)]);
+    txn.open_table(ACTIVITY)?.insert(activity_key.as_str(), encode(row).as_slice())?;
+    Ok(())
+}
+
+fn put_activity_row(event: &Event, offset: u64, rkey: &str) -> ActivityRow {
+    let (collection, action) = match &event.body {
+        EventBody::RecordPut { collection, action, .. } => (collection.clone(), action_name(*action).to_string()),
+        EventBody::RecordDeleted { collection, .. } => (collection.clone(), "delete".to_string()),
+        _ => (String::new(), String::new()),
+    };
+    ActivityRow {
+        offset,
+        action,
+        collection,
+        rkey: rkey.to_string(),
+        repository: None,
+        tag: None,
+        digest: None,
+        subject: None,
+        time: event.upstream_time.clone(),
+    }
+}
+
+fn note_activity(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    rkey: &str,
+    repository: Option<&String>,
+    tag: Option<&String>,
+    digest: Option<&String>,
+) -> Result<(), ProjectionError> {
+    let mut row = put_activity_row(event, offset, rkey);
+    row.repository = repository.cloned();
+    row.tag = tag.cloned();
+    row.digest = digest.cloned();
+    write_activity(txn, event, &row)
+}
+
+fn note_activity_subject(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    rkey: &str,
+    subject: &str,
+) -> Result<(), ProjectionError> {
+    let mut row = put_activity_row(event, offset, rkey);
+    row.subject = Some(subject.to_string());
+    write_activity(txn, event, &row)
+}
+
+/// A delete names only the record key: say what it was about from the views before they change.
+fn note_deletion(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    collection: &str,
+    rkey: &str,
+) -> Result<(), ProjectionError> {
+    let did = event.did.as_str();
+    let mut row = put_activity_row(event, offset, rkey);
+    match collection {
+        records::MANIFEST => {
+            if let Some(digest) = txn.open_table(MANIFEST_RKEYS)?.get(key(&[did, rkey]).as_str())? {
+                let digest = digest.value().to_string();
+                if let Some(bytes) = txn.open_table(MANIFESTS)?.get(key(&[did, &digest]).as_str())? {
+                    row.repository = Some(decode::<ManifestRow>("manifests", bytes.value())?.repository);
+                }
+                row.digest = Some(digest);
+            }
+        }
+        records::TAG => {
+            if let Some(named) = txn.open_table(TAG_RKEYS)?.get(key(&[did, rkey]).as_str())?
+                && let Some((repository, tag)) = named.value().split_once('\0')
+            {
+                row.repository = Some(repository.to_string());
+                row.tag = Some(tag.to_string());
+            }
+        }
+        records::STAR => {
+            if let Some(subject) = txn.open_table(STAR_RKEYS)?.get(key(&[did, rkey]).as_str())? {
+                row.subject = Some(subject.value().replacen('\0', "/", 1));
+            }
+        }
+        records::REPO_PAGE => {
+            if let Some(repository) = txn.open_table(PAGE_RKEYS)?.get(key(&[did, rkey]).as_str())? {
+                row.repository = Some(repository.value().to_string());
+            }
+        }
+        _ => {}
+    }
+    write_activity(txn, event, &row)
+}
+
+fn put_star(
+    txn: &WriteTransaction,
+    event: &Event,
+    rkey: &str,
+    star: StarRecord,
+    touched: &mut Touched,
+) -> Result<(), ProjectionError> {
+    if !valid_name(&star.subject_repository) || star.subject_did.contains('\0') {
+        return Ok(());
+    }
+    // The same record key may have starred something else before.
+    delete_star(txn, &event.did, rkey, touched)?;
+    // A subject URI names the repository page by its record key, which differs from the
+    // repository name when the name holds a `/`: the page record says which repository it is.
+    let mut star = star;
+    if let Some(repository) =
+        txn.open_table(PAGE_RKEYS)?.get(key(&[&star.subject_did, &star.subject_repository]).as_str())?
+    {
+        star.subject_repository = repository.value().to_string();
+    }
+    let subject = key(&[&star.subject_did, &star.subject_repository]);
+    let star_key = key(&[&subject, &event.did, rkey]);
+    txn.open_table(STARS)?.insert(star_key.as_str(), star.created_at.as_deref().unwrap_or(""))?;
+    txn.open_table(STAR_RKEYS)?.insert(key(&[&event.did, rkey]).as_str(), subject.as_str())?;
+    change_star_count(txn, &star.subject_did, &star.subject_repository, 1)?;
+    touched.insert((star.subject_did, Some(star.subject_repository)));
+    Ok(())
+}
+
+fn delete_star(txn: &WriteTransaction, did: &str, rkey: &str, touched: &mut Touched) -> Result<(), ProjectionError> {
+    let subject = match txn.open_table(STAR_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
+        Some(subject) => subject.value().to_string(),
+        None => return Ok(()),
+    };
+    txn.open_table(STARS)?.remove(key(&[&subject, did, rkey]).as_str())?;
+    if let Some((subject_did, repository)) = subject.split_once('\0') {
+        change_star_count(txn, subject_did, repository, -1)?;
+        touched.insert((subject_did.to_string(), Some(repository.to_string())));
+    }
+    Ok(())
+}
+
+fn stars_rank_key(stars: u64, repo_key: &str) -> String {
+    format!("{:016x}\0{repo_key}", u64::MAX - stars)
+}
+
+fn change_star_count(txn: &WriteTransaction, did: &str, repository: &str, delta: i64) -> Result<(), ProjectionError> {
+    let repo_key = key(&[did, repository]);
+    let mut counts = txn.open_table(STAR_COUNTS)?;
+    let before = counts.get(repo_key.as_str())?.map(|count| count.value()).unwrap_or(0);
+    let after = before.saturating_add_signed(delta);
+    let mut ranking = txn.open_table(REPOS_BY_STARS)?;
+    ranking.remove(stars_rank_key(before, &repo_key).as_str())?;
+    if after == 0 {
+        counts.remove(repo_key.as_str())?;
+    } else {
+        counts.insert(repo_key.as_str(), after)?;
+        ranking.insert(stars_rank_key(after, &repo_key).as_str(), ())?;
+    }
+    Ok(())
+}
+
+fn put_page(
+    txn: &WriteTransaction,
+    event: &Event,
+    rkey: &str,
+    page: RepoPageRecord,
+    touched: &mut Touched,
+) -> Result<(), ProjectionError> {
+    if !valid_name(&page.repository) {
+        return Ok(());
+    }
+    let did = event.did.as_str();
+    // A record key that named another repository's page before stops doing so.
+    if let Some(previous) =
+        txn.open_table(PAGE_RKEYS)?.get(key(&[did, rkey]).as_str())?.map(|repo| repo.value().to_string())
+        && previous != page.repository
+    {
+        delete_page(txn, did, rkey)?;
+        touched.insert((did.to_string(), Some(previous)));
+    }
+    let row = PageRow {
+        rkey: rkey.to_string(),
+        description: page.description,
+        avatar_cid: page.avatar.map(|avatar| avatar.cid),
+        updated_at: page.updated_at,
+    };
+    txn.open_table(REPO_PAGES)?.insert(key(&[did, &page.repository]).as_str(), encode(&row).as_slice())?;
+    txn.open_table(PAGE_RKEYS)?.insert(key(&[did, rkey]).as_str(), page.repository.as_str())?;
+    Ok(())
+}
+
+fn delete_page(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), ProjectionError> {
+    let repository = match txn.open_table(PAGE_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
+        Some(repository) => repository.value().to_string(),
+        None => return Ok(()),
+    };
+    let page_key = key(&[did, &repository]);
+    let mut pages = txn.open_table(REPO_PAGES)?;
+    let owned = match pages.get(page_key.as_str())? {
+        Some(bytes) => decode::<PageRow>("repo_pages", bytes.value())?.rkey == rkey,
+        None => false,
+    };
+    if owned {
+        pages.remove(page_key.as_str())?;
+    }
+    Ok(())
 }
 
 fn skip(offset: u64, reason: &str) -> Result<(), ProjectionError> {
@@ -216,12 +655,21 @@ fn touch_repository(
     let repo_key = key(&[did, repository]);
     let mut row = match repositories.get(repo_key.as_str())? {
         Some(bytes) => decode::<RepositoryRow>("repositories", bytes.value())?,
-        None => RepositoryRow { first_offset: offset, ..RepositoryRow::default() },
+        None => {
+            let first = format!("{}\0{repo_key}", offset_key(offset));
+            txn.open_table(REPOS_BY_FIRST)?.insert(first.as_str(), ())?;
+            RepositoryRow { first_offset: offset, ..RepositoryRow::default() }
+        }
     };
     row.manifests = row.manifests.saturating_add_signed(manifest_delta);
     if let Some(time) = time
         && row.last_push.as_deref().is_none_or(|last| last < time)
     {
+        let mut by_push = txn.open_table(REPOS_BY_PUSH)?;
+        if let Some(last) = &row.last_push {
+            by_push.remove(format!("{last}\0{repo_key}").as_str())?;
+        }
+        by_push.insert(format!("{time}\0{repo_key}").as_str(), ())?;
         row.last_push = Some(time.to_string());
     }
     repositories.insert(repo_key.as_str(), encode(&row).as_slice())?;
@@ -287,6 +735,7 @@ fn put_manifest(
     manifests.insert(manifest_key.as_str(), encode(&row).as_slice())?;
     drop(manifests);
     txn.open_table(MANIFEST_RKEYS)?.insert(key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
+    txn.open_table(REPO_MANIFESTS)?.insert(key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
     let mut repo_blobs = txn.open_table(REPO_BLOBS)?;
     for (blob, _) in &row.blobs {
         let blob_key = key(&[did, &row.repository, blob]);
@@ -361,6 +810,7 @@ fn delete_manifest(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), 
     };
     if let Some(row) = remove_manifest_indexes(txn, did, &digest)? {
         txn.open_table(MANIFESTS)?.remove(key(&[did, &digest]).as_str())?;
+        txn.open_table(REPO_MANIFESTS)?.remove(key(&[did, &row.repository, &digest]).as_str())?;
         touch_repository(txn, did, &row.repository, row.offset, None, -1)?;
     }
     Ok(())
@@ -372,20 +822,55 @@ fn put_tag(
     event: &Event,
     rkey: &str,
     tag: TagRecord,
+    touched: &mut Touched,
 ) -> Result<(), ProjectionError> {
     let did = event.did.as_str();
     if !valid_name(&tag.repository) || !valid_name(&tag.tag) {
         return skip(offset, "tag or repository name is invalid");
     }
-    // The same record key may have named another tag before (an update that renames).
-    delete_tag(txn, did, rkey)?;
+    let tag_key = key(&[did, &tag.repository, &tag.tag]);
+    // The same record key may have named another tag before (an update that renames): that
+    // tag is deleted, and its history says so.
+    let renamed = match txn.open_table(TAG_RKEYS)?.get(key(&[did, rkey]).as_str())? {
+        Some(named) => named.value() != key(&[&tag.repository, &tag.tag]),
+        None => false,
+    };
+    if renamed {
+        delete_tag(txn, offset, event, rkey, true)?;
+        touched.insert((did.to_string(), None));
+    }
+    let previous = match txn.open_table(TAGS)?.get(tag_key.as_str())? {
+        Some(bytes) => Some(decode::<TagRow>("tags", bytes.value())?.digest),
+        None => None,
+    };
+    if previous.as_deref() != Some(tag.digest.as_str()) {
+        let change = TagMoveRow {
+            offset,
+            from: previous,
+            to: Some(tag.digest.clone()),
+            time: event.upstream_time.clone(),
+            rev: event.rev.clone(),
+            upstream_seq: event.upstream_seq,
+        };
+        let history_key = format!("{tag_key}\0{}", offset_key(offset));
+        txn.open_table(TAG_HISTORY)?.insert(history_key.as_str(), encode(&change).as_slice())?;
+    }
     let row = TagRow { digest: tag.digest, rkey: rkey.to_string(), updated_at: tag.updated_at, offset };
-    txn.open_table(TAGS)?.insert(key(&[did, &tag.repository, &tag.tag]).as_str(), encode(&row).as_slice())?;
+    txn.open_table(TAGS)?.insert(tag_key.as_str(), encode(&row).as_slice())?;
     txn.open_table(TAG_RKEYS)?.insert(key(&[did, rkey]).as_str(), key(&[&tag.repository, &tag.tag]).as_str())?;
     touch_repository(txn, did, &tag.repository, offset, event.upstream_time.as_deref(), 0)
 }
 
-fn delete_tag(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), ProjectionError> {
+/// Removes the tag a record key names. `record` says whether to write the removal into the
+/// tag's history.
+fn delete_tag(
+    txn: &WriteTransaction,
+    offset: u64,
+    event: &Event,
+    rkey: &str,
+    record: bool,
+) -> Result<(), ProjectionError> {
+    let did = event.did.as_str();
     let named = match txn.open_table(TAG_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
         Some(named) => named.value().to_string(),
         None => return Ok(()),
@@ -395,11 +880,23 @@ fn delete_tag(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), Proje
     let mut tags = txn.open_table(TAGS)?;
     // Only remove the tag if this record still owns it (two records may name the same tag).
     let owned = match tags.get(tag_key.as_str())? {
-        Some(bytes) => decode::<TagRow>("tags", bytes.value())?.rkey == rkey,
-        None => false,
+        Some(bytes) => Some(decode::<TagRow>("tags", bytes.value())?).filter(|row| row.rkey == rkey),
+        None => None,
     };
-    if owned {
+    if let Some(row) = owned {
         tags.remove(tag_key.as_str())?;
+        if record {
+            let change = TagMoveRow {
+                offset,
+                from: Some(row.digest),
+                to: None,
+                time: event.upstream_time.clone(),
+                rev: event.rev.clone(),
+                upstream_seq: event.upstream_seq,
+            };
+            let history_key = format!("{tag_key}\0{}", offset_key(offset));
+            txn.open_table(TAG_HISTORY)?.insert(history_key.as_str(), encode(&change).as_slice())?;
+        }
     }
     Ok(())
 }

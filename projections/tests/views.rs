@@ -160,3 +160,80 @@ fn identities_come_from_resolved_did_documents() {
     assert_eq!(views.did_for_handle("Alice.Test").unwrap().as_deref(), Some(ALICE));
     assert_eq!(views.identity(ALICE).unwrap().unwrap().pds_endpoint.as_deref(), Some("https://pds.example"));
 }
+
+#[test]
+fn browse_views_count_stars_keep_pages_profiles_and_tag_history() {
+    const BOB: &str = "did:plc:bob";
+    let mut star = put(
+        "10",
+        "io.atcr.sailor.star",
+        "3star",
+        ipld!({ "subject": format!("at://{ALICE}/io.atcr.repo.page/web~app") }),
+    );
+    star.did = BOB.into();
+    // The page names the repository in its record; the subject URI's rkey is only a hint.
+    let mut events = scenario();
+    events.push(put(
+        "11",
+        "io.atcr.repo.page",
+        "web~app",
+        ipld!({ "repository": "web/app", "description": "# App\n\nServes the web.\n\nMore text.", "createdAt": "x" }),
+    ));
+    events.push(put("12", "io.atcr.sailor.profile", "self", ipld!({ "ociClient": "podman", "createdAt": "x" })));
+    let mut legacy_star =
+        put("13", "io.atcr.sailor.star", "4star", ipld!({ "subject": { "did": ALICE, "repository": "web/app" } }));
+    legacy_star.did = "did:plc:carol".into();
+    events.push(legacy_star);
+    let (_directory, log, views) = setup(events);
+    let runner = ProjectionRunner::new(log.clone(), views.clone());
+    runner.catch_up().unwrap();
+    // Carol's star names "web/app"; Bob's names the page record key "web~app", which the page
+    // record maps to its repository.
+    log.append(AppendBatch { events: vec![star], ..AppendBatch::default() }).unwrap();
+    runner.catch_up().unwrap();
+    assert_eq!(views.star_count(ALICE, "web/app").unwrap(), 2);
+    assert_eq!(views.stargazers(ALICE, "web/app").unwrap().len(), 2);
+    assert_eq!(views.most_starred(10).unwrap(), vec![(ALICE.to_string(), "web/app".to_string())]);
+    assert_eq!(views.stars_received(ALICE).unwrap(), 2);
+    log.append(AppendBatch {
+        events: vec![{
+            let mut unstar = delete("14", "io.atcr.sailor.star", "3star");
+            unstar.did = BOB.into();
+            unstar
+        }],
+        ..AppendBatch::default()
+    })
+    .unwrap();
+    runner.catch_up().unwrap();
+    assert_eq!(views.star_count(ALICE, "web/app").unwrap(), 1);
+
+    let page = views.page(ALICE, "web/app").unwrap().unwrap();
+    assert!(page.description.unwrap().starts_with("# App"));
+    assert_eq!(views.profile(ALICE).unwrap().unwrap().oci_client.as_deref(), Some("podman"));
+    assert_eq!(views.first_seen(ALICE).unwrap().as_deref(), Some("2026-01-01T00:00:01Z"));
+
+    // latest: created at 02, moved at 06 (the stale 05 replay is skipped); v1 created and deleted.
+    let history = views.tag_history(ALICE, "web/app", Some("latest")).unwrap();
+    let moves: Vec<_> = history.iter().map(|(_, change)| (change.from.as_deref(), change.to.as_deref())).collect();
+    assert_eq!(moves, vec![(None, Some(IMAGE)), (Some(IMAGE), Some(IMAGE_V2))]);
+    let v1: Vec<_> = views.tag_history(ALICE, "web/app", Some("v1")).unwrap();
+    assert_eq!(v1.last().unwrap().1.to, None, "the delete is in the history");
+    assert_eq!(views.tag_history(ALICE, "web/app", None).unwrap().len(), 5);
+
+    let versions = views.record_history(ALICE, "io.atcr.tag", "web~app_latest").unwrap();
+    assert_eq!(versions.len(), 2, "two applied versions of the latest tag record");
+    let activity = views.activity(ALICE, None, 3).unwrap();
+    assert_eq!(activity.len(), 3);
+    assert!(activity[0].offset > activity[1].offset, "newest first");
+    let older = views.activity(ALICE, Some(activity[2].offset), 100).unwrap();
+    assert!(older.iter().all(|row| row.offset < activity[2].offset));
+
+    let document = views.search_document(ALICE, "web/app").unwrap().unwrap();
+    assert_eq!(document.description.as_deref(), Some("App"));
+    assert_eq!(document.tags, vec!["latest", "old"]);
+    assert_eq!(document.holds, vec!["did:web:hold.example"]);
+    assert_eq!(document.size, 1100, "config + layer, counted once across manifests");
+    assert_eq!(document.stars, 1);
+    assert_eq!(views.recently_pushed(1).unwrap(), vec![(ALICE.to_string(), "web/app".to_string())]);
+    assert_eq!(views.counts().unwrap().tags, 2);
+}

@@ -287,6 +287,78 @@ impl StarRecord {
     }
 }
 
+/// A repository's page: its README (markdown) and avatar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPageRecord {
+    pub repository: String,
+    pub description: Option<String>,
+    pub avatar: Option<BlobRef>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RepoPageWire {
+    repository: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    avatar: Option<Ipld>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl RepoPageRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: RepoPageWire = decode(REPO_PAGE, bytes)?;
+        if wire.repository.is_empty() {
+            return Err(invalid(REPO_PAGE, "empty repository"));
+        }
+        Ok(RepoPageRecord {
+            repository: wire.repository,
+            description: wire.description.filter(|text| !text.trim().is_empty()),
+            avatar: wire.avatar.and_then(blob_ref),
+            updated_at: wire.updated_at.or(wire.created_at),
+        })
+    }
+}
+
+/// A user's registry preferences (`io.atcr.sailor.profile`, record key `self`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileRecord {
+    /// `docker`, `podman`, `buildah`, `nerdctl`, `crane` or `none`; other values are ignored.
+    pub oci_client: Option<String>,
+    pub default_hold: Option<String>,
+    pub registry_domain: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProfileWire {
+    #[serde(default)]
+    oci_client: Option<String>,
+    #[serde(default)]
+    default_hold: Option<String>,
+    #[serde(default)]
+    registry_domain: Option<String>,
+}
+
+/// The pull clients a profile may name (lexicon `knownValues`).
+pub const OCI_CLIENTS: [&str; 6] = ["docker", "podman", "buildah", "nerdctl", "crane", "none"];
+
+impl ProfileRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: ProfileWire = decode(PROFILE, bytes)?;
+        Ok(ProfileRecord {
+            oci_client: wire.oci_client.filter(|client| OCI_CLIENTS.contains(&client.as_str())),
+            default_hold: wire.default_hold.filter(|hold| hold.starts_with("did:")),
+            registry_domain: wire.registry_domain.filter(|domain| !domain.is_empty()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +384,22 @@ mod tests {
         assert_eq!((legacy.digest.as_str(), legacy.updated_at.as_deref()), (DIGEST, Some("2025-01-01T00:00:00Z")));
         let hostile = cbor(ipld!({ "repository": "hello", "tag": "x", "manifestDigest": "sha256:../../etc/passwd" }));
         assert!(TagRecord::decode(&hostile).is_err());
+    }
+
+    #[test]
+    fn pages_and_profiles_decode_leniently() {
+        let page = cbor(ipld!({ "repository": "web/app", "description": "# Hi", "createdAt": "2026-01-01T00:00:00Z" }));
+        let page = RepoPageRecord::decode(&page).unwrap();
+        assert_eq!(
+            (page.description.as_deref(), page.updated_at.as_deref()),
+            (Some("# Hi"), Some("2026-01-01T00:00:00Z"))
+        );
+        assert!(RepoPageRecord::decode(&cbor(ipld!({ "repository": "" }))).is_err());
+        let profile = cbor(ipld!({ "ociClient": "podman", "defaultHold": "did:web:hold.test", "createdAt": "x" }));
+        let profile = ProfileRecord::decode(&profile).unwrap();
+        assert_eq!(profile.oci_client.as_deref(), Some("podman"));
+        let odd = ProfileRecord::decode(&cbor(ipld!({ "ociClient": "<script>", "defaultHold": "x" }))).unwrap();
+        assert_eq!(odd, ProfileRecord::default());
     }
 
     #[test]
