@@ -123,6 +123,10 @@ pub struct ManifestRow {
     pub subject: Option<String>,
     /// Every blob the manifest references (config and layers), with sizes.
     pub blobs: Vec<(String, Option<i64>)>,
+    /// The config blob's digest, when the manifest has one.
+    pub config: Option<String>,
+    /// Layers in order: (digest, media type, size).
+    pub layers: Vec<(String, Option<String>, Option<i64>)>,
     /// Children of an index.
     pub children: Vec<ChildRow>,
     pub annotations: BTreeMap<String, String>,
@@ -727,6 +731,17 @@ fn put_manifest(
         hold_endpoint: manifest.hold_endpoint.clone(),
         subject: subject.clone(),
         blobs,
+        config: manifest
+            .config
+            .as_ref()
+            .map(|config| config.digest.clone())
+            .filter(|digest| records::is_sha256_digest(digest)),
+        layers: manifest
+            .layers
+            .iter()
+            .filter(|layer| records::is_sha256_digest(&layer.digest))
+            .map(|layer| (layer.digest.clone(), layer.media_type.clone(), layer.size))
+            .collect(),
         children,
         annotations: manifest.annotations.clone(),
         created_at: manifest.created_at.clone(),

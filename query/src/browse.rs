@@ -1,9 +1,15 @@
 //! Browsing: the read models behind the web pages and the JSON API (home, user, repository and
 //! manifest pages). Everything here is computed from the projections; nothing calls the network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use atcr_projections::browse::{RepositoryFacts, SearchDoc, summary_line};
+use atcr_projections::{ManifestRow, ProjectionError, Views};
+use atcr_storage::records::is_sha256_digest;
 use serde::Serialize;
+
+use crate::registry::RegistryQuery;
 
 /// A repository as listed on the home, user and search pages.
 #[derive(Debug, Clone, Serialize)]
@@ -156,4 +162,298 @@ pub struct ManifestPage {
     pub referrers: Vec<ReferrerEntry>,
     pub pull_name: String,
     pub oci_client: String,
+}
+
+/// Why a browse answer failed. Unknown users and repositories are `Ok(None)`, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BrowseError {
+    #[error("views: {0}")]
+    Views(#[from] ProjectionError),
+}
+
+/// How many repositories each home page list shows.
+const HOME_LIST: usize = 12;
+
+/// Answers the browse pages from the registry views.
+#[derive(Clone)]
+pub struct Browse {
+    registry: RegistryQuery,
+}
+
+impl Browse {
+    pub fn new(registry: RegistryQuery) -> Self {
+        Browse { registry }
+    }
+
+    fn views(&self) -> Arc<Views> {
+        self.registry.views().clone()
+    }
+
+    pub fn home(&self) -> Result<HomePage, BrowseError> {
+        let views = self.views();
+        let counts = views.counts()?;
+        let cards = |pairs: Vec<(String, String)>| -> Result<Vec<RepoCard>, BrowseError> {
+            let mut out = Vec::with_capacity(pairs.len());
+            for (did, repository) in pairs {
+                if let Some(card) = repo_card(&views, &did, &repository)? {
+                    out.push(card);
+                }
+            }
+            Ok(out)
+        };
+        Ok(HomePage {
+            stats: NetworkStats {
+                users: counts.identities,
+                repositories: counts.repositories,
+                manifests: counts.manifests,
+                tags: counts.tags,
+                stars: counts.stars,
+            },
+            recent: cards(views.recently_pushed(HOME_LIST)?)?,
+            most_starred: cards(views.most_starred(HOME_LIST)?)?,
+            new_repositories: cards(views.newest_repositories(HOME_LIST)?)?,
+        })
+    }
+
+    /// A user by handle or DID.
+    pub fn user(&self, handle_or_did: &str) -> Result<Option<UserPage>, BrowseError> {
+        let views = self.views();
+        let Some(did) = owner_did(&views, handle_or_did)? else { return Ok(None) };
+        let identity = views.identity(&did)?;
+        let repositories = views.repositories_of(&did)?;
+        if identity.is_none() && repositories.is_empty() {
+            return Ok(None);
+        }
+        let identity = identity.unwrap_or_default();
+        let profile = views.profile(&did)?.unwrap_or_default();
+        let mut cards = Vec::with_capacity(repositories.len());
+        let mut image_count = 0;
+        for (repository, _) in &repositories {
+            if let Some(card) = repo_card(&views, &did, repository)? {
+                image_count += card.manifests;
+                cards.push(card);
+            }
+        }
+        cards.sort_by(|left, right| right.last_push.cmp(&left.last_push).then(left.repository.cmp(&right.repository)));
+        Ok(Some(UserPage {
+            handle_valid: handle_is_consistent(&views, &did, identity.handle.as_deref())?,
+            handle: identity.handle,
+            pds_endpoint: identity.pds_endpoint,
+            active: identity.active,
+            oci_client: profile.oci_client.unwrap_or_else(|| "docker".to_string()),
+            default_hold: profile.default_hold,
+            joined: views.first_seen(&did)?,
+            repository_count: cards.len() as u64,
+            image_count,
+            stars_received: views.stars_received(&did)?,
+            repositories: cards,
+            did,
+        }))
+    }
+
+    pub fn repository(&self, owner: &str, repository: &str) -> Result<Option<RepositoryPage>, BrowseError> {
+        let views = self.views();
+        let Some(did) = owner_did(&views, owner)? else { return Ok(None) };
+        let Some(row) = views.repository(&did, repository)? else { return Ok(None) };
+        let manifests = views.repository_manifests(&did, repository)?;
+        let tags = views.tag_rows(&did, repository)?;
+        let facts = RepositoryFacts::of(&manifests, &tags);
+        let by_digest: BTreeMap<&str, &ManifestRow> =
+            manifests.iter().map(|(digest, manifest)| (digest.as_str(), manifest)).collect();
+        let mut summaries: Vec<TagSummary> = tags
+            .iter()
+            .map(|(name, tag)| {
+                let manifest = by_digest.get(tag.digest.as_str()).copied();
+                let platforms = manifest.map(platforms_of).unwrap_or_default();
+                TagSummary {
+                    name: name.clone(),
+                    digest: tag.digest.clone(),
+                    media_type: manifest.map(|manifest| manifest.media_type.clone()),
+                    multi_arch: platforms.len() > 1,
+                    platforms,
+                    size: manifest.map(manifest_size),
+                    updated_at: tag.updated_at.clone(),
+                }
+            })
+            .collect();
+        // Newest first, like every registry's tag list; `latest` leads among equals.
+        summaries.sort_by(|left, right| {
+            right.updated_at.cmp(&left.updated_at).then((right.name == "latest").cmp(&(left.name == "latest")))
+        });
+        let identity = views.identity(&did)?.unwrap_or_default();
+        let profile = views.profile(&did)?.unwrap_or_default();
+        let readme = views.page(&did, repository)?.and_then(|page| page.description);
+        let description = readme.as_deref().and_then(summary_line).or_else(|| {
+            facts.annotations.get("org.opencontainers.image.description").and_then(|text| summary_line(text))
+        });
+        let link = |name: &str| facts.annotations.get(name).filter(|url| is_http_url(url)).cloned();
+        Ok(Some(RepositoryPage {
+            pull_name: format!("{}/{repository}", identity.handle.as_deref().unwrap_or(&did)),
+            handle: identity.handle,
+            repository: repository.to_string(),
+            description,
+            readme,
+            source_url: link("org.opencontainers.image.source"),
+            documentation_url: link("org.opencontainers.image.documentation")
+                .or_else(|| link("org.opencontainers.image.url")),
+            annotations: facts.annotations.clone(),
+            oci_client: profile.oci_client.unwrap_or_else(|| "docker".to_string()),
+            tags: summaries,
+            stars: views.star_count(&did, repository)?,
+            size: facts.size,
+            manifests: manifests.len() as u64,
+            last_push: row.last_push,
+            did,
+        }))
+    }
+
+    /// A manifest by tag or digest.
+    pub fn manifest(
+        &self,
+        owner: &str,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestPage>, BrowseError> {
+        let views = self.views();
+        let Some(did) = owner_did(&views, owner)? else { return Ok(None) };
+        let (digest, reference_tag) = if is_sha256_digest(reference) {
+            (reference.to_string(), None)
+        } else {
+            match views.tag(&did, repository, reference)? {
+                Some(tag) => (tag.digest, Some(reference.to_string())),
+                None => return Ok(None),
+            }
+        };
+        let Some(manifest) = views.manifest(&did, &digest)? else { return Ok(None) };
+        if manifest.repository != repository {
+            return Ok(None);
+        }
+        let tags = views
+            .tag_rows(&did, repository)?
+            .into_iter()
+            .filter(|(_, tag)| tag.digest == digest)
+            .map(|(name, _)| name)
+            .collect();
+        let kind = if manifest.children.is_empty() {
+            let size_of = |digest: &str| {
+                manifest.blobs.iter().find(|(blob, _)| blob == digest).and_then(|(_, size)| size.and_then(to_u64))
+            };
+            let config = manifest.config.as_ref().map(|digest| LayerEntry {
+                digest: digest.clone(),
+                media_type: None,
+                size: size_of(digest),
+            });
+            let layers = manifest
+                .layers
+                .iter()
+                .map(|(digest, media_type, size)| LayerEntry {
+                    digest: digest.clone(),
+                    media_type: media_type.clone(),
+                    size: size.and_then(to_u64),
+                })
+                .collect();
+            ManifestKind::Image { config, layers }
+        } else {
+            ManifestKind::Index {
+                platforms: manifest
+                    .children
+                    .iter()
+                    .map(|child| PlatformEntry {
+                        platform: child.platform.clone(),
+                        digest: child.digest.clone(),
+                        media_type: child.media_type.clone(),
+                        size: child.size.and_then(|size| u64::try_from(size).ok()),
+                    })
+                    .collect(),
+            }
+        };
+        let referrers = views
+            .referrers(&did, &digest)?
+            .into_iter()
+            .map(|(digest, row)| ReferrerEntry {
+                digest,
+                media_type: row.media_type,
+                artifact_type: row.artifact_type,
+                size: row.size.and_then(|size| u64::try_from(size).ok()),
+                annotations: row.annotations,
+            })
+            .collect();
+        let identity = views.identity(&did)?.unwrap_or_default();
+        let profile = views.profile(&did)?.unwrap_or_default();
+        Ok(Some(ManifestPage {
+            pull_name: format!("{}/{repository}", identity.handle.as_deref().unwrap_or(&did)),
+            handle: identity.handle,
+            repository: repository.to_string(),
+            reference_tag,
+            size: Some(manifest_size(&manifest)),
+            media_type: manifest.media_type.clone(),
+            created_at: manifest.created_at.clone(),
+            annotations: manifest.annotations.clone(),
+            hold: manifest.hold_did.clone().or_else(|| manifest.hold_endpoint.clone()),
+            tags,
+            subject: manifest.subject.clone(),
+            kind,
+            referrers,
+            oci_client: profile.oci_client.unwrap_or_else(|| "docker".to_string()),
+            digest,
+            did,
+        }))
+    }
+}
+
+/// A handle or DID → the DID, when the views know it.
+fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, BrowseError> {
+    if handle_or_did.starts_with("did:") {
+        return Ok(Some(handle_or_did.to_string()));
+    }
+    Ok(views.did_for_handle(handle_or_did)?)
+}
+
+/// True when the handle the DID document claims maps back to this DID in our handle index.
+/// (Verifying the handle's own DNS/HTTPS resolution is issue 6's identity work.)
+fn handle_is_consistent(views: &Views, did: &str, handle: Option<&str>) -> Result<bool, BrowseError> {
+    let Some(handle) = handle else { return Ok(false) };
+    Ok(views.did_for_handle(handle)?.as_deref() == Some(did))
+}
+
+fn repo_card(views: &Views, did: &str, repository: &str) -> Result<Option<RepoCard>, BrowseError> {
+    let Some(document) = views.search_document(did, repository)? else { return Ok(None) };
+    Ok(Some(card_from_document(document)))
+}
+
+/// A search document is exactly what a card shows.
+pub fn card_from_document(document: SearchDoc) -> RepoCard {
+    RepoCard {
+        did: document.did,
+        handle: document.handle,
+        repository: document.repository,
+        description: document.description,
+        tags: document.tags,
+        platforms: document.platforms,
+        stars: document.stars,
+        size: document.size,
+        manifests: document.manifests,
+        last_push: document.last_push,
+    }
+}
+
+fn platforms_of(manifest: &ManifestRow) -> Vec<String> {
+    let set: BTreeSet<String> = manifest.children.iter().filter_map(|child| child.platform.clone()).collect();
+    set.into_iter().collect()
+}
+
+/// Bytes of an image (its blobs) or of an index (its children's manifests and what they say).
+fn manifest_size(manifest: &ManifestRow) -> u64 {
+    let blobs: u64 = manifest.blobs.iter().filter_map(|(_, size)| size.and_then(|size| u64::try_from(size).ok())).sum();
+    let children: u64 =
+        manifest.children.iter().filter_map(|child| child.size.and_then(|size| u64::try_from(size).ok())).sum();
+    blobs + children
+}
+
+fn to_u64(size: i64) -> Option<u64> {
+    u64::try_from(size).ok()
+}
+
+fn is_http_url(text: &str) -> bool {
+    (text.starts_with("https://") || text.starts_with("http://")) && !text.chars().any(char::is_whitespace)
 }
