@@ -154,6 +154,7 @@ impl LogQuery {
     }
 }
 
+pub mod audit;
 pub mod browse;
 pub mod registry;
 pub use atcr_storage::blobs::BlobMethod;
