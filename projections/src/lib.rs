@@ -13,6 +13,7 @@
 
 pub mod browse;
 pub mod runner;
+pub mod search;
 pub mod views;
 
 use std::path::Path;

@@ -157,5 +157,6 @@ impl LogQuery {
 pub mod audit;
 pub mod browse;
 pub mod registry;
+pub mod search;
 pub use atcr_storage::blobs::BlobMethod;
 pub use registry::{BlobLocation, BlobServe, Manifest, RegistryError, RegistryQuery, RepositoryRef};
