@@ -1,6 +1,7 @@
 //! The `atcr` binary: command line, configuration, wiring and shutdown. Domain logic lives in
 //! the crates (storage, ingest, projections, query, web).
 
+mod audit_verify;
 mod bench;
 mod config;
 mod demo;
@@ -39,6 +40,23 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Offline checks of what the log holds (work while `atcr serve` runs).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Re-check every stored commit: its block matches its events and its signature verifies
+    /// with the DID's key at that time (from the logged DID documents). Exits non-zero on any
+    /// failure.
+    Verify {
+        /// Only this DID's commits.
+        #[arg(long)]
+        did: Option<String>,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -73,5 +91,8 @@ fn main() -> anyhow::Result<()> {
         Command::Log { command } => runtime.block_on(logcmd::run(config, command)),
         Command::Status => logcmd::status(&config),
         Command::Bench { command } => runtime.block_on(bench::run(command)),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { did } => audit_verify::run(&config, did),
+        },
     }
 }
