@@ -75,7 +75,13 @@ pub async fn start<F: Fetcher>(
     }
     let local_hold_dids: Vec<String> = local_holds.keys().cloned().collect();
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
-    let app = atcr_web::router(AppState { query: LogQuery::new(log.clone()), registry: Some(registry), metrics });
+    let app = atcr_web::router(AppState {
+        query: LogQuery::new(log.clone()),
+        registry: Some(registry.clone()),
+        metrics,
+        browse: Some(atcr_query::browse::Browse::new(registry)),
+        search: None,
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

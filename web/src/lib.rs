@@ -1,15 +1,18 @@
 //! atcr-web: everything atcr serves over HTTP.
 //!
-//! - `/` — the status page: what was ingested, cursors, quarantine, recent events;
+//! - the web UI ([`ui`]): `/` home, `/search`, `/u/…` users, `/r/…` repositories, tags and
+//!   manifests, `/status` (what was ingested, cursors, quarantine), `/static/…` assets;
 //! - `/healthz`, `/metrics` (Prometheus text);
 //! - `/api/v1/status`, `/api/v1/log`, `/api/v1/log/{offset}`, `/api/v1/quarantine` (JSON);
 //! - `/v2/…`: the OCI Distribution pull API ([`oci`]).
 //!
 //! Handlers only translate between HTTP and `atcr-query`; every error becomes a response
-//! through one mapping ([`ApiError`]).
+//! through one mapping per surface ([`ApiError`] for JSON, OCI errors for `/v2`, error pages for
+//! the UI). The UI and the JSON API are compressed (gzip/br); `/v2` never is: blob bodies are
+//! already compressed and must keep their exact length.
 
 mod oci;
-mod pages;
+pub mod ui;
 
 use std::time::Duration;
 
@@ -20,9 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
+use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use atcr_query::browse::Browse;
+use atcr_query::search::{SearchParams, SearchService};
 use atcr_query::{EventFilter, LogQuery, QueryError, RegistryQuery};
 
 /// Installs the process-wide metrics recorder and returns the handle `/metrics` renders.
@@ -36,21 +42,31 @@ pub struct AppState {
     /// The registry views; `None` serves the log only.
     pub registry: Option<RegistryQuery>,
     pub metrics: Option<PrometheusHandle>,
+    /// The browse read models behind the UI pages; `None` answers them with 503.
+    pub browse: Option<Browse>,
+    /// The search index; `None` answers `/search` and `/api/v1/search` with 503.
+    pub search: Option<SearchService>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(status_page))
+    let compressed = Router::new()
+        .merge(ui::routes())
+        .merge(ui::history::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(api_status))
         .route("/api/v1/log", get(api_log))
         .route("/api/v1/log/{offset}", get(api_log_event))
         .route("/api/v1/quarantine", get(api_quarantine))
+        .route("/api/v1/search", get(api_search))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ui::history::repository_history_layer))
+        .layer(CompressionLayer::new());
+    Router::new()
         .route("/v2", get(oci::base))
         .route("/v2/", get(oci::base))
         .route("/v2/{*path}", axum::routing::any(oci::dispatch))
-        .fallback(not_found)
+        .merge(compressed)
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .with_state(state)
@@ -100,12 +116,6 @@ async fn blocking<T: Send + 'static>(
             message: format!("query task failed: {error}"),
         }),
     }
-}
-
-async fn status_page(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let query = state.query.clone();
-    let report = blocking(move || query.status(25)).await?;
-    Ok(pages::status(&report).into_response())
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -172,6 +182,34 @@ async fn api_quarantine(
     Ok(axum::Json(entries).into_response())
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such page")
+/// `GET /api/v1/search?q=&sort=&page=&per_page=`: the search page's results as JSON.
+async fn api_search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Result<Response, ApiError> {
+    let Some(service) = state.search.clone() else {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: "search is not available on this server".into(),
+        });
+    };
+    match tokio::task::spawn_blocking(move || service.search(&params)).await {
+        Ok(Ok(results)) => Ok(axum::Json(results).into_response()),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "search failed");
+            Err(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: error.to_string() })
+        }
+        Err(error) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("search task failed: {error}"),
+        }),
+    }
+}
+
+/// Unknown paths: JSON under `/api/`, the styled 404 page everywhere else.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        return ApiError::not_found("no such endpoint").into_response();
+    }
+    let response = ui::not_found_page("There is no page at this address.");
+    ui::security_headers_on(response)
 }
