@@ -1,6 +1,7 @@
 //! The `atcr` binary: command line, configuration, wiring and shutdown. Domain logic lives in
 //! the crates (storage, ingest, projections, query, web).
 
+mod audit;
 mod audit_verify;
 mod bench;
 mod config;
@@ -57,6 +58,13 @@ enum AuditCommand {
         #[arg(long)]
         did: Option<String>,
     },
+    /// Every version of a record: `atcr audit record at://<did>/<collection>/<rkey>`.
+    Record(audit::RecordArgs),
+    /// Every move of a tag, or what it resolved to then: `atcr audit tag <owner>/<repo>:<tag>
+    /// [--at <RFC 3339> | --offset <N>]`.
+    Tag(audit::TagArgs),
+    /// Every event that touched a repository: `atcr audit repo <owner>/<repo>`.
+    Repo(audit::RepoArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -93,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { command } => runtime.block_on(bench::run(command)),
         Command::Audit { command } => match command {
             AuditCommand::Verify { did } => audit_verify::run(&config, did),
+            AuditCommand::Record(args) => audit::record(&config, args),
+            AuditCommand::Tag(args) => audit::tag(&config, args),
+            AuditCommand::Repo(args) => audit::repo(&config, args),
         },
     }
 }

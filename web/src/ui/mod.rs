@@ -15,6 +15,7 @@ pub mod assets;
 mod components;
 pub mod format;
 pub mod history;
+pub mod history;
 mod layout;
 pub mod markdown;
 mod search;
