@@ -15,7 +15,6 @@ pub mod assets;
 mod components;
 pub mod format;
 pub mod history;
-pub mod history;
 mod layout;
 pub mod markdown;
 mod search;
