@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use atcr_projections::views::{ActivityRow, RecordVersionRow, TagMoveRow};
-use atcr_projections::{ProjectionError, Views, ViewsHandle};
+use atcr_projections::{ProjectionError, Views};
 use atcr_storage::did::parse_did_document;
 use atcr_storage::json::dag_cbor_to_json;
 use atcr_storage::records::{self, ManifestRecord, RepoPageRecord, StarRecord, TagRecord};
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::LogQuery;
+use crate::{LogQuery, RegistryQuery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -692,15 +692,20 @@ pub struct ActivityPage {
 #[derive(Clone)]
 pub struct AuditQuery {
     log: Arc<EventLog>,
-    views: ViewsHandle,
+    registry: RegistryQuery,
 }
 
 /// The most activity entries one page holds.
 pub const MAX_ACTIVITY_PAGE: usize = 200;
 
 impl AuditQuery {
-    pub fn new(log: &LogQuery, views: ViewsHandle) -> Self {
-        AuditQuery { log: log.log.clone(), views }
+    pub fn new(log: &LogQuery, registry: RegistryQuery) -> Self {
+        AuditQuery { log: log.log.clone(), registry }
+    }
+
+    /// The live views now (loaded once per answer: a newer build may be swapped in any time).
+    fn views(&self) -> Arc<Views> {
+        self.registry.views().clone()
     }
 
     fn owner_in(views: &Views, handle_or_did: &str) -> Result<Option<Owner>, AuditError> {
@@ -718,7 +723,7 @@ impl AuditQuery {
 
     /// A handle or DID → the DID and its handle; `None` for a handle the views do not know.
     pub fn owner(&self, handle_or_did: &str) -> Result<Option<Owner>, AuditError> {
-        Self::owner_in(&self.views.load(), handle_or_did)
+        Self::owner_in(&self.views(), handle_or_did)
     }
 
     /// The moves of a repository's tags (one tag when `tag` is given), oldest first; `None` when
@@ -729,7 +734,7 @@ impl AuditQuery {
         repository: &str,
         tag: Option<&str>,
     ) -> Result<Option<TagTimeline>, AuditError> {
-        let views = self.views.load();
+        let views = self.views();
         let Some(owner) = Self::owner_in(&views, owner)? else { return Ok(None) };
         let rows = views.tag_history(&owner.did, repository, tag)?;
         if rows.is_empty() && views.repository(&owner.did, repository)?.is_none() {
@@ -745,7 +750,7 @@ impl AuditQuery {
 
     /// Every version of a record with its JSON; `None` when the views know no version of it.
     pub fn record(&self, owner: &str, collection: &str, rkey: &str) -> Result<Option<RecordView>, AuditError> {
-        let views = self.views.load();
+        let views = self.views();
         let Some(owner) = Self::owner_in(&views, owner)? else { return Ok(None) };
         let rows = views.record_history(&owner.did, collection, rkey)?;
         if rows.is_empty() {
@@ -790,7 +795,7 @@ impl AuditQuery {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Option<ActivityPage>, AuditError> {
-        let views = self.views.load();
+        let views = self.views();
         let Some(owner) = Self::owner_in(&views, handle_or_did)? else { return Ok(None) };
         let limit = limit.clamp(1, MAX_ACTIVITY_PAGE);
         let mut rows = views.activity(&owner.did, before, limit + 1)?;
@@ -830,6 +835,7 @@ mod tests {
     use super::*;
     use atcr_projections::ProjectionRunner;
     use atcr_storage::AppendBatch;
+    use atcr_storage::content::ContentStore;
     use ipld_core::ipld;
     use ipld_core::ipld::Ipld;
 
@@ -901,7 +907,8 @@ mod tests {
         log.append(AppendBatch { events, ..AppendBatch::default() }).unwrap();
         let views = Arc::new(Views::open(&directory.path().join("views.redb")).unwrap());
         ProjectionRunner::new(log.clone(), views.clone()).catch_up().unwrap();
-        let audit = AuditQuery::new(&LogQuery::new(log.clone()), ViewsHandle::new(views));
+        let content = Arc::new(ContentStore::open(&directory.path().join("content")).unwrap());
+        let audit = AuditQuery::new(&LogQuery::new(log.clone()), RegistryQuery::new(views, content));
         Fixture { _directory: directory, log, audit }
     }
 

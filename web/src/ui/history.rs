@@ -55,7 +55,7 @@ pub fn routes() -> Router<AppState> {
 
 fn audit_query(state: &AppState) -> Option<AuditQuery> {
     let registry = state.registry.as_ref()?;
-    Some(AuditQuery::new(&state.query, registry.views_handle().clone()))
+    Some(AuditQuery::new(&state.query, registry.clone()))
 }
 
 /// `/at/{did}/{collection}/{rkey}` for an `at://` URI naming a record; `None` for anything else.
