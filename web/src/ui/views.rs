@@ -153,12 +153,19 @@ fn annotation_value(value: &str) -> Markup {
     }
 }
 
-fn annotations_list(annotations: &std::collections::BTreeMap<String, String>) -> Markup {
+fn annotations_section(annotations: &std::collections::BTreeMap<String, String>) -> Markup {
     html! {
-        dl.facts.stacked {
-            @for (key, value) in annotations {
-                dt { code { (key) } }
-                dd { (annotation_value(value)) }
+        @if !annotations.is_empty() {
+            section.section aria-labelledby="annotations-title" {
+                h2 #annotations-title { "Annotations" }
+                div.table-wrap { table.data.annotations {
+                    thead { tr { th scope="col" { "Key" } th scope="col" { "Value" } } }
+                    tbody {
+                        @for (key, value) in annotations {
+                            tr { th scope="row" { code.break { (key) } } td.break { (annotation_value(value)) } }
+                        }
+                    }
+                } }
             }
         }
     }
@@ -188,8 +195,8 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
                     th scope="col" { "Tag" }
                     th scope="col" { "Platforms" }
                     th scope="col" class="num" { "Size" }
-                    th scope="col" { "Digest" }
-                    th scope="col" { "Updated" }
+                    th.hide-sm scope="col" { "Digest" }
+                    th.hide-sm scope="col" { "Updated" }
                 } }
                 tbody {
                     @for tag in &page.tags {
@@ -197,8 +204,8 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
                             th scope="row" { a.mono href=(tag_url(owner, &page.repository, &tag.name)) { (tag.name) } }
                             td { (platform_badges(&tag.platforms, tag.multi_arch)) }
                             td.num { (tag.size.map(human_size).unwrap_or_default()) }
-                            td { a.mono href=(manifest_url(owner, &page.repository, &tag.digest)) title=(tag.digest) { (short_digest(&tag.digest)) } }
-                            td.nowrap { @if let Some(at) = &tag.updated_at { (time_element(at, context.now)) } }
+                            td.hide-sm { a.mono href=(manifest_url(owner, &page.repository, &tag.digest)) title=(tag.digest) { (short_digest(&tag.digest)) } }
+                            td.nowrap.hide-sm { @if let Some(at) = &tag.updated_at { (time_element(at, context.now)) } }
                         }
                     }
                 }
@@ -252,6 +259,7 @@ pub fn repository(page: &RepositoryPage, context: &RenderContext) -> Markup {
                         (tags_table(page, owner, context))
                     }
                 }
+                (annotations_section(&page.annotations))
             }
             aside aria-label="Repository details" {
                 section.panel aria-labelledby="pull-title" {
@@ -283,12 +291,6 @@ pub fn repository(page: &RepositoryPage, context: &RenderContext) -> Markup {
                                 li { a href=(url) rel="nofollow noopener noreferrer" { (link_icon()) span { (label) } } }
                             }
                         }
-                    }
-                }
-                @if !page.annotations.is_empty() {
-                    section.panel aria-labelledby="annotations-title" {
-                        h2 #annotations-title { "Annotations" }
-                        (annotations_list(&page.annotations))
                     }
                 }
             }
@@ -405,6 +407,7 @@ pub fn manifest(page: &ManifestPage, context: &RenderContext) -> Markup {
                         }
                     }
                 }
+                (annotations_section(&page.annotations))
                 section.section aria-labelledby="referrers-title" {
                     h2 #referrers-title { "Referrers" }
                     @if page.referrers.is_empty() {
@@ -443,12 +446,6 @@ pub fn manifest(page: &ManifestPage, context: &RenderContext) -> Markup {
                         p.pull-note { "By tag. Pinned by digest:" }
                     }
                     (pull_box(&page.oci_client, &by_digest))
-                }
-                @if !page.annotations.is_empty() {
-                    section.panel aria-labelledby="annotations-title" {
-                        h2 #annotations-title { "Annotations" }
-                        (annotations_list(&page.annotations))
-                    }
                 }
                 p { a href=(repository_url(owner, &page.repository)) { "← All tags of " (page.repository) } }
             }
