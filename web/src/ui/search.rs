@@ -73,7 +73,7 @@ fn hit_card(hit: &SearchHit, context: &RenderContext) -> Markup {
             }
             (repo_meta(hit.stars, hit.tag_count, hit.size, hit.last_push.as_deref(), context))
             @if !hit.tags.is_empty() {
-                ul.badges aria-label="Tags" {
+                ul.badges.tags aria-label="Tags" {
                     @for tag in hit.tags.iter().take(6) {
                         li { span.badge.tag { (tag) } }
                     }
@@ -133,10 +133,45 @@ fn pagination(response: &SearchResponse) -> Markup {
     }
 }
 
-/// What replaces `#search-results`: the count, problems with the query, hits, pagination.
+/// Chips that toggle common filters in the current query (re-rendered with every result set).
+fn filter_chips(response: &SearchResponse) -> Markup {
+    let query = response.query.as_str();
+    html! {
+        ul.chips aria-label="Quick filters" {
+            li.label aria-hidden="true" { "Filters:" }
+            @for (term, label) in CHIPS {
+                @let (toggled, active) = toggle_term(query, term);
+                li {
+                    a.chip href=(search_url(&toggled, response.sort, 1)) aria-current=[active.then_some("true")]
+                        title=(if active { format!("Remove {term}") } else { format!("Add {term}") }) {
+                        @if active { span aria-hidden="true" { "✓ " } }
+                        (label)
+                        span.visually-hidden { " (" (term) ")" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn page_title(query: &str) -> String {
+    if query.trim().is_empty() { "Search · atcr".to_string() } else { format!("{query} · Search · atcr") }
+}
+
+/// What replaces `#search-results` on a live search: the document title (htmx applies it) and
+/// the results.
 pub fn results_fragment(response: &SearchResponse, context: &RenderContext) -> Markup {
+    html! {
+        title { (page_title(&response.query)) }
+        (results_body(response, context))
+    }
+}
+
+/// Filter chips, the count, problems with the query, hits, pagination.
+fn results_body(response: &SearchResponse, context: &RenderContext) -> Markup {
     let noun = if response.total == 1 { "repository" } else { "repositories" };
     html! {
+        (filter_chips(response))
         div.results-head {
             p role="status" {
                 @if response.total == 0 {
@@ -227,25 +262,12 @@ pub fn page(response: &SearchResponse, help: &[SyntaxHelp], context: &RenderCont
                 span.search-progress aria-hidden="true" { "Searching…" }
             }
             p #search-syntax-hint.visually-hidden { "Supports filters such as user:, repo:, arch:, os:, tag:, stars: and is:multiarch; see Search syntax." }
-            ul.chips aria-label="Quick filters" {
-                li.label aria-hidden="true" { "Filters:" }
-                @for (term, label) in CHIPS {
-                    @let (toggled, active) = toggle_term(query, term);
-                    li {
-                        a.chip href=(search_url(&toggled, response.sort, 1)) aria-current=[active.then_some("true")]
-                            title=(if active { format!("Remove {term}") } else { format!("Add {term}") }) {
-                            @if active { span aria-hidden="true" { "✓ " } }
-                            (label)
-                            span.visually-hidden { " (" (term) ")" }
-                        }
-                    }
-                }
-            }
             (help_popover(help, response.sort))
-            div #search-results { (results_fragment(response, context)) }
+            div #search-results { (results_body(response, context)) }
         }
     };
     let title = if query.trim().is_empty() { "Search".to_string() } else { format!("{query} · Search") };
+    debug_assert_eq!(format!("{title} · atcr"), page_title(query));
     layout::render(Page {
         title: &title,
         description: "Search container images published on the AT Protocol by name, owner, platform, tag and more.",
@@ -274,6 +296,88 @@ mod tests {
             vec![Some(1), None, Some(3), Some(4), Some(5), Some(6), Some(7), None, Some(10)]
         );
         assert_eq!(page_window(1, 1), vec![Some(1)]);
+    }
+
+    fn response(query: &str, total: u64, page: usize) -> SearchResponse {
+        let hit = |repository: &str, platforms: &[&str]| SearchHit {
+            did: "did:plc:alice".into(),
+            handle: Some("alice.test".into()),
+            repository: repository.into(),
+            description: Some("<b>small</b> web server".into()),
+            tags: vec!["latest".into(), "1.27".into()],
+            tag_count: 9,
+            platforms: platforms.iter().map(|platform| platform.to_string()).collect(),
+            holds: vec![],
+            last_push: Some("2025-03-01T10:00:00Z".into()),
+            stars: 4,
+            size: 2_000_000,
+            manifests: 3,
+            score: Some(1.0),
+        };
+        SearchResponse {
+            query: query.into(),
+            sort: SearchSort::Stars,
+            page,
+            per_page: 20,
+            total,
+            pages: (total as usize).div_ceil(20),
+            hits: vec![hit("web/nginx-mini", &["linux/amd64", "linux/arm64"]), hit("hello", &["linux/amd64"])],
+            filters: vec![],
+            errors: vec![atcr_query::search::QueryProblem {
+                fragment: "stars:lots".into(),
+                message: "not a number".into(),
+            }],
+            warnings: vec![],
+            took_us: 120,
+        }
+    }
+
+    fn context() -> RenderContext {
+        RenderContext {
+            host: "registry.test".into(),
+            now: super::super::format::parse_time("2025-03-04T10:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_page_has_a_live_form_chips_help_results_and_pagination() {
+        let html = page(&response("nginx arch:arm64", 45, 2), atcr_query::search::help(), &context()).into_string();
+        for expected in [
+            "<h1>Search</h1>",
+            r#"hx-get="/search""#,
+            r#"hx-trigger="input changed delay:150ms, search""#,
+            r#"hx-push-url="true""#,
+            r#"<label for="page-search">"#,
+            r#"<label for="search-sort">"#,
+            r#"<option value="stars" selected>Most stars</option>"#,
+            r#"role="search""#,
+            "Search syntax",
+            "is:multiarch",
+            r#"aria-current="true""#,
+            "/search?q=nginx&amp;sort=stars",
+            "<strong>45</strong> repositories",
+            "page 2 of 3",
+            "&lt;b&gt;small&lt;/b&gt; web server",
+            "+3 more",
+            "stars:lots",
+            r#"rel="prev""#,
+            r#"rel="next""#,
+            r#"<span aria-current="page">2</span>"#,
+        ] {
+            assert!(html.contains(expected), "missing {expected:?}:\n{html}");
+        }
+        assert_eq!(html.matches("<h1").count(), 1);
+        assert!(!html.contains("style="));
+        assert_eq!(html.matches("<title>").count(), 1, "the fragment's title is only for htmx swaps");
+    }
+
+    #[test]
+    fn the_fragment_is_only_the_results() {
+        let html = results_fragment(&response("hello", 1, 1), &context()).into_string();
+        assert!(html.starts_with("<title>hello · Search · atcr</title>"), "{html}");
+        assert!(!html.contains("<html") && !html.contains("<h1") && !html.contains("<header"), "{html}");
+        assert!(html.contains("<strong>1</strong> repository"), "{html}");
+        assert!(!html.contains("pagination"), "one page needs no pagination: {html}");
     }
 
     #[test]
