@@ -118,7 +118,7 @@ pub fn render(page: Page<'_>) -> Markup {
                         @if page.section != Section::Search {
                             (header_search(page.query))
                         } @else {
-                            div.header-search {}
+                            div.header-spacer {}
                         }
                         button #theme-toggle.icon-button type="button" aria-pressed="false" aria-label="Dark mode" title="Toggle dark mode" {
                             svg.icon-moon viewBox="0 0 16 16" aria-hidden="true" focusable="false" fill="currentColor" {

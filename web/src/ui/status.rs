@@ -93,8 +93,8 @@ pub fn status(report: &StatusReport) -> Markup {
                             tr {
                                 td.num { (event.get("offset").and_then(Value::as_u64).unwrap_or(0)) }
                                 td.num { (event.get("seq").and_then(Value::as_i64).map(|seq| seq.to_string()).unwrap_or_default()) }
-                                td { code.break { (field(event, "did")) } }
-                                td { (what(event)) }
+                                td.nowrap { code { (field(event, "did")) } }
+                                td.break { (what(event)) }
                                 td.nowrap { (field(event, "time")) }
                             }
                         }
