@@ -103,7 +103,7 @@ pub fn render(page: Page<'_>) -> Markup {
                 a.skip-link href="#main" { "Skip to content" }
                 header.site-header {
                     div.container {
-                        a.brand href="/" aria-label="atcr home" {
+                        a.brand href="/" {
                             (logo())
                             span { (SITE_NAME) }
                             small { "container registry" }
