@@ -134,6 +134,16 @@ async fn the_ui_is_compressed_and_v2_is_not() {
 }
 
 #[tokio::test]
+async fn an_owner_without_a_repository_redirects_to_the_user_page() {
+    let fixture = fixture(true);
+    for path in ["/r/alice.test", "/r/alice.test/"] {
+        let answer = get(&fixture.app, path, &[]).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(answer.header("location"), "/u/alice.test", "{path}");
+    }
+}
+
+#[tokio::test]
 async fn the_home_page_renders_over_empty_views() {
     let fixture = fixture(true);
     let answer = get(&fixture.app, "/", &[]).await;

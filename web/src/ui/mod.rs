@@ -53,6 +53,8 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(home_page))
         .route("/search", get(search_page))
         .route("/u/{owner}", get(user_page))
+        .route("/r/{owner}", get(owner_redirect))
+        .route("/r/{owner}/", get(owner_redirect))
         .route("/r/{owner}/{*rest}", get(repository_or_manifest_page))
         .route("/status", get(status_page))
         .route("/static/{file}", get(assets::serve))
@@ -162,6 +164,11 @@ async fn user_page(State(state): State<AppState>, Path(owner): Path<String>, hea
         Ok(None) => not_found_page(&format!("atcr knows no user {owner}.")),
         Err(response) => response,
     }
+}
+
+/// `/r/{owner}` names no repository: the owner's page lists them all.
+async fn owner_redirect(Path(owner): Path<String>) -> Response {
+    axum::response::Redirect::to(&format::user_url(&owner)).into_response()
 }
 
 /// What `/r/{owner}/{rest}` names: a repository, or a tag or manifest of one.
