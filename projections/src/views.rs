@@ -147,8 +147,11 @@ pub struct ChildRow {
 pub struct TagRow {
     pub digest: String,
     pub rkey: String,
+    /// The record's own `updatedAt` (or legacy `createdAt`): what the publisher claims.
     pub updated_at: Option<String>,
     pub offset: u64,
+    /// Upstream time of the commit that last set the tag.
+    pub pushed_at: Option<String>,
 }
 
 /// A repository page (`io.atcr.repo.page`).
@@ -870,7 +873,13 @@ fn put_tag(
         let history_key = format!("{tag_key}\0{}", offset_key(offset));
         txn.open_table(TAG_HISTORY)?.insert(history_key.as_str(), encode(&change).as_slice())?;
     }
-    let row = TagRow { digest: tag.digest, rkey: rkey.to_string(), updated_at: tag.updated_at, offset };
+    let row = TagRow {
+        digest: tag.digest,
+        rkey: rkey.to_string(),
+        updated_at: tag.updated_at,
+        offset,
+        pushed_at: event.upstream_time.clone(),
+    };
     txn.open_table(TAGS)?.insert(tag_key.as_str(), encode(&row).as_slice())?;
     txn.open_table(TAG_RKEYS)?.insert(key(&[did, rkey]).as_str(), key(&[&tag.repository, &tag.tag]).as_str())?;
     touch_repository(txn, did, &tag.repository, offset, event.upstream_time.as_deref(), 0)

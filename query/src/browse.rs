@@ -271,8 +271,8 @@ impl Browse {
                     media_type: manifest.map(|manifest| manifest.media_type.clone()),
                     multi_arch: platforms.len() > 1,
                     platforms,
-                    size: manifest.map(manifest_size),
-                    updated_at: tag.updated_at.clone(),
+                    size: manifest.map(|manifest| total_size(manifest, &by_digest)),
+                    updated_at: tag.pushed_at.clone().or_else(|| tag.updated_at.clone()),
                 }
             })
             .collect();
@@ -385,7 +385,13 @@ impl Browse {
             handle: identity.handle,
             repository: repository.to_string(),
             reference_tag,
-            size: Some(manifest_size(&manifest)),
+            size: Some(if manifest.children.is_empty() {
+                manifest_size(&manifest)
+            } else {
+                let siblings = views.repository_manifests(&did, repository)?;
+                let by_digest = siblings.iter().map(|(digest, row)| (digest.as_str(), row)).collect();
+                total_size(&manifest, &by_digest)
+            }),
             media_type: manifest.media_type.clone(),
             created_at: manifest.created_at.clone(),
             annotations: manifest.annotations.clone(),
@@ -440,6 +446,21 @@ pub fn card_from_document(document: SearchDoc) -> RepoCard {
 fn platforms_of(manifest: &ManifestRow) -> Vec<String> {
     let set: BTreeSet<String> = manifest.children.iter().filter_map(|child| child.platform.clone()).collect();
     set.into_iter().collect()
+}
+
+/// Bytes of an image (its blobs), or of an index: every platform image's blobs when the views
+/// hold that image, else the size its descriptor gives.
+fn total_size(manifest: &ManifestRow, by_digest: &BTreeMap<&str, &ManifestRow>) -> u64 {
+    let blobs: u64 = manifest.blobs.iter().filter_map(|(_, size)| size.and_then(to_u64)).sum();
+    let children: u64 = manifest
+        .children
+        .iter()
+        .filter_map(|child| match by_digest.get(child.digest.as_str()) {
+            Some(image) => Some(total_size(image, &BTreeMap::new())),
+            None => child.size.and_then(to_u64),
+        })
+        .sum();
+    blobs + children
 }
 
 /// Bytes of an image (its blobs) or of an index (its children's manifests and what they say).
