@@ -6,6 +6,7 @@ mod audit_verify;
 mod bench;
 mod config;
 mod demo;
+mod devgen;
 mod logcmd;
 mod serve;
 
@@ -40,6 +41,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Development tools: `gen`, a synthetic world (seeded) as frames or straight into the log.
+    Dev {
+        #[command(subcommand)]
+        command: devgen::DevCommand,
     },
     /// Offline checks of what the log holds (work while `atcr serve` runs).
     Audit {
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::Log { command } => runtime.block_on(logcmd::run(config, command)),
         Command::Status => logcmd::status(&config),
         Command::Bench { command } => runtime.block_on(bench::run(command)),
+        Command::Dev { command } => devgen::run(&config, command),
         Command::Audit { command } => match command {
             AuditCommand::Verify { did } => audit_verify::run(&config, did),
             AuditCommand::Record(args) => audit::record(&config, args),
