@@ -97,7 +97,8 @@ fn skewed<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[at.min(items.len() - 1)]
 }
 
-fn generate(count: usize) -> Vec<SearchDoc> {
+/// The repositories and the vocabulary their texts were drawn from (most frequent first).
+fn generate(count: usize) -> (Vec<SearchDoc>, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let words = vocabulary(&mut rng, 5000);
     let users = (count / 10).max(1);
@@ -152,7 +153,7 @@ fn generate(count: usize) -> Vec<SearchDoc> {
             manifests: rng.random_range(1..50),
         });
     }
-    docs
+    (docs, words)
 }
 
 struct MemorySource {
@@ -201,7 +202,23 @@ fn filtered(text: &str, filters: Vec<SearchFilter>, sort: SearchSort) -> SearchR
 }
 
 /// (kind, requests of that kind).
-fn query_mix(docs: &[SearchDoc]) -> Vec<(&'static str, Vec<SearchRequest>)> {
+fn query_mix(docs: &[SearchDoc], vocabulary: &[String]) -> Vec<(&'static str, Vec<SearchRequest>)> {
+    // Typical words: in a few percent of the READMEs (ranks 100 to 1500 of 5000).
+    let typical: Vec<SearchRequest> = [100, 250, 400, 700, 1000, 1500]
+        .iter()
+        .map(|rank| words(&vocabulary[*rank]))
+        .chain([(120, 900), (300, 1200)].iter().map(|(a, b)| words(&format!("{} {}", vocabulary[*a], vocabulary[*b]))))
+        .collect();
+    // Phrases people copy from a README.
+    let phrases: Vec<SearchRequest> = docs
+        .iter()
+        .step_by(docs.len() / 5 + 1)
+        .filter_map(|doc| {
+            let readme = doc.readme.as_deref()?;
+            let phrase = readme.split_whitespace().skip(6).take(2).collect::<Vec<_>>().join(" ");
+            Some(SearchRequest { phrases: vec![phrase], ..SearchRequest::default() })
+        })
+        .collect();
     let handle = docs.iter().find_map(|doc| doc.handle.clone()).expect("a handle");
     let first_label = handle.split('.').next().unwrap_or(&handle).to_string();
     let arch = |value: &str| SearchFilter::Arch { value: value.into() };
@@ -210,9 +227,15 @@ fn query_mix(docs: &[SearchDoc]) -> Vec<(&'static str, Vec<SearchRequest>)> {
         ("name", ["nginx", "redis", "postgres-exporter", "tools/jq", "grafana"].map(words).to_vec()),
         ("typo", ["ngnix", "postgers", "prometeus", "graphana", "memcahced"].map(words).to_vec()),
         ("prefix", ["ng", "ngi", "red", "post", "prom"].map(words).to_vec()),
-        ("words", ["fast server", "reverse proxy", "secure image", "container build", "fast"].map(words).to_vec()),
+        ("words", typical),
+        ("phrase", phrases),
+        // The worst case: the most frequent words of the corpus, in nearly every README.
         (
-            "phrase",
+            "common words",
+            ["fast server", "reverse proxy", "secure image", "container build", "fast"].map(words).to_vec(),
+        ),
+        (
+            "common phrase",
             ["reverse proxy", "secure image", "fast server"]
                 .map(|phrase| SearchRequest { phrases: vec![phrase.to_string()], ..SearchRequest::default() })
                 .to_vec(),
@@ -281,6 +304,11 @@ fn report(label: &str, mut samples: Vec<Duration>, extra: &str) {
     );
 }
 
+/// The machine's load, printed with the numbers: other work on the same cores inflates them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".to_string(), |load| load.trim().to_string())
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this once with no argument.
     let quick = !std::env::args().any(|arg| arg == "--bench");
@@ -291,8 +319,9 @@ fn main() {
     let rounds = if quick { 2 } else { 40 };
 
     let started = Instant::now();
-    let docs = generate(count);
+    let (docs, vocabulary) = generate(count);
     let bytes: usize = docs.iter().map(|doc| doc.readme.as_deref().map_or(0, str::len)).sum();
+    println!("cores: {:?}, load average: {}", std::thread::available_parallelism().ok(), load_average());
     println!("generated {count} repositories ({} MB of README) in {:.1?}", bytes / 1_000_000, started.elapsed());
     let source = MemorySource::new(&docs);
 
@@ -300,10 +329,18 @@ fn main() {
     let index = Arc::new(SearchIndex::open(dir.path()).expect("open"));
     let projection = Arc::new(SearchProjection::new(index.clone()));
     let started = Instant::now();
-    let indexed = projection.rebuild(&source, 1).expect("rebuild");
-    println!("rebuild: {indexed} documents in {:.2?}", started.elapsed());
+    let rebuilt = projection.rebuild(&source, 1).expect("rebuild");
+    println!(
+        "rebuild: {} documents in {:.2?} (read+index {:.2?}, commit {:.2?}, merge {:.2?}), {} segment(s)",
+        rebuilt.documents,
+        started.elapsed(),
+        rebuilt.read_and_index,
+        rebuilt.commit,
+        rebuilt.merge,
+        index.segment_count()
+    );
 
-    let mix = query_mix(&docs);
+    let mix = query_mix(&docs, &vocabulary);
     // Warm the page cache and the term dictionaries.
     for (_, requests) in &mix {
         for request in requests {
@@ -408,4 +445,5 @@ fn main() {
         reader.join().expect("reader");
     }
     report("freshness", samples, "(batch handed over → visible)");
+    println!("load average: {}", load_average());
 }

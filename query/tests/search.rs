@@ -126,7 +126,7 @@ fn fixture() -> Vec<SearchDoc> {
                 holds: vec![HOLDS[mix % HOLDS.len()].to_string()],
                 last_push: (serial % 50 != 0).then(|| rfc3339(BASE_TIME + serial * 37 * 3600 + (mix as i64 % 60))),
                 stars: ((mix * 13) % 200) as u64,
-                size: ((mix * 7919) % 1_000_000_000) as u64 + 1_000,
+                size: ((mix * 7_919_777) % 1_000_000_000) as u64 + 1_000,
                 manifests: (mix % 9) as u64 + 1,
             });
         }
@@ -190,8 +190,8 @@ fn build() -> Fixture {
     let index = Arc::new(SearchIndex::open(dir.path()).expect("open index"));
     let projection = SearchProjection::new(index.clone());
     assert!(projection.needs_rebuild(1));
-    let indexed = projection.rebuild(&MemorySource::with(&docs), 1).expect("rebuild");
-    assert_eq!(indexed, docs.len() as u64);
+    let report = projection.rebuild(&MemorySource::with(&docs), 1).expect("rebuild");
+    assert_eq!(report.documents, docs.len() as u64);
     assert!(!projection.needs_rebuild(1));
     Fixture { docs, service: SearchService::new(index), _dir: dir }
 }
@@ -560,7 +560,22 @@ fn problems_are_reported_and_the_rest_still_runs() {
         expected(&fixture, |doc| doc.did == did(0))
     );
     // Hostile input answers, quickly, without panicking.
-    for q in ["\u{0}\u{1b}[31m", &"nginx ".repeat(500), "\"", "-", "*", "~!@#$%^&*()", "user:*", "repo:*"] {
+    let long_words =
+        (0..40).map(|n| format!("{}{n}", "qwertyuiopasdfghjklzxcvbnm".repeat(2))).collect::<Vec<_>>().join(" ");
+    let typos = (0..40).map(|n| format!("ngnixprometeus{n}")).collect::<Vec<_>>().join(" ");
+    for q in [
+        "\u{0}\u{1b}[31m",
+        &"nginx ".repeat(500),
+        "\"",
+        "-",
+        "*",
+        "~!@#$%^&*()",
+        "user:*",
+        "repo:*",
+        &long_words,
+        &typos,
+        &"\"a b c d e f g h i j k l m n o p\" ".repeat(40),
+    ] {
         let started = Instant::now();
         let response = search(&fixture, q, None, 1, 10);
         assert!(started.elapsed() < Duration::from_secs(1), "{q:?} took {:?}", started.elapsed());
@@ -669,7 +684,7 @@ fn the_checkpoint_survives_a_restart_and_a_mismatch_asks_for_a_rebuild() {
     assert!(projection.needs_rebuild(600));
     // A rebuild replaces everything.
     let fewer = &docs[..50];
-    assert_eq!(projection.rebuild(&MemorySource::with(fewer), 600).expect("rebuild"), 50);
+    assert_eq!(projection.rebuild(&MemorySource::with(fewer), 600).expect("rebuild").documents, 50);
     assert_eq!(index.num_docs(), 50);
     assert_eq!(index.checkpoint(), Some(600));
 }

@@ -28,17 +28,17 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::directory::MmapDirectory;
+use tantivy::merge_policy::{LogMergePolicy, NoMergePolicy};
 use tantivy::query::Query;
 use tantivy::schema::Value;
 use tantivy::{
-    DateTime, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, SegmentReader,
-    TantivyDocument, Term,
+    DateTime, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
 
 use crate::ProjectionError;
 use crate::browse::SearchDoc;
 
-pub use projection::{COMMIT_WINDOW, SearchProjection, SearchSource};
+pub use projection::{COMMIT_WINDOW, RebuildReport, SearchProjection, SearchSource};
 pub use schema::{SEARCH_SCHEMA_VERSION, SHOWN_TAGS, normalize_arch};
 
 use query::QueryBuilder;
@@ -73,7 +73,7 @@ pub enum SearchError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchSort {
-    /// Best match first (exact names, then name words, then other fields), nudged by stars.
+    /// Best match first: exact names, then name words, then the other fields.
     /// Without free text there is nothing to rank, and results come newest first.
     #[default]
     Relevance,
@@ -413,11 +413,33 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Drops everything, committed or not (visible after the next commit).
-    pub fn clear(&self) -> Result<(), SearchError> {
+    /// Segments the searches read.
+    pub fn segment_count(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
+    /// Drops everything, committed or not (visible after the next commit), and stops background
+    /// merges until [`merge_all`](Self::merge_all): a rebuild follows.
+    pub(crate) fn clear(&self) -> Result<(), SearchError> {
         let mut writer = self.writer()?;
         writer.rollback()?;
         writer.delete_all_documents()?;
+        writer.set_merge_policy(Box::new(NoMergePolicy));
+        Ok(())
+    }
+
+    /// Merges every committed segment into one (searches touch one term dictionary per
+    /// segment), then lets the writer merge in the background again.
+    pub(crate) fn merge_all(&self) -> Result<(), SearchError> {
+        let ids = self.index.searchable_segment_ids()?;
+        {
+            let mut writer = self.writer()?;
+            if ids.len() > 1 {
+                writer.merge(&ids).wait()?;
+            }
+            writer.set_merge_policy(Box::new(LogMergePolicy::default()));
+        }
+        self.reader.reload()?;
         Ok(())
     }
 
@@ -487,15 +509,9 @@ impl SearchIndex {
         let by_name = || (SortByString::for_field(SORT_NAME), Order::Asc);
         let (total, hits) = match sort {
             SearchSort::Relevance => {
-                let collector = top.tweak_score(|segment: &SegmentReader| {
-                    let stars = segment.fast_fields().u64(STARS).ok().map(|column| column.first_or_default_col(0));
-                    move |doc, score: f32| match &stars {
-                        // Popularity nudges near-equal matches; it never outweighs a better match.
-                        Some(stars) => score * (1.0 + 0.02 * (1.0 + stars.get_val(doc) as f32).ln()),
-                        None => score,
-                    }
-                });
-                let (hits, total) = searcher.search(query, &(collector, Count))?;
+                // One pass ranks and counts: with required clauses tantivy cannot skip
+                // documents (no block-WAND), so a separate count would visit every match twice.
+                let (hits, total) = searcher.search(query, &(top.order_by_score(), Count))?;
                 (total, hits.into_iter().map(|(score, address)| (Some(score), address)).collect())
             }
             SearchSort::Recent => {

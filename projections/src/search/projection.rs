@@ -134,6 +134,18 @@ impl Shared {
     }
 }
 
+/// What a rebuild did and where its time went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub documents: u64,
+    /// Reading documents from the source and handing them to the indexing threads.
+    pub read_and_index: Duration,
+    /// Flushing the last segments and publishing them.
+    pub commit: Duration,
+    /// Merging everything into one segment.
+    pub merge: Duration,
+}
+
 /// The search index as a projection of the registry views.
 pub struct SearchProjection {
     shared: Arc<Shared>,
@@ -223,9 +235,8 @@ impl SearchProjection {
     }
 
     /// Indexes every repository from scratch and commits with `checkpoint`. The views must not
-    /// change meanwhile (call it from the projection runner, between batches). Returns the
-    /// number of documents.
-    pub fn rebuild<S: SearchSource + ?Sized>(&self, source: &S, checkpoint: u64) -> Result<u64, SearchError> {
+    /// change meanwhile (call it from the projection runner, between batches).
+    pub fn rebuild<S: SearchSource + ?Sized>(&self, source: &S, checkpoint: u64) -> Result<RebuildReport, SearchError> {
         let started = Instant::now();
         let _committing = self.shared.committing.lock().map_err(|_| SearchError::Poisoned)?;
         self.shared.pending()?.checkpoint = None;
@@ -245,15 +256,22 @@ impl SearchProjection {
             }
             after = Some(last);
         }
+        let read_and_index = started.elapsed();
         index.commit(checkpoint)?;
+        let commit = started.elapsed() - read_and_index;
+        index.merge_all()?;
+        let merge = started.elapsed() - read_and_index - commit;
         self.shared.pending()?.last_commit = Instant::now();
+        let report = RebuildReport { documents: indexed, read_and_index, commit, merge };
         tracing::info!(
             documents = indexed,
             checkpoint,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            read_and_index_ms = read_and_index.as_millis() as u64,
+            commit_ms = commit.as_millis() as u64,
+            merge_ms = merge.as_millis() as u64,
             "search index rebuilt"
         );
-        Ok(indexed)
+        Ok(report)
     }
 }
 
