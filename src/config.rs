@@ -111,7 +111,13 @@ impl Config {
         self.data_dir.join("log.redb")
     }
 
-    pub fn views_path(&self) -> PathBuf {
+    /// The projections: `views/CURRENT` names the live build of each, `views/<name>-<build>/`.
+    pub fn views_dir(&self) -> PathBuf {
+        self.data_dir.join("views")
+    }
+
+    /// Where the views lived before builds existed; moved into `views/` on the next start.
+    pub fn legacy_views_path(&self) -> PathBuf {
         self.data_dir.join("views.redb")
     }
 

@@ -90,9 +90,13 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
     if log_path.exists() {
         std::fs::remove_file(&log_path).with_context(|| format!("cannot reset {}", log_path.display()))?;
     }
-    let views_path = config.views_path();
-    if views_path.exists() {
-        std::fs::remove_file(&views_path).with_context(|| format!("cannot reset {}", views_path.display()))?;
+    let views_dir = config.views_dir();
+    if views_dir.exists() {
+        std::fs::remove_dir_all(&views_dir).with_context(|| format!("cannot reset {}", views_dir.display()))?;
+    }
+    let legacy_views = config.legacy_views_path();
+    if legacy_views.exists() {
+        std::fs::remove_file(&legacy_views).with_context(|| format!("cannot reset {}", legacy_views.display()))?;
     }
     config.upstream = Some(upstream.url());
     config.start_cursor = Some(0);
@@ -108,7 +112,8 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // Enrichment and the views follow the log; wait until the views have caught up.
-    while running.views.checkpoint()? < running.log.next_offset()? && started.elapsed() < Duration::from_secs(30) {
+    while running.views.load().checkpoint()? < running.log.next_offset()? && started.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let stats = running.log.stats()?;

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod devgen;
 mod logcmd;
+mod replay;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     },
     /// Print what the log holds as JSON: counts, cursors, quarantine, recent events.
     Status,
+    /// Rebuild projections from the log beside the live ones and flip (works while serve runs);
+    /// `--verify` compares a rebuild with the live views; `snapshot` / `restore` a views file.
+    Replay(replay::ReplayArgs),
     /// Benchmarks that need the whole binary (see docs/PERFORMANCE.md).
     Bench {
         #[command(subcommand)]
@@ -104,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => runtime.block_on(demo::demo(config)),
         Command::Log { command } => runtime.block_on(logcmd::run(config, command)),
         Command::Status => logcmd::status(&config),
+        Command::Replay(args) => replay::run(&config, args),
         Command::Bench { command } => runtime.block_on(bench::run(command)),
         Command::Dev { command } => devgen::run(&config, command),
         Command::Audit { command } => match command {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use atcr_ingest::enrich::{Enricher, Fetcher, HttpFetcher};
 use atcr_ingest::policy::UrlPolicy;
 use atcr_ingest::{FirehoseConfig, run_firehose};
-use atcr_projections::{ProjectionRunner, Views};
+use atcr_projections::{ProjectionRunner, ProjectionStore, Views, ViewsHandle};
 use atcr_query::{LogQuery, RegistryQuery};
 use atcr_storage::blobs::{BlobBackend, S3Backend};
 use atcr_storage::content::ContentStore;
@@ -32,7 +32,8 @@ type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
 /// A running atcr: what `serve` and `demo` share.
 pub struct Running {
     pub log: Arc<EventLog>,
-    pub views: Arc<Views>,
+    /// The live views; `atcr replay` may swap in a new build while running.
+    pub views: ViewsHandle,
     pub address: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<Task>,
@@ -48,10 +49,8 @@ pub async fn start<F: Fetcher>(
     let log = Arc::new(
         EventLog::open(&log_path).with_context(|| format!("cannot open the event log at {}", log_path.display()))?,
     );
-    let views = Arc::new(
-        Views::open(&config.views_path())
-            .with_context(|| format!("cannot open the views at {}", config.views_path().display()))?,
-    );
+    let store = ProjectionStore::new(config.views_dir());
+    let (views, build) = open_live_views(&store, config)?;
     let content = Arc::new(ContentStore::open(&config.content_path())?);
     let (writer, writer_task) = LogWriter::start(log.clone());
     let shutdown = CancellationToken::new();
@@ -103,7 +102,7 @@ pub async fn start<F: Fetcher>(
     ));
     tracing::info!(%address, data_dir = %config.data_dir.display(), "serving");
 
-    let runner = ProjectionRunner::new(log.clone(), views.clone());
+    let runner = ProjectionRunner::following(log.clone(), views.clone(), store, build);
     let stop = shutdown.clone();
     tasks.push(("projections", tokio::spawn(async move { Ok(runner.run(stop).await?) })));
 
@@ -116,6 +115,20 @@ pub async fn start<F: Fetcher>(
         tasks.push(("ingest", tokio::spawn(async move { Ok(run_firehose(firehose, log, writer, stop).await?) })));
     }
     Ok(Running { log, views, address, shutdown, tasks, writer_task })
+}
+
+/// Opens the live registry build (creating the first one, or moving a pre-build `views.redb`
+/// in), and deletes builds nobody uses when no replay is running. Views of another code version
+/// are opened as they are: they keep serving while the runner rebuilds beside them.
+fn open_live_views(store: &ProjectionStore, config: &Config) -> anyhow::Result<(ViewsHandle, u64)> {
+    let (build, path) = store
+        .ensure_live_registry(Some(&config.legacy_views_path()))
+        .with_context(|| format!("cannot set up the views under {}", store.root().display()))?;
+    if let Some(lock) = store.try_lock()? {
+        store.remove_unused(&lock, atcr_projections::REGISTRY)?;
+    }
+    let views = Views::open_live(&path).with_context(|| format!("cannot open the views at {}", path.display()))?;
+    Ok((ViewsHandle::new(Arc::new(views)), build))
 }
 
 pub fn http_fetcher(config: &Config) -> anyhow::Result<HttpFetcher> {

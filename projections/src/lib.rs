@@ -1,27 +1,38 @@
 //! atcr-projections: read models built from the event log.
 //!
 //! Projections are pure functions of the log: they never call the network or read the clock
-//! (event times come from the log). They live in their own redb file (`views.redb`), and each
-//! batch of applied events is committed in one transaction together with the projection's
-//! checkpoint (the next log offset to apply), so a crash never applies an event twice or skips
-//! one. Delete `views.redb` and the runner rebuilds everything from offset 0.
+//! (event times come from the log). Each batch of applied events is committed in one transaction
+//! together with the projection's checkpoint (the next log offset to apply), so a crash never
+//! applies an event twice or skips one. Views are disposable: delete them and they are rebuilt
+//! from offset 0.
 //!
 //! - [`views`]: the registry views (identities, repositories, manifests, blobs, tags,
 //!   referrers) and how each event changes them;
-//! - [`runner`]: tails the log and applies batches;
-//! - [`Views`]: the read side the query crate uses.
+//! - [`runner`]: tails the log and applies batches; swaps in a new build when one is flipped;
+//! - [`store`]: where builds live on disk (`views/<projection>-<build>/`, `views/CURRENT`);
+//! - [`rebuild`]: a fresh build from offset 0, fast (blue/green: the old one keeps serving);
+//! - [`digest`]: per-table content digests, to check that a rebuild equals the live views;
+//! - [`snapshot`]: a projection's rows at a checkpoint in one file, and back;
+//! - [`Views`] and [`ViewsHandle`]: the read side the query crate uses.
 
 pub mod browse;
+pub mod digest;
+pub mod rebuild;
 pub mod runner;
 pub mod search;
+pub mod snapshot;
+pub mod store;
 pub mod views;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use arc_swap::ArcSwap;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 pub use runner::ProjectionRunner;
+pub use store::ProjectionStore;
 pub use views::{ChildRow, IdentityRow, ManifestRow, ReferrerRow, RepositoryRow, TagRow};
 
 use views::{HANDLES, IDENTITIES, MANIFEST_CONTENT, MANIFESTS, REFERRERS, REPO_BLOBS, REPOSITORIES, TAGS, decode, key};
@@ -44,6 +55,21 @@ pub enum ProjectionError {
     Corrupt(String),
     #[error("event log: {0}")]
     Log(#[from] atcr_storage::StorageError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error(
+        "the views at {0} are open in another process (a running `atcr serve` holds its views exclusively); stop it first"
+    )]
+    InUse(String),
+}
+
+impl ProjectionError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProjectionError {
+        let context = context.into();
+        move |source| ProjectionError::Io { context, source }
+    }
 }
 
 pub(crate) const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
@@ -53,30 +79,78 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning: the views are then rebuilt from offset 0 on start.
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 1;
+pub const REGISTRY_VERSION: u32 = 2;
+
+/// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
+/// for one build's generation can never be mistaken for another build's.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::AcqRel)
+}
 
 /// The views database.
 pub struct Views {
     database: Database,
-    /// Bumped after every committed batch: readers that cache answers drop them when it moves.
+    /// Moves after every committed batch: readers that cache answers drop them when it moves.
     generation: AtomicU64,
+    /// Set once a newer build replaced this one: the last holder to drop it deletes this directory.
+    retired_directory: Mutex<Option<PathBuf>>,
 }
 
 impl Views {
+    /// Opens (creating if needed) views at `path`, ready to apply: tables created, and cleared
+    /// when they were built by another version of the code.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|error| ProjectionError::Corrupt(error.to_string()))?;
-        }
-        // One process owns the views (they are disposable and rebuilt from the log), so the
-        // default exclusive mode: no per-transaction file locking on the pull path.
-        let database = Database::builder().create(path)?;
-        let views = Views { database, generation: AtomicU64::new(0) };
+        let views = Views::open_as_is(path)?;
         views.prepare()?;
         Ok(views)
     }
 
+    /// Opens the views without looking at their version or creating tables: the caller decides
+    /// (the runner keeps serving an outdated build while a fresh one is built beside it).
+    pub fn open_as_is(path: &Path) -> Result<Self, ProjectionError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(ProjectionError::io(format!("cannot create {}", parent.display())))?;
+        }
+        // One process owns the views (they are disposable and rebuilt from the log), so the
+        // default exclusive mode: no per-transaction file locking on the pull path.
+        let database = Database::builder().create(path)?;
+        Ok(Views { database, generation: AtomicU64::new(next_generation()), retired_directory: Mutex::new(None) })
+    }
+
+    /// Opens the live views for serving: prepared when built by this version of the code, left
+    /// as they are otherwise (they keep serving, frozen, until a fresh build replaces them).
+    pub fn open_live(path: &Path) -> Result<Self, ProjectionError> {
+        let views = Views::open_as_is(path)?;
+        if views.is_current_version()? {
+            views.prepare()?;
+        } else {
+            tracing::warn!(path = %path.display(), "views of another version: serving them while a fresh build is made");
+        }
+        Ok(views)
+    }
+
+    /// The registry version these views were built by (`None`: never prepared).
+    pub fn stored_version(&self) -> Result<Option<u32>, ProjectionError> {
+        let read = self.read()?;
+        let versions = match read.open_table(VERSIONS) {
+            Ok(versions) => versions,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(versions.get(REGISTRY)?.map(|value| value.value()))
+    }
+
+    /// True when these views were built by this version of the code (or are new and empty).
+    pub fn is_current_version(&self) -> Result<bool, ProjectionError> {
+        Ok(self.stored_version()?.is_none_or(|version| version == REGISTRY_VERSION))
+    }
+
     /// Creates every table, and clears the views when the stored version is not the current one.
-    fn prepare(&self) -> Result<(), ProjectionError> {
+    /// Clearing deletes every table but `versions`, so tables added later are covered too.
+    pub(crate) fn prepare(&self) -> Result<(), ProjectionError> {
         let txn = self.database.begin_write()?;
         let stored = txn.open_table(VERSIONS)?.get(REGISTRY)?.map(|value| value.value());
         if stored.is_some_and(|version| version != REGISTRY_VERSION) {
@@ -85,18 +159,8 @@ impl Views {
                 current = REGISTRY_VERSION,
                 "registry views changed version, rebuilding from offset 0"
             );
-            for table in [
-                views::IDENTITIES,
-                views::REPOSITORIES,
-                views::MANIFESTS,
-                views::REPO_BLOBS,
-                views::TAGS,
-                views::REFERRERS,
-                views::MANIFEST_CONTENT,
-            ] {
-                txn.delete_table(table)?;
-            }
-            for table in [views::HANDLES, views::MANIFEST_RKEYS, views::TAG_RKEYS, DID_REVS] {
+            let tables: Vec<_> = txn.list_tables()?.filter(|table| table.name() != VERSIONS.name()).collect();
+            for table in tables {
                 txn.delete_table(table)?;
             }
             txn.open_table(CHECKPOINTS)?.insert(REGISTRY, 0)?;
@@ -107,6 +171,13 @@ impl Views {
         views::open_all(&txn)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Marks these views as replaced: their directory is deleted when the last reader lets go.
+    pub(crate) fn retire(&self, directory: PathBuf) {
+        if let Ok(mut retired) = self.retired_directory.lock() {
+            *retired = Some(directory);
+        }
     }
 
     pub(crate) fn database(&self) -> &Database {
@@ -120,7 +191,7 @@ impl Views {
     }
 
     pub(crate) fn bump_generation(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.store(next_generation(), Ordering::Release);
     }
 
     fn read(&self) -> Result<ReadTransaction, ProjectionError> {
@@ -248,5 +319,50 @@ impl Views {
             Some(bytes) => decode("repo_blobs", bytes.value()),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        let retired = self.retired_directory.get_mut().ok().and_then(|directory| directory.take());
+        if let Some(directory) = retired {
+            // The database file is still open here; unlinking an open file is fine on Unix and
+            // its space is freed when the handle closes right after.
+            match std::fs::remove_dir_all(&directory) {
+                Ok(()) => tracing::info!(directory = %directory.display(), "replaced views build deleted"),
+                Err(error) => {
+                    tracing::warn!(directory = %directory.display(), %error, "cannot delete a replaced views build")
+                }
+            }
+        }
+    }
+}
+
+/// The live views, swappable while requests run: a reader loads the current [`Views`] once per
+/// request and keeps using that build until it is done, even if a newer one is swapped in.
+#[derive(Clone)]
+pub struct ViewsHandle {
+    current: Arc<ArcSwap<Views>>,
+}
+
+impl ViewsHandle {
+    pub fn new(views: Arc<Views>) -> Self {
+        ViewsHandle { current: Arc::new(ArcSwap::new(views)) }
+    }
+
+    /// The live views now.
+    pub fn load(&self) -> Arc<Views> {
+        self.current.load_full()
+    }
+
+    /// Puts `views` live; returns the build it replaced.
+    pub fn swap(&self, views: Arc<Views>) -> Arc<Views> {
+        self.current.swap(views)
+    }
+}
+
+impl From<Arc<Views>> for ViewsHandle {
+    fn from(views: Arc<Views>) -> Self {
+        ViewsHandle::new(views)
     }
 }

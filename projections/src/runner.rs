@@ -1,85 +1,202 @@
-//! The projection runner: tails the log and applies batches of events to the views.
+//! The projection runner: tails the log and applies batches of events to the live views.
 //!
 //! Each batch is one views transaction holding the view writes and the new checkpoint
 //! (invariant 3). Per DID, a record event whose commit rev is older than the newest rev
 //! already applied for that DID is skipped (invariant 4): a late or replayed commit never
 //! rolls a tag back.
+//!
+//! With a [`ProjectionStore`] the runner also follows blue/green flips: about once a second it
+//! reads `CURRENT`, and when another build went live (`atcr replay`, `atcr replay restore`) it
+//! opens that build, catches it up to the log head, swaps it into the [`ViewsHandle`] readers
+//! use, and lets the old build's files go once its last reader is done. Views built by another
+//! version of the code keep serving, frozen, while a fresh build is made beside them and flipped.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redb::{Durability, ReadableTable};
+use redb::{Durability, ReadableTable, WriteTransaction};
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::{EventLog, Source, StoredEvent};
 
-use crate::{CHECKPOINTS, DID_REVS, ProjectionError, REGISTRY, Views, views};
+use crate::store::{ProjectionStore, REGISTRY_FILE};
+use crate::{CHECKPOINTS, DID_REVS, ProjectionError, REGISTRY, Views, ViewsHandle, views};
 
-/// Events applied per transaction at most.
+/// Events applied per transaction at most while following the log.
 const BATCH: usize = 2048;
+/// How often `CURRENT` is read for flips made by other processes.
+const FLIP_POLL: Duration = Duration::from_secs(1);
+
+/// Gauge: the next log offset the live registry views will apply.
+pub const CHECKPOINT_METRIC: &str = "atcr_views_checkpoint";
+/// Gauge: the live registry build (`views/registry-<build>`).
+pub const BUILD_METRIC: &str = "atcr_views_build";
+
+/// The build the runner serves, when it follows a store.
+struct LiveBuild {
+    store: ProjectionStore,
+    build: u64,
+}
 
 pub struct ProjectionRunner {
     log: Arc<EventLog>,
-    views: Arc<Views>,
+    views: ViewsHandle,
+    live: Option<LiveBuild>,
 }
 
 impl ProjectionRunner {
-    pub fn new(log: Arc<EventLog>, views: Arc<Views>) -> Self {
-        ProjectionRunner { log, views }
+    /// A runner for views that are not part of a store (tests, tools): no flips are followed.
+    pub fn new(log: Arc<EventLog>, views: impl Into<ViewsHandle>) -> Self {
+        ProjectionRunner { log, views: views.into(), live: None }
     }
 
-    /// Applies everything the log holds now; returns how many events were applied.
+    /// A runner for the live `build` of `store`, served through `views`.
+    pub fn following(log: Arc<EventLog>, views: ViewsHandle, store: ProjectionStore, build: u64) -> Self {
+        ProjectionRunner { log, views, live: Some(LiveBuild { store, build }) }
+    }
+
+    /// Applies everything the log holds now to the live views; returns how many events were
+    /// applied. Views of another code version are left alone (they are being replaced).
     pub fn catch_up(&self) -> Result<u64, ProjectionError> {
-        let mut applied = 0;
-        loop {
-            let from = self.views.checkpoint()?;
-            let batch = self.log.read_from(from, BATCH)?;
-            if batch.is_empty() {
-                return Ok(applied);
-            }
-            applied += batch.len() as u64;
-            self.apply_batch(&batch)?;
+        let views = self.views.load();
+        if !views.is_current_version()? {
+            return Ok(0);
         }
+        catch_up(&self.log, &views)
     }
 
-    fn apply_batch(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = batch.last() else { return Ok(()) };
-        let mut txn = self.views.database().begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        for stored in batch {
-            if is_stale(&txn, stored)? {
-                tracing::debug!(offset = stored.offset, did = %stored.event.did, "older commit rev skipped");
-                continue;
-            }
-            views::apply(&txn, stored.offset, &stored.event)?;
+    /// Runs until the signal turns true, waking on every append and once a second for flips.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), ProjectionError> {
+        if let Some(live) = &self.live {
+            metrics::gauge!(BUILD_METRIC).set(live.build as f64);
         }
-        txn.open_table(CHECKPOINTS)?.insert(REGISTRY, last.offset + 1)?;
-        txn.commit()?;
-        self.views.bump_generation();
-        Ok(())
-    }
-
-    /// Runs until the signal turns true, waking on every append.
-    pub async fn run(self, stop: CancellationToken) -> Result<(), ProjectionError> {
+        metrics::gauge!(CHECKPOINT_METRIC).set(self.views.load().checkpoint()? as f64);
         let mut head = self.log.subscribe();
+        let mut poll = tokio::time::interval(FLIP_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let runner = ProjectionRunner { log: self.log.clone(), views: self.views.clone() };
-            tokio::task::spawn_blocking(move || runner.catch_up())
-                .await
-                .map_err(|error| ProjectionError::Corrupt(format!("projection task failed: {error}")))??;
-            if stop.is_cancelled() {
-                return Ok(());
+            if self.live.is_some() {
+                self.rebuild_if_outdated().await?;
+                self.follow_flip().await?;
             }
+            let (log, views) = (self.log.clone(), self.views.clone());
+            blocking(move || ProjectionRunner::new(log, views).catch_up()).await?;
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 changed = head.changed() => if changed.is_err() { return Ok(()) },
+                _ = poll.tick() => {}
             }
         }
     }
+
+    /// When the live views were built by another version of the code: build afresh beside them
+    /// (they keep serving meanwhile) and flip.
+    async fn rebuild_if_outdated(&mut self) -> Result<(), ProjectionError> {
+        let Some(live) = &self.live else { return Ok(()) };
+        let views = self.views.load();
+        if views.is_current_version()? {
+            return Ok(());
+        }
+        tracing::warn!(
+            stored = ?views.stored_version()?,
+            current = crate::REGISTRY_VERSION,
+            "registry views were built by another version: rebuilding beside them"
+        );
+        let (log, store, serving) = (self.log.clone(), live.store.clone(), live.build);
+        blocking(move || {
+            let lock = store.lock()?;
+            // A replay may have flipped to a current build while we waited for the lock.
+            if store.live_build(REGISTRY)? != Some(serving) {
+                return Ok(());
+            }
+            let (build, directory) = store.new_build(&lock, REGISTRY)?;
+            let until = log.next_offset()?;
+            let rebuilt = crate::rebuild::rebuild(&log, &directory.join(REGISTRY_FILE), until, &mut |_| {})?;
+            drop(rebuilt);
+            store.flip(&lock, REGISTRY, build)
+        })
+        .await
+    }
+
+    /// Swaps in the build `CURRENT` names when it is not the one served.
+    async fn follow_flip(&mut self) -> Result<(), ProjectionError> {
+        let Some(live) = &mut self.live else { return Ok(()) };
+        let store = live.store.clone();
+        let Some(build) = blocking(move || store.live_build(REGISTRY)).await? else { return Ok(()) };
+        if build == live.build {
+            return Ok(());
+        }
+        let directory = live.store.build_directory(REGISTRY, build);
+        let log = self.log.clone();
+        let path = directory.join(REGISTRY_FILE);
+        let views = blocking(move || {
+            let views = Views::open(&path)?;
+            catch_up(&log, &views)?;
+            Ok(Arc::new(views))
+        })
+        .await?;
+        let old = self.views.swap(views);
+        let old_directory: PathBuf = live.store.build_directory(REGISTRY, live.build);
+        old.retire(old_directory);
+        tracing::info!(from = live.build, to = build, "serving a new views build");
+        live.build = build;
+        metrics::gauge!(BUILD_METRIC).set(build as f64);
+        metrics::gauge!(CHECKPOINT_METRIC).set(self.views.load().checkpoint()? as f64);
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ProjectionError> + Send + 'static,
+) -> Result<T, ProjectionError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ProjectionError::Corrupt(format!("projection task failed: {error}")))?
+}
+
+/// A backlog larger than this (a first start, deleted views) is applied in large transactions
+/// synced only at the end, like a rebuild; readers still see each commit.
+const LARGE_BACKLOG: u64 = 20_000;
+const BACKLOG_TRANSACTION_EVENTS: usize = 20_000;
+
+/// Applies everything the log holds now to `views`; returns how many events were applied.
+pub(crate) fn catch_up(log: &EventLog, views: &Views) -> Result<u64, ProjectionError> {
+    let start = views.checkpoint()?;
+    let head = log.next_offset()?;
+    if head.saturating_sub(start) > LARGE_BACKLOG {
+        crate::rebuild::catch_up_to(log, views, head, BACKLOG_TRANSACTION_EVENTS, &mut |_| {})?;
+        metrics::gauge!(CHECKPOINT_METRIC).set(views.checkpoint()? as f64);
+    }
+    loop {
+        let from = views.checkpoint()?;
+        let batch = log.read_from(from, BATCH)?;
+        let Some(last) = batch.last() else { return Ok(from.saturating_sub(start)) };
+        let mut txn = views.database().begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        apply_events(&txn, &batch)?;
+        txn.open_table(CHECKPOINTS)?.insert(REGISTRY, last.offset + 1)?;
+        txn.commit()?;
+        views.bump_generation();
+        metrics::gauge!(CHECKPOINT_METRIC).set((last.offset + 1) as f64);
+    }
+}
+
+/// Applies events in order inside one write transaction (the caller writes the checkpoint).
+pub(crate) fn apply_events(txn: &WriteTransaction, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    for stored in events {
+        if is_stale(txn, stored)? {
+            tracing::debug!(offset = stored.offset, did = %stored.event.did, "older commit rev skipped");
+            continue;
+        }
+        views::apply(txn, stored.offset, &stored.event)?;
+    }
+    Ok(())
 }
 
 /// True when a firehose record event comes from a commit older than the newest one applied for
 /// its DID. Records the rev otherwise.
-fn is_stale(txn: &redb::WriteTransaction, stored: &StoredEvent) -> Result<bool, ProjectionError> {
+fn is_stale(txn: &WriteTransaction, stored: &StoredEvent) -> Result<bool, ProjectionError> {
     let event = &stored.event;
     let (Some(rev), Source::Firehose | Source::Backfill) = (&event.rev, event.source) else { return Ok(false) };
     if event.body.collection().is_none() {
@@ -93,4 +210,74 @@ fn is_stale(txn: &redb::WriteTransaction, stored: &StoredEvent) -> Result<bool, 
     }
     revs.insert(event.did.as_str(), rev.as_str())?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atcr_storage::{AppendBatch, Event, EventBody};
+
+    fn stored(index: u64) -> Event {
+        Event {
+            source: Source::Enrichment,
+            upstream_seq: None,
+            did: "did:plc:a".into(),
+            rev: None,
+            upstream_time: None,
+            received_at_us: 0,
+            commit_cid: None,
+            body: EventBody::ManifestStored { digest: format!("sha256:{index:064}"), media_type: "m".into(), size: 1 },
+        }
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outdated_views_keep_serving_until_a_fresh_build_is_flipped_and_swapped_in() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = Arc::new(EventLog::open(&directory.path().join("log.redb")).unwrap());
+        log.append(AppendBatch { events: (0..100).map(stored).collect(), ..AppendBatch::default() }).unwrap();
+        let store = ProjectionStore::new(directory.path().join("views"));
+        let (build, path) = store.ensure_live_registry(None).unwrap();
+        {
+            // Views built by "another version": 10 events applied, version 999.
+            let views = Views::open(&path).unwrap();
+            let txn = views.database().begin_write().unwrap();
+            txn.open_table(crate::VERSIONS).unwrap().insert(REGISTRY, 999).unwrap();
+            txn.open_table(CHECKPOINTS).unwrap().insert(REGISTRY, 10).unwrap();
+            txn.commit().unwrap();
+        }
+        let views = Views::open_live(&path).unwrap();
+        assert!(!views.is_current_version().unwrap());
+        let handle = ViewsHandle::new(Arc::new(views));
+        let reader = handle.load();
+        let stop = CancellationToken::new();
+        let runner = ProjectionRunner::following(log.clone(), handle.clone(), store.clone(), build);
+        let task = tokio::spawn(runner.run(stop.clone()));
+
+        wait_for("the rebuilt views", || handle.load().checkpoint().unwrap() == 100).await;
+        let live = handle.load();
+        assert!(live.is_current_version().unwrap());
+        assert_eq!(store.live_build(REGISTRY).unwrap(), Some(build + 1));
+        // A reader that loaded the old build before the swap still reads it, untouched.
+        assert_eq!(reader.checkpoint().unwrap(), 10);
+        assert!(store.build_directory(REGISTRY, build).exists(), "deleted while a reader holds it");
+        drop(reader);
+        assert!(
+            !store.build_directory(REGISTRY, build).exists(),
+            "the replaced build is deleted after its last reader"
+        );
+
+        // New events keep flowing into the new build.
+        log.append(AppendBatch { events: vec![stored(100)], ..AppendBatch::default() }).unwrap();
+        wait_for("the appended event", || handle.load().checkpoint().unwrap() == 101).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use atcr_projections::{ProjectionError, Views};
+use atcr_projections::{ProjectionError, Views, ViewsHandle};
 use atcr_storage::blobs::{BlobAccess, BlobBackend, BlobMethod};
 use atcr_storage::content::{ContentError, ContentStore};
 use atcr_storage::records::is_sha256_digest;
@@ -167,7 +167,9 @@ const RESOLVED_CACHE_ENTRIES: usize = 100_000;
 
 #[derive(Clone)]
 pub struct RegistryQuery {
-    views: Arc<Views>,
+    /// The live views; a newer build may be swapped in at any time (`atcr replay`), so each
+    /// answer loads it once and uses that one build throughout.
+    views: ViewsHandle,
     content: Arc<ContentStore>,
     cache: Arc<ManifestCache>,
     resolved: Arc<RwLock<ResolvedCache>>,
@@ -176,10 +178,10 @@ pub struct RegistryQuery {
 }
 
 impl RegistryQuery {
-    pub fn new(views: Arc<Views>, content: Arc<ContentStore>) -> Self {
+    pub fn new(views: impl Into<ViewsHandle>, content: Arc<ContentStore>) -> Self {
         let cache = ManifestCache { entries: RwLock::new(HashMap::new()), capacity_bytes: 64 * 1024 * 1024 };
         RegistryQuery {
-            views,
+            views: views.into(),
             content,
             cache: Arc::new(cache),
             resolved: Arc::new(RwLock::new(ResolvedCache::default())),
@@ -190,7 +192,8 @@ impl RegistryQuery {
     /// A manifest answered before for this name and reference, if the views have not changed
     /// since. Never blocks on storage: safe to call on an async worker.
     pub fn cached_manifest(&self, name: &str, reference: &str) -> Option<Manifest> {
-        let generation = self.views.generation();
+        // Generations are unique across builds, so a swapped-in build never matches old answers.
+        let generation = self.views.load().generation();
         let cache = self.resolved.read().ok()?;
         if cache.generation != generation {
             return None;
@@ -200,9 +203,10 @@ impl RegistryQuery {
 
     /// [`RegistryQuery::resolve`] + [`RegistryQuery::manifest`], remembering the answer.
     pub fn manifest_by_name(&self, name: &str, reference: &str) -> Result<Manifest, RegistryError> {
-        let generation = self.views.generation();
-        let repository = self.resolve(name)?;
-        let manifest = self.manifest(&repository, reference)?;
+        let views = self.views.load();
+        let generation = views.generation();
+        let repository = resolve_in(&views, name)?;
+        let manifest = self.manifest_in(&views, &repository, reference)?;
         if let Ok(mut cache) = self.resolved.write() {
             if cache.generation != generation || cache.entries.len() >= RESOLVED_CACHE_ENTRIES {
                 cache.entries.clear();
@@ -257,31 +261,32 @@ impl RegistryQuery {
         })
     }
 
-    pub fn views(&self) -> &Arc<Views> {
+    /// The live views now (load once per answer: a newer build may be swapped in any time).
+    pub fn views(&self) -> Arc<Views> {
+        self.views.load()
+    }
+
+    /// The swappable handle itself, for other readers of the same views.
+    pub fn views_handle(&self) -> &ViewsHandle {
         &self.views
     }
 
     /// `alice.test/web/app` or `did:plc:…/web/app` → the owner's DID and the repository.
     pub fn resolve(&self, name: &str) -> Result<RepositoryRef, RegistryError> {
-        let Some((identity, repository)) = name.split_once('/') else {
-            return Err(RegistryError::NameInvalid(format!("{name:?} is not <handle or did>/<repository>")));
-        };
-        if !is_valid_identity(identity) || !is_valid_repository(repository) {
-            return Err(RegistryError::NameInvalid(name.to_string()));
-        }
-        let did = if identity.starts_with("did:") {
-            identity.to_string()
-        } else {
-            self.views.did_for_handle(identity)?.ok_or_else(|| RegistryError::NameUnknown(name.to_string()))?
-        };
-        if self.views.repository(&did, repository)?.is_none() {
-            return Err(RegistryError::NameUnknown(name.to_string()));
-        }
-        Ok(RepositoryRef { did, repository: repository.to_string(), name: name.to_string() })
+        resolve_in(&self.views.load(), name)
     }
 
     /// A manifest by tag or digest, with its exact, verified bytes.
     pub fn manifest(&self, repository: &RepositoryRef, reference: &str) -> Result<Manifest, RegistryError> {
+        self.manifest_in(&self.views.load(), repository, reference)
+    }
+
+    fn manifest_in(
+        &self,
+        views: &Views,
+        repository: &RepositoryRef,
+        reference: &str,
+    ) -> Result<Manifest, RegistryError> {
         let digest = if reference.contains(':') {
             if !is_sha256_digest(reference) {
                 return Err(RegistryError::DigestInvalid(reference.to_string()));
@@ -291,13 +296,12 @@ impl RegistryQuery {
             if !is_valid_tag(reference) {
                 return Err(RegistryError::TagInvalid(reference.to_string()));
             }
-            self.views
+            views
                 .tag(&repository.did, &repository.repository, reference)?
                 .ok_or_else(|| RegistryError::ManifestUnknown(format!("tag {reference} in {}", repository.name)))?
                 .digest
         };
-        let row = self
-            .views
+        let row = views
             .manifest(&repository.did, &digest)?
             .filter(|row| row.repository == repository.repository)
             .ok_or_else(|| RegistryError::ManifestUnknown(format!("{digest} in {}", repository.name)))?;
@@ -328,7 +332,8 @@ impl RegistryQuery {
         last: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<String>, bool), RegistryError> {
-        let mut tags = self.views.tags(&repository.did, &repository.repository, last, limit.saturating_add(1))?;
+        let mut tags =
+            self.views.load().tags(&repository.did, &repository.repository, last, limit.saturating_add(1))?;
         let more = tags.len() > limit;
         tags.truncate(limit);
         Ok((tags, more))
@@ -336,20 +341,20 @@ impl RegistryQuery {
 
     /// Repository names (`handle/repo`, or `did/repo` when the handle is unknown).
     pub fn catalog(&self, last: Option<&str>, limit: usize) -> Result<(Vec<String>, bool), RegistryError> {
+        let views = self.views.load();
         let after = match last {
             Some(last) => {
-                let resolved = self.resolve(last).ok();
+                let resolved = resolve_in(&views, last).ok();
                 resolved.map(|reference| (reference.did, reference.repository))
             }
             None => None,
         };
-        let rows = self
-            .views
+        let rows = views
             .repositories(after.as_ref().map(|(did, repo)| (did.as_str(), repo.as_str())), limit.saturating_add(1))?;
         let more = rows.len() > limit;
         let mut names = Vec::with_capacity(rows.len().min(limit));
         for (did, repository) in rows.into_iter().take(limit) {
-            let identity = self.views.identity(&did)?.and_then(|row| row.handle).unwrap_or(did);
+            let identity = views.identity(&did)?.and_then(|row| row.handle).unwrap_or(did);
             names.push(format!("{identity}/{repository}"));
         }
         Ok((names, more))
@@ -366,7 +371,7 @@ impl RegistryQuery {
             return Err(RegistryError::DigestInvalid(digest.to_string()));
         }
         let mut manifests = Vec::new();
-        for (referrer, row) in self.views.referrers(&repository.did, digest)? {
+        for (referrer, row) in self.views.load().referrers(&repository.did, digest)? {
             let artifact = row.artifact_type.clone().or_else(|| self.artifact_type_of(&referrer));
             if artifact_type.is_some_and(|wanted| artifact.as_deref() != Some(wanted)) {
                 continue;
@@ -405,13 +410,14 @@ impl RegistryQuery {
         if !is_sha256_digest(digest) {
             return Err(RegistryError::DigestInvalid(digest.to_string()));
         }
-        let referencing = self.views.blob_referrers(&repository.did, &repository.repository, digest)?;
+        let views = self.views.load();
+        let referencing = views.blob_referrers(&repository.did, &repository.repository, digest)?;
         for manifest_digest in referencing {
-            let Some(row) = self.views.manifest(&repository.did, &manifest_digest)? else { continue };
+            let Some(row) = views.manifest(&repository.did, &manifest_digest)? else { continue };
             let size = row.blobs.iter().find(|(blob, _)| blob == digest).and_then(|(_, size)| *size);
             let hold_endpoint = match &row.hold_did {
                 Some(hold) => {
-                    self.views.identity(hold)?.and_then(|identity| identity.hold_endpoint.or(identity.pds_endpoint))
+                    views.identity(hold)?.and_then(|identity| identity.hold_endpoint.or(identity.pds_endpoint))
                 }
                 None => None,
             }
@@ -420,6 +426,25 @@ impl RegistryQuery {
         }
         Err(RegistryError::BlobUnknown(format!("{digest} in {}", repository.name)))
     }
+}
+
+/// `alice.test/web/app` or `did:plc:…/web/app` → the owner's DID and the repository.
+fn resolve_in(views: &Views, name: &str) -> Result<RepositoryRef, RegistryError> {
+    let Some((identity, repository)) = name.split_once('/') else {
+        return Err(RegistryError::NameInvalid(format!("{name:?} is not <handle or did>/<repository>")));
+    };
+    if !is_valid_identity(identity) || !is_valid_repository(repository) {
+        return Err(RegistryError::NameInvalid(name.to_string()));
+    }
+    let did = if identity.starts_with("did:") {
+        identity.to_string()
+    } else {
+        views.did_for_handle(identity)?.ok_or_else(|| RegistryError::NameUnknown(name.to_string()))?
+    };
+    if views.repository(&did, repository)?.is_none() {
+        return Err(RegistryError::NameUnknown(name.to_string()));
+    }
+    Ok(RepositoryRef { did, repository: repository.to_string(), name: name.to_string() })
 }
 
 #[cfg(test)]

@@ -1,0 +1,224 @@
+//! A fresh build of the registry views from the log, as fast as the disk allows.
+//!
+//! Following the live log commits every 2048 events durably, because a reader may look at any
+//! of those states. A rebuild has no readers until it is flipped live, so it commits large
+//! transactions without fsync (`Durability::None`) and makes only the last one durable; a crash
+//! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
+//! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
+//! durable commit, which holds the checkpoint of its own writes). Events are read and decoded on
+//! a second thread while the first applies the previous chunk.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use redb::{Durability, ReadableDatabase};
+
+use atcr_storage::{EventLog, StoredEvent};
+
+use crate::runner::apply_events;
+use crate::{CHECKPOINTS, ProjectionError, REGISTRY, Views};
+
+/// Events per transaction during a rebuild: large, since intermediate commits are not synced.
+pub const REBUILD_TRANSACTION_EVENTS: usize = 100_000;
+/// Events read and decoded per chunk by the reading thread.
+const READ_CHUNK: usize = 4096;
+/// Chunks the reader may run ahead of the applier.
+const READ_AHEAD: usize = 8;
+
+/// Builds (or continues, from its checkpoint) the registry views at `path` up to `until`
+/// (exclusive), reporting the offset reached after each chunk. Returns the views, durable.
+pub fn rebuild(
+    log: &EventLog,
+    path: &Path,
+    until: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Views, ProjectionError> {
+    let views = Views::open(path)?;
+    catch_up_to(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
+    Ok(views)
+}
+
+/// Applies `[views.checkpoint(), until)` in transactions of `events_per_transaction` events,
+/// only the last one durable.
+pub fn catch_up_to(
+    log: &EventLog,
+    views: &Views,
+    until: u64,
+    events_per_transaction: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ProjectionError> {
+    let start = views.checkpoint()?;
+    if start >= until {
+        return Ok(());
+    }
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::sync_channel::<Result<Vec<StoredEvent>, ProjectionError>>(READ_AHEAD);
+        scope.spawn(move || {
+            let mut from = start;
+            while from < until {
+                let limit = READ_CHUNK.min(usize::try_from(until - from).unwrap_or(READ_CHUNK));
+                let chunk = match log.read_from(from, limit) {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into()));
+                        return;
+                    }
+                };
+                let Some(last) = chunk.last() else { return };
+                from = last.offset + 1;
+                if sender.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reached = start;
+        let mut txn = views.database().begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let mut in_transaction = 0usize;
+        for chunk in receiver {
+            let chunk = chunk?;
+            let Some(last) = chunk.last() else { continue };
+            reached = last.offset + 1;
+            apply_events(&txn, &chunk)?;
+            in_transaction += chunk.len();
+            if in_transaction >= events_per_transaction {
+                txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
+                txn.commit()?;
+                // Readers in this process see the commit: answers cached before it are stale.
+                views.bump_generation();
+                txn = views.database().begin_write()?;
+                txn.set_durability(Durability::None)?;
+                in_transaction = 0;
+            }
+            progress(reached);
+        }
+        // The last commit is durable, and with it every non-durable one before it.
+        txn.set_durability(Durability::Immediate)?;
+        txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
+        txn.commit()?;
+        views.bump_generation();
+        Ok(())
+    })
+}
+
+/// The live views opened read-only by another process than the one serving them: `atcr replay
+/// --verify` and `atcr replay snapshot`. Fails with [`ProjectionError::InUse`] while `atcr serve`
+/// has them open (the views are opened exclusively, which keeps file locks off the pull path).
+pub struct LiveViewsReader {
+    database: redb::ReadOnlyDatabase,
+}
+
+impl LiveViewsReader {
+    pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+        if !path.exists() {
+            return Err(ProjectionError::Io {
+                context: format!("no views at {}", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        match redb::Builder::new().open_read_only(path) {
+            Ok(database) => Ok(LiveViewsReader { database }),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(ProjectionError::InUse(path.display().to_string())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    pub fn read(&self) -> Result<redb::ReadTransaction, ProjectionError> {
+        Ok(self.database.begin_read()?)
+    }
+
+    /// The next log offset these views would apply.
+    pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        use redb::ReadableTable;
+        Ok(self.read()?.open_table(CHECKPOINTS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(0))
+    }
+}
+
+/// The outcome of `atcr replay --verify`: every table of the live views against a rebuild up to
+/// the same offset.
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub checkpoint: u64,
+    pub tables: std::collections::BTreeMap<String, crate::digest::TableComparison>,
+}
+
+impl VerifyReport {
+    pub fn differences(&self) -> usize {
+        self.tables.values().filter(|comparison| !comparison.is_same()).count()
+    }
+}
+
+/// Rebuilds into `scratch` (a new database path) up to exactly the live checkpoint and
+/// compares every table.
+pub fn verify(
+    log: &EventLog,
+    live: &LiveViewsReader,
+    scratch: &Path,
+    events_per_transaction: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ProjectionError> {
+    // One read transaction: the checkpoint and the rows compared are the same state.
+    let live_read = live.read()?;
+    let checkpoint = {
+        use redb::ReadableTable;
+        live_read.open_table(CHECKPOINTS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(0)
+    };
+    let rebuilt = Views::open(scratch)?;
+    catch_up_to(log, &rebuilt, checkpoint, events_per_transaction, progress)?;
+    let rebuilt_read = rebuilt.database().begin_read()?;
+    let tables = crate::digest::compare(&live_read, &rebuilt_read)?;
+    Ok(VerifyReport { checkpoint, tables })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atcr_storage::{AppendBatch, Event, EventBody, Source};
+
+    fn stored(did: &str, digest: &str) -> Event {
+        Event {
+            source: Source::Enrichment,
+            upstream_seq: None,
+            did: did.into(),
+            rev: None,
+            upstream_time: None,
+            received_at_us: 0,
+            commit_cid: None,
+            body: EventBody::ManifestStored { digest: digest.into(), media_type: "m".into(), size: 1 },
+        }
+    }
+
+    #[test]
+    fn a_rebuild_in_small_transactions_equals_the_live_views_and_verify_says_so() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&directory.path().join("log.redb")).unwrap();
+        let events = (0..500).map(|index| stored("did:plc:a", &format!("sha256:{index:064}"))).collect();
+        log.append(AppendBatch { events, ..AppendBatch::default() }).unwrap();
+        let live_path = directory.path().join("live/views.redb");
+        let live = Views::open(&live_path).unwrap();
+        crate::runner::catch_up(&log, &live).unwrap();
+        assert_eq!(live.checkpoint().unwrap(), 500);
+        drop(live);
+
+        // More events after the live checkpoint: verify stops at the checkpoint anyway.
+        let later = (1000..1010).map(|index| stored("did:plc:b", &format!("sha256:{index:064}"))).collect();
+        log.append(AppendBatch { events: later, ..AppendBatch::default() }).unwrap();
+        let reader = LiveViewsReader::open(&live_path).unwrap();
+        let mut reached = Vec::new();
+        let report =
+            verify(&log, &reader, &directory.path().join("scratch/views.redb"), 64, &mut |offset| reached.push(offset))
+                .unwrap();
+        assert_eq!(report.checkpoint, 500);
+        assert_eq!(report.differences(), 0, "{:?}", report.tables);
+        assert_eq!(report.tables["manifest_content"], crate::digest::TableComparison::Same { rows: 500 });
+        assert_eq!(reached.last(), Some(&500));
+
+        // A rebuild to the head has the later rows too, and differs from the live views.
+        let rebuilt = rebuild(&log, &directory.path().join("full/views.redb"), 510, &mut |_| {}).unwrap();
+        assert_eq!(rebuilt.checkpoint().unwrap(), 510);
+        let comparison =
+            crate::digest::compare(&reader.read().unwrap(), &rebuilt.database().begin_read().unwrap()).unwrap();
+        assert!(!comparison["manifest_content"].is_same());
+        assert!(!comparison["checkpoints"].is_same());
+    }
+}
