@@ -688,3 +688,54 @@ fn the_checkpoint_survives_a_restart_and_a_mismatch_asks_for_a_rebuild() {
     assert_eq!(index.num_docs(), 50);
     assert_eq!(index.checkpoint(), Some(600));
 }
+
+/// A source that fails after a number of documents, like a views read error mid-rebuild.
+struct FailingSource {
+    inner: MemorySource,
+    budget: Mutex<usize>,
+}
+
+impl SearchSource for FailingSource {
+    fn search_document(&self, did: &str, repository: &str) -> Result<Option<SearchDoc>, ProjectionError> {
+        let mut budget = self.budget.lock().unwrap();
+        if *budget == 0 {
+            return Err(ProjectionError::Corrupt("injected failure".into()));
+        }
+        *budget -= 1;
+        self.inner.search_document(did, repository)
+    }
+
+    fn repositories_of(&self, did: &str) -> Result<Vec<String>, ProjectionError> {
+        self.inner.repositories_of(did)
+    }
+
+    fn repositories_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, ProjectionError> {
+        self.inner.repositories_after(after, limit)
+    }
+}
+
+#[test]
+fn a_failed_rebuild_publishes_nothing_and_still_asks_for_a_rebuild() {
+    let docs = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Arc::new(SearchIndex::open(dir.path()).expect("open"));
+    let projection = SearchProjection::new(index.clone());
+    projection.rebuild(&MemorySource::with(&docs[..100]), 7).expect("rebuild");
+
+    let failing = FailingSource { inner: MemorySource::with(&docs), budget: Mutex::new(150) };
+    assert!(projection.rebuild(&failing, 8).is_err());
+    assert_eq!(index.num_docs(), 100);
+    assert_eq!(index.checkpoint(), Some(7));
+    assert!(projection.needs_rebuild(8));
+
+    // A later batch commits its own change, not the half-built rebuild.
+    let extra = SearchDoc { did: did(4), repository: "after-failure".into(), ..SearchDoc::default() };
+    let source = MemorySource::with(std::slice::from_ref(&extra));
+    projection.on_batch(&source, &[(extra.did.clone(), Some(extra.repository.clone()))], 9).expect("batch");
+    projection.flush().expect("flush");
+    assert_eq!(index.num_docs(), 101);
+}

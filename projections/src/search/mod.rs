@@ -428,6 +428,12 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Drops every change since the last commit; background merges run again.
+    pub(crate) fn rollback(&self) -> Result<(), SearchError> {
+        self.writer()?.rollback()?;
+        Ok(())
+    }
+
     /// Merges every committed segment into one (searches touch one term dictionary per
     /// segment), then lets the writer merge in the background again.
     pub(crate) fn merge_all(&self) -> Result<(), SearchError> {

@@ -242,6 +242,22 @@ impl SearchProjection {
         self.shared.pending()?.checkpoint = None;
         let index = &self.shared.index;
         index.clear()?;
+        let result = self.fill(source, checkpoint, started);
+        if result.is_err() {
+            // Back to the last commit: a half-built index must never be published by a later
+            // commit. The old checkpoint stays, so `needs_rebuild` still says so.
+            let _ = index.rollback();
+        }
+        result
+    }
+
+    fn fill<S: SearchSource + ?Sized>(
+        &self,
+        source: &S,
+        checkpoint: u64,
+        started: Instant,
+    ) -> Result<RebuildReport, SearchError> {
+        let index = &self.shared.index;
         let mut indexed = 0u64;
         let mut after: Option<(String, String)> = None;
         loop {
