@@ -3,8 +3,8 @@
 //! - `atcr bench ingest`: the whole ingest path, WebSocket → decode → filter → durable append,
 //!   fed by a local replaying server. Decode alone and append alone have criterion benches
 //!   (`cargo bench -p atcr-ingest`, `cargo bench -p atcr-storage`).
-//! - `atcr bench replay`: a fresh build of every projection from a log of synthetic events
-//!   (events/s), then a snapshot of the result and its restore (seconds).
+//! - `atcr bench replay`: a fresh build of every projection from a generated log (`atcr dev gen
+//!   --into`), in events/s, then a snapshot of the result and its restore (seconds).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,42 +32,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Rebuild the views from a log of synthetic events; report events/s, then snapshot and
-    /// restore the result and report seconds.
+    /// Rebuild the views from the log of a data directory (fill one with `atcr --data-dir DIR
+    /// dev gen --events 1000000 --into`); report events/s, then snapshot and restore the result
+    /// and report seconds. The data directory is only read.
     Replay {
-        /// Events in the generated log.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Seed of the synthetic world.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        /// Data directory whose `log.redb` is replayed.
+        #[arg(long, value_name = "DIR")]
+        log_from: PathBuf,
         /// Rebuilds to report (median is printed last).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Use the log in this data directory instead of generating one.
-        #[arg(long, value_name = "DIR")]
-        log_from: Option<PathBuf>,
-        /// Only generate: write the synthetic log into this data directory and stop.
-        #[arg(long, value_name = "DIR", conflicts_with = "log_from")]
-        generate_into: Option<PathBuf>,
     },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest { corpus, repeat, runs } => bench_ingest(corpus, repeat, runs).await,
-        BenchCommand::Replay { events, seed, generate_into: Some(data_dir), .. } => {
-            tokio::task::spawn_blocking(move || {
-                let log = EventLog::open(&data_dir.join("log.redb"))?;
-                anyhow::ensure!(log.next_offset()? == 0, "{} already holds a log", data_dir.display());
-                synthetic::fill(&log, events, seed)?;
-                println!("generated {events} synthetic events into {}", data_dir.display());
-                Ok(())
-            })
-            .await?
-        }
-        BenchCommand::Replay { events, seed, runs, log_from, generate_into: None } => {
-            tokio::task::spawn_blocking(move || bench_replay(events, seed, runs, log_from)).await?
+        BenchCommand::Replay { log_from, runs } => {
+            tokio::task::spawn_blocking(move || bench_replay(&log_from, runs)).await?
         }
     }
 }
@@ -126,21 +108,12 @@ async fn bench_ingest(corpus: PathBuf, repeat: usize, runs: usize) -> anyhow::Re
     Ok(())
 }
 
-/// Generates (or opens) a log, rebuilds the registry views from it `runs` times, then snapshots
-/// the last build and restores it, checking the restored tables against the build.
-fn bench_replay(events: u64, seed: u64, runs: usize, log_from: Option<PathBuf>) -> anyhow::Result<()> {
+/// Rebuilds the registry views from a data directory's log `runs` times into a temporary
+/// directory, then snapshots the last build and restores it, checking the restored tables
+/// against the build.
+fn bench_replay(data_dir: &std::path::Path, runs: usize) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let log_path = match &log_from {
-        Some(data_dir) => data_dir.join("log.redb"),
-        None => {
-            let path = directory.path().join("log.redb");
-            let started = Instant::now();
-            let log = EventLog::open(&path)?;
-            synthetic::fill(&log, events, seed)?;
-            println!("generated {events} synthetic events in {:.1} s", started.elapsed().as_secs_f64());
-            path
-        }
-    };
+    let log_path = data_dir.join("log.redb");
     let log = EventLog::open_read_only(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
     let until = log.next_offset()?;
     let mut rates = Vec::new();
@@ -184,164 +157,4 @@ fn bench_replay(events: u64, seed: u64, runs: usize, log_from: Option<PathBuf>) 
     anyhow::ensure!(same.values().all(|table| table.is_same()), "the restored views differ from the build: {same:?}");
     println!("restored views equal the build table by table ({} tables)", same.len());
     Ok(())
-}
-
-/// A synthetic registry: users push manifests (images, indexes, attached artifacts), move and
-/// delete tags, delete manifests, and have their DID documents resolved, with per-DID revs that
-/// only go up. Deterministic for a seed. Not signed: projections do not check signatures.
-mod synthetic {
-    use atcr_storage::{AppendBatch, Event, EventBody, EventLog, PutAction, Source};
-    use serde_json::{Value, json};
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // splitmix64
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound.max(1)
-        }
-    }
-
-    fn digest(rng: &mut Rng) -> String {
-        format!("sha256:{:016x}{:016x}{:016x}{:016x}", rng.next(), rng.next(), rng.next(), rng.next())
-    }
-
-    fn cbor(value: &Value) -> anyhow::Result<Vec<u8>> {
-        Ok(serde_ipld_dagcbor::to_vec(value)?)
-    }
-
-    struct User {
-        did: String,
-        repositories: Vec<String>,
-        /// (repository, digest) of pushed manifests still present.
-        manifests: Vec<(String, String)>,
-        /// (repository, tag) of tags present.
-        tags: Vec<(String, String)>,
-    }
-
-    pub fn fill(log: &EventLog, events: u64, seed: u64) -> anyhow::Result<()> {
-        let mut rng = Rng(seed);
-        let user_count = (events / 50).clamp(10, 20_000);
-        let mut users: Vec<User> = (0..user_count)
-            .map(|index| User {
-                did: format!("did:plc:synthetic{index:08}"),
-                repositories: (0..1 + index % 5).map(|repo| format!("app{repo}/service")).collect(),
-                manifests: Vec::new(),
-                tags: Vec::new(),
-            })
-            .collect();
-        let mut clock: u64 = 1_700_000_000_000_000;
-        let mut batch = Vec::with_capacity(10_000);
-        for _ in 0..events {
-            clock += 1 + rng.below(1000);
-            let user_index = rng.below(user_count) as usize;
-            let user = &mut users[user_index];
-            let rev = format!("{clock:020}");
-            let time = format!("2026-01-01T00:00:{:02}.{:06}Z", (clock / 1_000_000) % 60, clock % 1_000_000);
-            let roll = rng.below(100);
-            let body = if roll < 45 || user.manifests.is_empty() {
-                let repository = user.repositories[rng.below(user.repositories.len() as u64) as usize].clone();
-                let digest_value = digest(&mut rng);
-                let layers: Vec<Value> = (0..2 + rng.below(5))
-                    .map(|_| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&mut rng), "size": rng.below(50_000_000)}))
-                    .collect();
-                let mut record = json!({
-                    "$type": "io.atcr.manifest", "repository": repository, "digest": digest_value,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json", "schemaVersion": 2,
-                    "holdDid": "did:web:hold.synthetic.example", "createdAt": time,
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&mut rng), "size": 1500},
-                    "layers": layers,
-                    "annotations": {"org.opencontainers.image.title": format!("{repository} build {clock}")},
-                });
-                if roll < 5 && !user.manifests.is_empty() {
-                    let (_, subject) = &user.manifests[rng.below(user.manifests.len() as u64) as usize];
-                    record["subject"] = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": 1000});
-                }
-                let rkey = digest_value["sha256:".len()..].to_string();
-                user.manifests.push((repository, digest_value));
-                EventBody::RecordPut {
-                    collection: "io.atcr.manifest".into(),
-                    rkey,
-                    cid: format!("bafy{clock}"),
-                    action: PutAction::Create,
-                    record: cbor(&record)?,
-                }
-            } else if roll < 80 {
-                let (repository, target) = user.manifests[rng.below(user.manifests.len() as u64) as usize].clone();
-                let tag = ["latest", "stable", "v1", "v2", "dev", "nightly"][rng.below(6) as usize].to_string();
-                let rkey = format!("{}_{tag}", repository.replace('/', "~"));
-                let record = json!({
-                    "$type": "io.atcr.tag", "repository": repository, "tag": tag, "createdAt": time,
-                    "manifest": format!("at://{}/io.atcr.manifest/{}", user.did, &target["sha256:".len()..]),
-                });
-                if !user.tags.contains(&(repository.clone(), tag.clone())) {
-                    user.tags.push((repository, tag));
-                }
-                EventBody::RecordPut {
-                    collection: "io.atcr.tag".into(),
-                    rkey,
-                    cid: format!("bafy{clock}"),
-                    action: PutAction::Update,
-                    record: cbor(&record)?,
-                }
-            } else if roll < 85 && !user.tags.is_empty() {
-                let (repository, tag) = user.tags.swap_remove(rng.below(user.tags.len() as u64) as usize);
-                EventBody::RecordDeleted {
-                    collection: "io.atcr.tag".into(),
-                    rkey: format!("{}_{tag}", repository.replace('/', "~")),
-                    prev_cid: None,
-                }
-            } else if roll < 90 {
-                let (_, digest_value) = user.manifests.swap_remove(rng.below(user.manifests.len() as u64) as usize);
-                EventBody::RecordDeleted {
-                    collection: "io.atcr.manifest".into(),
-                    rkey: digest_value["sha256:".len()..].to_string(),
-                    prev_cid: None,
-                }
-            } else if roll < 95 {
-                let document = json!({
-                    "id": user.did, "alsoKnownAs": [format!("at://user{user_index}.synthetic.example")],
-                    "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "https://pds.synthetic.example"}],
-                });
-                EventBody::IdentityResolved { document_json: document.to_string() }
-            } else {
-                let (_, digest_value) = user.manifests[rng.below(user.manifests.len() as u64) as usize].clone();
-                EventBody::ManifestStored {
-                    digest: digest_value,
-                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                    size: 1000 + rng.below(4000),
-                }
-            };
-            let source = match body {
-                EventBody::IdentityResolved { .. } | EventBody::ManifestStored { .. } => Source::Enrichment,
-                _ => Source::Firehose,
-            };
-            let record_event = source == Source::Firehose;
-            batch.push(Event {
-                source,
-                upstream_seq: record_event.then_some(clock as i64),
-                did: user.did.clone(),
-                rev: record_event.then_some(rev),
-                upstream_time: Some(time),
-                received_at_us: clock as i64,
-                commit_cid: None,
-                body,
-            });
-            if batch.len() == 10_000 {
-                log.append(AppendBatch { events: std::mem::take(&mut batch), ..AppendBatch::default() })?;
-            }
-        }
-        if !batch.is_empty() {
-            log.append(AppendBatch { events: batch, ..AppendBatch::default() })?;
-        }
-        Ok(())
-    }
 }
