@@ -355,6 +355,11 @@ impl ViewsHandle {
         self.current.load_full()
     }
 
+    /// The live views' generation, without taking a reference (the pull path's cache check).
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation()
+    }
+
     /// Puts `views` live; returns the build it replaced.
     pub fn swap(&self, views: Arc<Views>) -> Arc<Views> {
         self.current.swap(views)

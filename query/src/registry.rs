@@ -193,7 +193,7 @@ impl RegistryQuery {
     /// since. Never blocks on storage: safe to call on an async worker.
     pub fn cached_manifest(&self, name: &str, reference: &str) -> Option<Manifest> {
         // Generations are unique across builds, so a swapped-in build never matches old answers.
-        let generation = self.views.load().generation();
+        let generation = self.views.generation();
         let cache = self.resolved.read().ok()?;
         if cache.generation != generation {
             return None;
