@@ -319,3 +319,42 @@ fn enrichment_event(did: &str, received_at_us: i64, body: EventBody) -> Event {
         body,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn into_appends_frames_and_enrichment_once() {
+        let directory = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: directory.path().to_path_buf(), ..Config::default() };
+        let world = || {
+            let mut gen_config = GenConfig::new(3, 10, 15, 400);
+            gen_config.threads = 1;
+            Generator::new(gen_config)
+        };
+        let summary = write_into_log(&config, world(), 3).unwrap();
+        let log = EventLog::open_read_only(&config.log_path()).unwrap();
+        let stats = log.stats().unwrap();
+        assert_eq!(stats.quarantined, 0);
+        let manifests = summary.stats.images + summary.stats.indexes + summary.stats.artifacts;
+        assert_eq!(stats.by_kind.get("manifest_stored").copied(), Some(manifests));
+        let record_events = stats.by_kind.get("record_put").copied().unwrap_or(0)
+            + stats.by_kind.get("record_deleted").copied().unwrap_or(0);
+        assert_eq!(record_events, 400);
+        // every account that wrote, and the holds its manifests name
+        let documents = stats.by_kind.get("identity_resolved").copied().unwrap_or(0);
+        assert!(documents > summary.stats.accounts, "{documents} documents for {} accounts", summary.stats.accounts);
+        assert_eq!(log.consumer_checkpoint(atcr_ingest::enrich::CONSUMER).unwrap(), Some(stats.next_offset));
+        let content = ContentStore::open(&config.content_path()).unwrap();
+        for stored in log.read_from(0, usize::MAX).unwrap() {
+            if let EventBody::ManifestStored { digest, size, .. } = &stored.event.body {
+                assert_eq!(content.get(digest).unwrap().map(|bytes| bytes.len() as u64), Some(*size));
+            }
+        }
+        drop(log);
+
+        let again = write_into_log(&config, world(), 3).unwrap();
+        assert!(again.destination.starts_with("appended 0 events"), "{}", again.destination);
+    }
+}
