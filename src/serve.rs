@@ -79,7 +79,7 @@ pub async fn start<F: Fetcher>(
         registry: Some(registry.clone()),
         metrics,
         browse: Some(atcr_query::browse::Browse::new(registry)),
-        search: None,
+        search: Some(atcr_query::search::SearchService::live(views.clone())),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

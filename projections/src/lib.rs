@@ -26,7 +26,7 @@ pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -59,6 +59,8 @@ pub enum ProjectionError {
     Io { context: String, source: std::io::Error },
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("search index: {0}")]
+    Search(String),
     #[error(
         "the views at {0} are open in another process (a running `atcr serve` holds its views exclusively); stop it first"
     )]
@@ -66,6 +68,10 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
+    pub(crate) fn search(error: search::SearchError) -> ProjectionError {
+        ProjectionError::Search(error.to_string())
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProjectionError {
         let context = context.into();
         move |source| ProjectionError::Io { context, source }
@@ -96,6 +102,12 @@ pub struct Views {
     generation: AtomicU64,
     /// Set once a newer build replaced this one: the last holder to drop it deletes this directory.
     retired_directory: Mutex<Option<PathBuf>>,
+    /// The search index of this build (next to the views file), once opened by
+    /// [`Views::open_search`]. It lives and is swapped with the views, so a search and the
+    /// pages it links to always come from the same build.
+    search: OnceLock<Arc<search::SearchProjection>>,
+    /// Where the views file is; the search index lives in `search/` beside it.
+    path: PathBuf,
 }
 
 impl Views {
@@ -117,7 +129,13 @@ impl Views {
         // One process owns the views (they are disposable and rebuilt from the log), so the
         // default exclusive mode: no per-transaction file locking on the pull path.
         let database = Database::builder().create(path)?;
-        Ok(Views { database, generation: AtomicU64::new(next_generation()), retired_directory: Mutex::new(None) })
+        Ok(Views {
+            database,
+            generation: AtomicU64::new(next_generation()),
+            retired_directory: Mutex::new(None),
+            search: OnceLock::new(),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens the live views for serving: prepared when built by this version of the code, left
@@ -130,6 +148,33 @@ impl Views {
             tracing::warn!(path = %path.display(), "views of another version: serving them while a fresh build is made");
         }
         Ok(views)
+    }
+
+    /// Opens this build's search index (`search/` beside the views file), rebuilds it from the
+    /// views when it does not reflect exactly their checkpoint, and attaches it: from then on the
+    /// runner keeps it in step. Returns the rebuild report when one was needed.
+    pub fn open_search(&self) -> Result<Option<search::RebuildReport>, ProjectionError> {
+        if self.search.get().is_some() {
+            return Ok(None);
+        }
+        let directory = self.path.with_file_name("search");
+        let index = search::SearchIndex::open(&directory).map_err(ProjectionError::search)?;
+        let projection = search::SearchProjection::new(Arc::new(index));
+        let checkpoint = self.checkpoint()?;
+        let report = if projection.needs_rebuild(checkpoint) {
+            let report = projection.rebuild(self, checkpoint).map_err(ProjectionError::search)?;
+            tracing::info!(checkpoint, ?report, "search index rebuilt from the views");
+            Some(report)
+        } else {
+            None
+        };
+        let _ = self.search.set(Arc::new(projection));
+        Ok(report)
+    }
+
+    /// This build's search projection, when [`Views::open_search`] attached one.
+    pub fn search(&self) -> Option<&Arc<search::SearchProjection>> {
+        self.search.get()
     }
 
     /// The registry version these views were built by (`None`: never prepared).

@@ -72,6 +72,11 @@ impl ProjectionRunner {
             metrics::gauge!(BUILD_METRIC).set(live.build as f64);
         }
         metrics::gauge!(CHECKPOINT_METRIC).set(self.views.load().checkpoint()? as f64);
+        // The search index comes up in the background: searches answer "not ready" until then.
+        let views = self.views.load();
+        if self.live.is_some() && views.is_current_version()? {
+            blocking(move || views.open_search().map(drop)).await?;
+        }
         let mut head = self.log.subscribe();
         let mut poll = tokio::time::interval(FLIP_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,11 +88,22 @@ impl ProjectionRunner {
             let (log, views) = (self.log.clone(), self.views.clone());
             blocking(move || ProjectionRunner::new(log, views).catch_up()).await?;
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return self.flush_search().await,
                 changed = head.changed() => if changed.is_err() { return Ok(()) },
                 _ = poll.tick() => {}
             }
         }
+    }
+
+    /// Publishes what the search index holds but has not committed, so the next start needs no
+    /// rebuild.
+    async fn flush_search(&self) -> Result<(), ProjectionError> {
+        let views = self.views.load();
+        blocking(move || match views.search() {
+            Some(search) => search.flush().map_err(ProjectionError::search),
+            None => Ok(()),
+        })
+        .await
     }
 
     /// When the live views were built by another version of the code: build afresh beside them
@@ -132,6 +148,7 @@ impl ProjectionRunner {
         let path = directory.join(REGISTRY_FILE);
         let views = blocking(move || {
             let views = Views::open(&path)?;
+            views.open_search()?;
             catch_up(&log, &views)?;
             Ok(Arc::new(views))
         })
@@ -166,7 +183,12 @@ pub(crate) fn catch_up(log: &EventLog, views: &Views) -> Result<u64, ProjectionE
     let head = log.next_offset()?;
     if head.saturating_sub(start) > LARGE_BACKLOG {
         crate::rebuild::catch_up_to(log, views, head, BACKLOG_TRANSACTION_EVENTS, &mut |_| {})?;
-        metrics::gauge!(CHECKPOINT_METRIC).set(views.checkpoint()? as f64);
+        let checkpoint = views.checkpoint()?;
+        metrics::gauge!(CHECKPOINT_METRIC).set(checkpoint as f64);
+        // A backlog this large touches most repositories: indexing them all at once is cheaper.
+        if let Some(search) = views.search() {
+            search.rebuild(views, checkpoint).map_err(ProjectionError::search)?;
+        }
     }
     loop {
         let from = views.checkpoint()?;
@@ -174,22 +196,45 @@ pub(crate) fn catch_up(log: &EventLog, views: &Views) -> Result<u64, ProjectionE
         let Some(last) = batch.last() else { return Ok(from.saturating_sub(start)) };
         let mut txn = views.database().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        apply_events(&txn, &batch)?;
+        let mut touched = views::Touched::new();
+        apply_events_tracking(&txn, &batch, &mut touched)?;
         txn.open_table(CHECKPOINTS)?.insert(REGISTRY, last.offset + 1)?;
         txn.commit()?;
         views.bump_generation();
         metrics::gauge!(CHECKPOINT_METRIC).set((last.offset + 1) as f64);
+        update_search(views, touched, last.offset + 1)?;
     }
+}
+
+/// Hands the repositories a committed batch touched to the build's search index, if it has one.
+/// A search failure does not stop the views: the index is rebuilt at the next start (its
+/// checkpoint no longer matches).
+fn update_search(views: &Views, touched: views::Touched, checkpoint: u64) -> Result<(), ProjectionError> {
+    let Some(search) = views.search() else { return Ok(()) };
+    let touched: Vec<(String, Option<String>)> = touched.into_iter().collect();
+    if let Err(error) = search.on_batch(views, &touched, checkpoint) {
+        tracing::error!(%error, checkpoint, "search index update failed; it will be rebuilt on the next start");
+    }
+    Ok(())
 }
 
 /// Applies events in order inside one write transaction (the caller writes the checkpoint).
 pub(crate) fn apply_events(txn: &WriteTransaction, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    apply_events_tracking(txn, events, &mut views::Touched::new())
+}
+
+/// [`apply_events`], noting which repositories changed (for the search index).
+pub(crate) fn apply_events_tracking(
+    txn: &WriteTransaction,
+    events: &[StoredEvent],
+    touched: &mut views::Touched,
+) -> Result<(), ProjectionError> {
     for stored in events {
         if is_stale(txn, stored)? {
             tracing::debug!(offset = stored.offset, did = %stored.event.did, "older commit rev skipped");
             continue;
         }
-        views::apply(txn, stored.offset, &stored.event)?;
+        views::apply_tracking(txn, stored.offset, &stored.event, touched)?;
     }
     Ok(())
 }

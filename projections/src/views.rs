@@ -248,13 +248,9 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     Ok(())
 }
 
-/// Applies one event to every registry view. Idempotent: applying it twice leaves the same
-/// state. Invalid records are skipped with a warning (they stay in the log).
-pub(crate) fn apply(txn: &WriteTransaction, offset: u64, event: &Event) -> Result<(), ProjectionError> {
-    apply_tracking(txn, offset, event, &mut Touched::new())
-}
-
-/// [`apply`], also noting which repositories the event changed.
+/// Applies one event to every registry view, noting which repositories it changed. Idempotent:
+/// applying it twice leaves the same state. Invalid records are skipped with a warning (they
+/// stay in the log).
 pub(crate) fn apply_tracking(
     txn: &WriteTransaction,
     offset: u64,

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use atcr_projections::ViewsHandle;
 use atcr_projections::search::{
-    FilterClause, MAX_PER_PAGE, MAX_RESULT_WINDOW, SearchError, SearchFilter, SearchHit, SearchIndex, SearchRequest,
-    SearchSort,
+    FilterClause, MAX_PER_PAGE, MAX_RESULT_WINDOW, SearchError, SearchFilter, SearchIndex, SearchRequest,
 };
+pub use atcr_projections::search::{SearchHit, SearchSort};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
@@ -541,18 +542,47 @@ pub struct SearchResponse {
 pub enum SearchServiceError {
     #[error(transparent)]
     Index(#[from] SearchError),
+    #[error("the search index is being built; try again in a moment")]
+    NotReady,
+}
+
+/// Where the index comes from: one fixed index (tests, benchmarks), or the search index of
+/// whichever views build is live (a replay swaps both at once).
+#[derive(Clone)]
+enum IndexSource {
+    Fixed(Arc<SearchIndex>),
+    Live(ViewsHandle),
 }
 
 /// Runs searches against the index. Cheap to clone. A search is CPU work of a few
 /// milliseconds at most and reads only the index (memory-mapped), never the views.
 #[derive(Clone)]
 pub struct SearchService {
-    index: Arc<SearchIndex>,
+    index: IndexSource,
 }
 
 impl SearchService {
     pub fn new(index: Arc<SearchIndex>) -> Self {
-        SearchService { index }
+        SearchService { index: IndexSource::Fixed(index) }
+    }
+
+    /// Searches the index of the live views build.
+    pub fn live(views: ViewsHandle) -> Self {
+        SearchService { index: IndexSource::Live(views) }
+    }
+
+    /// False while the live build's index is still being built.
+    pub fn is_ready(&self) -> bool {
+        self.index().is_ok()
+    }
+
+    fn index(&self) -> Result<Arc<SearchIndex>, SearchServiceError> {
+        match &self.index {
+            IndexSource::Fixed(index) => Ok(index.clone()),
+            IndexSource::Live(views) => {
+                views.load().search().map(|search| search.index().clone()).ok_or(SearchServiceError::NotReady)
+            }
+        }
     }
 
     pub fn search(&self, params: &SearchParams) -> Result<SearchResponse, SearchServiceError> {
@@ -588,7 +618,7 @@ impl SearchService {
             limit: per_page,
             prefix_last_word: parsed.typing,
         };
-        let results = self.index.search(&request)?;
+        let results = self.index()?.search(&request)?;
         let reachable = (results.total as usize).min(MAX_RESULT_WINDOW);
         Ok(SearchResponse {
             query: params.q.clone(),

@@ -193,6 +193,11 @@ async fn api_search(State(state): State<AppState>, Query(params): Query<SearchPa
     };
     match tokio::task::spawn_blocking(move || service.search(&params)).await {
         Ok(Ok(results)) => Ok(axum::Json(results).into_response()),
+        Ok(Err(atcr_query::search::SearchServiceError::NotReady)) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: "the search index is being built; try again in a moment".into(),
+        }),
         Ok(Err(error)) => {
             tracing::error!(%error, "search failed");
             Err(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: error.to_string() })

@@ -251,6 +251,9 @@ async fn search_page(
     headers: HeaderMap,
 ) -> Response {
     let Some(service) = state.search.clone() else { return unavailable("Search") };
+    if !service.is_ready() {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, "The search index is being built. Try again in a moment.");
+    }
     let params = SearchParams {
         q: params.q,
         sort: params.sort,

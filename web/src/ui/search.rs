@@ -3,7 +3,7 @@
 //! filter chips that toggle common filters, a help popover listing the query syntax, and
 //! pagination. With the `HX-Request` header only the results fragment is rendered.
 
-use atcr_projections::search::{SearchHit, SearchSort};
+use atcr_query::search::{SearchHit, SearchSort};
 use atcr_query::search::{SearchResponse, SyntaxHelp};
 use maud::{Markup, html};
 
