@@ -120,7 +120,11 @@ fn demo_ui_in_chromium() -> Result<()> {
         ensure!(Instant::now() < deadline, "atcr demo did not serve {ready_pages:?} within 90 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ran = run_browser(&format!("http://127.0.0.1:{port}"), &screenshots_dir("demo"), &[("ATCR_UI_DEMO", "1")])?;
+    let ran = run_browser(
+        &format!("http://127.0.0.1:{port}"),
+        &screenshots_dir("demo"),
+        &[("ATCR_UI_DEMO", "1"), ("ATCR_UI_REQUIRE_SEARCH", "1")],
+    )?;
     if !ran {
         println!("SKIP: the browser tests did not run (see above)");
     }
