@@ -340,11 +340,11 @@ impl EventLog {
         Ok(blocks.get(commit_cid)?.map(|value| value.value().to_vec()))
     }
 
-    /// **Test support only; nothing in atcr calls it.** Replaces the stored signed block of a
-    /// commit, simulating tampering with the file on disk, so tests can prove that
-    /// `atcr audit verify` notices. It is the single exception to "entries are never rewritten"
-    /// (invariant 1) and touches only `commit_blocks`, never an event.
-    #[doc(hidden)]
+    /// **Test support only: compiled only with the `tamper-for-tests` feature, which only the
+    /// workspace's dev-dependencies enable.** Replaces the stored signed block of a commit,
+    /// simulating tampering with the file on disk, so tests can prove that `atcr audit verify`
+    /// notices. A release build has no API that rewrites the log (invariant 1).
+    #[cfg(feature = "tamper-for-tests")]
     pub fn overwrite_commit_block_for_audit_tests(&self, commit_cid: &str, block: &[u8]) -> Result<()> {
         let write = self.write_txn()?;
         {
