@@ -21,7 +21,7 @@ use atcr_gen::{GenConfig, Generator, ManifestBlob};
 use atcr_ingest::process::{FrameCounts, FrameProcessor};
 use atcr_storage::content::ContentStore;
 use atcr_storage::records::{self, ManifestRecord};
-use atcr_storage::{AppendBatch, Event, EventBody, EventLog, Source};
+use atcr_storage::{AppendBatch, Event, EventBody, EventLog};
 
 use crate::config::Config;
 
@@ -242,7 +242,7 @@ fn append_with_enrichment(
         }
         if let Some(document) = enrichment.documents.get(did) {
             enrichment.resolved.insert(did.to_string());
-            enriched.push(enrichment_event(
+            enriched.push(Event::enrichment(
                 did,
                 received_at_us,
                 EventBody::IdentityResolved { document_json: document.clone() },
@@ -262,7 +262,7 @@ fn append_with_enrichment(
     let receipt = log.append(batch)?;
     store_manifests(content, &manifests)?;
     for (owner, manifest) in &manifests {
-        enriched.push(enrichment_event(
+        enriched.push(Event::enrichment(
             owner,
             received_at_us,
             EventBody::ManifestStored {
@@ -305,19 +305,6 @@ fn store_manifests(content: &ContentStore, manifests: &[(String, ManifestBlob)])
         }
         Ok(())
     })
-}
-
-fn enrichment_event(did: &str, received_at_us: i64, body: EventBody) -> Event {
-    Event {
-        source: Source::Enrichment,
-        upstream_seq: None,
-        did: did.to_string(),
-        rev: None,
-        upstream_time: None,
-        received_at_us,
-        commit_cid: None,
-        body,
-    }
 }
 
 #[cfg(test)]

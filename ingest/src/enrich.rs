@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use atcr_storage::content::{ContentError, ContentStore, sha256_digest};
 use atcr_storage::did::parse_did_document;
 use atcr_storage::records::{self, ManifestRecord};
-use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, Source, StorageError, now_micros};
+use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, StorageError, now_micros};
 
 use crate::policy::UrlPolicy;
 
@@ -352,14 +352,5 @@ impl<F: Fetcher> Enricher<F> {
 }
 
 fn enrichment_event(did: &str, body: EventBody) -> Event {
-    Event {
-        source: Source::Enrichment,
-        upstream_seq: None,
-        did: did.to_string(),
-        rev: None,
-        upstream_time: None,
-        received_at_us: now_micros(),
-        commit_cid: None,
-        body,
-    }
+    Event::enrichment(did, now_micros(), body)
 }

@@ -121,6 +121,23 @@ pub struct Event {
     pub body: EventBody,
 }
 
+impl Event {
+    /// A fact atcr derived itself (a resolved DID document, stored manifest bytes): no upstream
+    /// position, rev, time or commit.
+    pub fn enrichment(did: &str, received_at_us: i64, body: EventBody) -> Event {
+        Event {
+            source: Source::Enrichment,
+            upstream_seq: None,
+            did: did.to_string(),
+            rev: None,
+            upstream_time: None,
+            received_at_us,
+            commit_cid: None,
+            body,
+        }
+    }
+}
+
 /// An event with the offset it was stored at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
