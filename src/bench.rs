@@ -5,6 +5,8 @@
 //!   (`cargo bench -p atcr-ingest`, `cargo bench -p atcr-storage`).
 //! - `atcr bench replay`: a fresh build of every projection from a generated log (`atcr dev gen
 //!   --into`), in events/s, then a snapshot of the result and its restore (seconds).
+//! - `atcr bench freshness`: append → visible in search, with the server in-process
+//!   (`bench_freshness.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Push repositories one at a time into a copy of a data directory while the server runs
+    /// in-process; report how long each takes to show up in `/api/v1/search` (p50/p99/max).
+    Freshness(crate::bench_freshness::FreshnessArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -51,6 +56,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Replay { log_from, runs } => {
             tokio::task::spawn_blocking(move || bench_replay(&log_from, runs)).await?
         }
+        BenchCommand::Freshness(args) => crate::bench_freshness::bench_freshness(args).await,
     }
 }
 

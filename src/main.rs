@@ -4,6 +4,7 @@
 mod audit;
 mod audit_verify;
 mod bench;
+mod bench_freshness;
 mod config;
 mod demo;
 mod devgen;
