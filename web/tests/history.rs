@@ -171,7 +171,16 @@ async fn the_timeline_page_shows_the_creation_and_three_moves_in_order() {
     let unknown = get(&fixture.app, "/r/alice.test/nope/-/history").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let repository_page = get(&fixture.app, "/r/alice.test/app").await;
-    assert_ne!(repository_page.status, StatusCode::NOT_FOUND, "other /r/ pages pass through");
+    assert_eq!(repository_page.status, StatusCode::OK, "other /r/ pages pass through");
+    // The repository page itself shows the recent moves, newest first, and links the timeline.
+    assert!(repository_page.body.contains("Tag history"), "{}", repository_page.body);
+    assert!(repository_page.body.contains("/r/alice.test/app/-/history"));
+    let newest_first: Vec<usize> = TAG_OFFSETS
+        .iter()
+        .rev()
+        .map(|offset| repository_page.body.find(&format!("data-offset=\"{offset}\"")).expect("move on the page"))
+        .collect();
+    assert!(newest_first.windows(2).all(|pair| pair[0] < pair[1]), "newest first: {newest_first:?}");
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/{owner}/activity", get(api_activity))
 }
 
-fn audit_query(state: &AppState) -> Option<AuditQuery> {
+pub(crate) fn audit_query(state: &AppState) -> Option<AuditQuery> {
     let registry = state.registry.as_ref()?;
     Some(AuditQuery::new(&state.query, registry.clone()))
 }

@@ -203,6 +203,9 @@ fn parse_repository_route(rest: &str) -> Option<RepositoryRoute> {
     }
 }
 
+/// Tag moves shown on the repository page.
+const RECENT_TAG_MOVES: usize = 10;
+
 async fn repository_or_manifest_page(
     State(state): State<AppState>,
     Path((owner, rest)): Path<(String, String)>,
@@ -216,8 +219,30 @@ async fn repository_or_manifest_page(
     match route {
         RepositoryRoute::Repository { repository } => {
             let (lookup_owner, lookup_repository) = (owner.clone(), repository.clone());
-            match read("repository", move || browse.repository(&lookup_owner, &lookup_repository)).await {
-                Ok(Some(page)) => html_response(StatusCode::OK, views::repository(&page, &context)),
+            let audit = history::audit_query(&state);
+            let lookup = move || {
+                let Some(page) =
+                    browse.repository(&lookup_owner, &lookup_repository).map_err(|error| error.to_string())?
+                else {
+                    return Ok(None);
+                };
+                let moves = match audit {
+                    Some(audit) => audit
+                        .tag_timeline(&lookup_owner, &lookup_repository, None)
+                        .map_err(|error| error.to_string())?
+                        .map(|timeline| timeline.moves)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                Ok::<_, String>(Some((page, moves)))
+            };
+            match read("repository", lookup).await {
+                Ok(Some((page, moves))) => {
+                    // The newest moves, newest first; the full timeline is one click away.
+                    let recent: Vec<_> = moves.into_iter().rev().take(RECENT_TAG_MOVES).collect();
+                    let timeline = history::tag_timeline(&recent, &owner, &page.did, &page.repository, &context);
+                    html_response(StatusCode::OK, views::repository_with_history(&page, &context, Some(timeline)))
+                }
                 Ok(None) => not_found_page(&format!("atcr knows no repository {owner}/{repository}.")),
                 Err(response) => response,
             }

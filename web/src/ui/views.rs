@@ -214,7 +214,9 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
     }
 }
 
-pub fn repository(page: &RepositoryPage, context: &RenderContext) -> Markup {
+/// The repository page, with a section of recent tag moves (rendered by `ui::history`) and a
+/// link to the full timeline when `history` is given.
+pub fn repository_with_history(page: &RepositoryPage, context: &RenderContext, history: Option<Markup>) -> Markup {
     let owner = owner_name(&page.did, page.handle.as_deref());
     let mut platforms: Vec<String> = page.tags.iter().flat_map(|tag| tag.platforms.iter().cloned()).collect();
     platforms.sort();
@@ -242,6 +244,7 @@ pub fn repository(page: &RepositoryPage, context: &RenderContext) -> Markup {
                     ul.tabs {
                         li { a href="#overview" { "Overview" } }
                         li { a href="#tags" { "Tags" span.count { (page.tags.len()) } } }
+                        @if history.is_some() { li { a href="#history" { "History" } } }
                     }
                 }
                 section #overview aria-labelledby="overview-title" {
@@ -257,6 +260,15 @@ pub fn repository(page: &RepositoryPage, context: &RenderContext) -> Markup {
                         p.empty { "No tags. Images can still be pulled by digest." }
                     } @else {
                         (tags_table(page, owner, context))
+                    }
+                }
+                @if let Some(history) = &history {
+                    section.section #history aria-labelledby="history-title" {
+                        div.section-head {
+                            h2 #history-title { "Tag history" }
+                            a href=(format!("{}/-/history", repository_url(owner, &page.repository))) { "Full history" }
+                        }
+                        (history)
                     }
                 }
                 (annotations_section(&page.annotations))
@@ -731,8 +743,12 @@ mod tests {
             ("org.opencontainers.image.source".into(), "https://github.com/example/nginx-mini".into()),
             ("org.opencontainers.image.licenses".into(), "MIT".into()),
         ]);
-        let html =
-            repository(&samples::repository("# nginx-mini\n\nSmall **nginx**.", annotations), &context()).into_string();
+        let html = repository_with_history(
+            &samples::repository("# nginx-mini\n\nSmall **nginx**.", annotations),
+            &context(),
+            None,
+        )
+        .into_string();
         assert_page_basics(&html);
         assert_contains_all(
             &html,
@@ -760,7 +776,7 @@ mod tests {
         ]);
         let mut page = samples::repository(samples::HOSTILE, annotations);
         page.description = Some("<img src=x onerror=alert(8)>".into());
-        let html = repository(&page, &context()).into_string();
+        let html = repository_with_history(&page, &context(), None).into_string();
         let lower = html.to_ascii_lowercase();
         assert!(!lower.contains("<script>window"), "{html}");
         assert!(!lower.contains("<script>alert"), "{html}");
