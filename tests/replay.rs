@@ -268,7 +268,7 @@ async fn views_rebuild_bit_for_bit_and_flip_while_serving() -> Result<()> {
         })
     };
     let replayed = atcr_ok(&data_dir, &["replay"])?;
-    assert!(replayed.contains("now live"), "{replayed}");
+    assert!(replayed.contains("is live"), "{replayed}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.metric("atcr_views_build").await? == Some(build_before) {
         ensure!(Instant::now() < deadline, "serve did not swap to the replayed build:\n{}", server.output());

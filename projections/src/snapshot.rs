@@ -1,23 +1,23 @@
 //! Snapshots: a projection's rows at one checkpoint in a single file, and back into a build.
 //!
 //! A new node, or a rebuild, can start from a snapshot's checkpoint instead of offset 0: the
-//! runner then applies only the events after it. The format streams (constant memory both ways)
-//! and is zstd-compressed:
+//! runner then applies only the events after it. Restoring must be fast (seconds for millions
+//! of rows), and inserting rows into redb one by one is not, so a snapshot carries a ready views
+//! database: every table of the live views copied, in key order, into a fresh redb file, which
+//! is then zstd-compressed (with zstd's content checksum). Restoring is decompressing that file
+//! into a new build.
 //!
 //! ```text
-//! "ATCRSNAP" u8 format(1)   then a zstd stream of frames: u8 kind, u32 LE length, payload
-//!   H  header      postcard { projection, version, checkpoint }
-//!   T  table start postcard { name, key type, value type }
-//!   R  row         u32 LE key length, key bytes, value bytes (redb's byte encodings)
-//!   E  table end   postcard { rows, sha256 }: the table's digest (see `digest`), checked on restore
-//!   Z  end         postcard { tables }
+//! "ATCRSNAP" u8 format(2) u32 LE header length, postcard header { projection, version,
+//!   checkpoint, tables: [(name, rows, sha256)] }   then the zstd-compressed redb file
 //! ```
 //!
 //! Every table is included (found with `list_tables`), bookkeeping tables too: the checkpoint
-//! travels inside the rows it belongs to, read in the same transaction.
+//! travels inside the rows it belongs to, read in the same transaction. The header's per-table
+//! digests (see `digest`) let `compare` or a later check prove a restore equals its source.
 
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{
     Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value,
@@ -29,9 +29,9 @@ use crate::digest::{ColumnType, DigestBuilder, scan_table, table_names, table_ty
 use crate::{CHECKPOINTS, ProjectionError, REGISTRY, REGISTRY_VERSION, VERSIONS, Views};
 
 const MAGIC: &[u8; 8] = b"ATCRSNAP";
-const FORMAT: u8 = 1;
-/// Rows inserted per table open on restore.
-const RESTORE_ROWS: usize = 65_536;
+const FORMAT: u8 = 2;
+/// Rows copied per table open.
+const COPY_ROWS: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
@@ -40,24 +40,8 @@ pub struct SnapshotHeader {
     pub version: u32,
     /// The next log offset to apply after restoring.
     pub checkpoint: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TableStart {
-    name: String,
-    key: ColumnType,
-    value: ColumnType,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TableEnd {
-    rows: u64,
-    sha256: [u8; 32],
-}
-
-#[derive(Serialize, Deserialize)]
-struct End {
-    tables: u64,
+    /// Every table: name, rows, sha256 of its rows (the `digest` module's definition).
+    pub tables: Vec<(String, u64, [u8; 32])>,
 }
 
 /// What a snapshot held.
@@ -68,60 +52,89 @@ pub struct SnapshotSummary {
     pub rows: u64,
 }
 
+impl SnapshotSummary {
+    fn of(header: SnapshotHeader) -> Self {
+        let rows = header.tables.iter().map(|(_, rows, _)| rows).sum();
+        SnapshotSummary { tables: header.tables.len() as u64, rows, header }
+    }
+}
+
 fn corrupt(reason: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Snapshot(reason.to_string())
 }
 
-fn write_frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> Result<(), ProjectionError> {
-    let length: usize = parts.iter().map(|part| part.len()).sum();
-    let length = u32::try_from(length).map_err(|_| corrupt("a row over 4 GiB"))?;
-    let io = ProjectionError::io;
-    out.write_all(&[kind]).map_err(io("snapshot write"))?;
-    out.write_all(&length.to_le_bytes()).map_err(io("snapshot write"))?;
-    for part in parts {
-        out.write_all(part).map_err(io("snapshot write"))?;
-    }
-    Ok(())
-}
-
-fn postcard_frame<T: Serialize>(out: &mut impl Write, kind: u8, value: &T) -> Result<(), ProjectionError> {
-    let bytes = postcard::to_stdvec(value).map_err(corrupt)?;
-    write_frame(out, kind, &[&bytes])
-}
-
-/// Writes every table of the views in `read` (one consistent state) to `out`.
-pub fn write_snapshot(read: &ReadTransaction, out: impl Write) -> Result<SnapshotSummary, ProjectionError> {
+/// Copies every table of `read` into a new database at `staging`; returns the header.
+fn copy_tables(read: &ReadTransaction, staging: &Path) -> Result<SnapshotHeader, ProjectionError> {
     let version = read.open_table(VERSIONS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(REGISTRY_VERSION);
     let checkpoint = read.open_table(CHECKPOINTS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(0);
-    let header = SnapshotHeader { projection: REGISTRY.into(), version, checkpoint };
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-    out.write_all(MAGIC).map_err(ProjectionError::io("snapshot write"))?;
-    out.write_all(&[FORMAT]).map_err(ProjectionError::io("snapshot write"))?;
-    let mut encoder = zstd::Encoder::new(out, 3).map_err(ProjectionError::io("zstd"))?;
-    postcard_frame(&mut encoder, b'H', &header)?;
-    let names = table_names(read)?;
-    let mut rows = 0;
-    for name in &names {
-        let (key, value) = table_types(read, name)?;
-        postcard_frame(&mut encoder, b'T', &TableStart { name: name.clone(), key, value })?;
+    let database = Database::builder().create(staging)?;
+    let mut txn = database.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut tables = Vec::new();
+    for name in table_names(read)? {
+        let (key, value) = table_types(read, &name)?;
+        // Create the table even when it has no rows.
+        with_types!(key, value, insert_rows(&txn, &name, &[]))?;
         let mut builder = DigestBuilder::default();
-        let mut row = Vec::new();
-        scan_table(read, name, &mut |key, value| {
-            builder.row(key, value);
-            row.clear();
-            row.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            row.extend_from_slice(key);
-            row.extend_from_slice(value);
-            write_frame(&mut encoder, b'R', &[&row])
+        let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(COPY_ROWS);
+        scan_table(read, &name, &mut |row_key, row_value| {
+            builder.row(row_key, row_value);
+            chunk.push((row_key.to_vec(), row_value.to_vec()));
+            if chunk.len() == COPY_ROWS {
+                with_types!(key, value, insert_rows(&txn, &name, &chunk))?;
+                chunk.clear();
+            }
+            Ok(())
         })?;
+        with_types!(key, value, insert_rows(&txn, &name, &chunk))?;
         let digest = builder.finish();
-        rows += digest.rows;
-        postcard_frame(&mut encoder, b'E', &TableEnd { rows: digest.rows, sha256: digest.sha256 })?;
+        tables.push((name, digest.rows, digest.sha256));
     }
-    postcard_frame(&mut encoder, b'Z', &End { tables: names.len() as u64 })?;
-    let mut out = encoder.finish().map_err(ProjectionError::io("zstd"))?;
-    out.flush().map_err(ProjectionError::io("snapshot write"))?;
-    Ok(SnapshotSummary { header, tables: names.len() as u64, rows })
+    txn.commit()?;
+    Ok(SnapshotHeader { projection: REGISTRY.into(), version, checkpoint, tables })
+}
+
+/// Writes every table of the views in `read` (one consistent state) to `out`, staging the
+/// database image at `staging` (a path that must not exist; removed afterwards).
+pub fn write_snapshot(
+    read: &ReadTransaction,
+    staging: &Path,
+    out: impl Write,
+) -> Result<SnapshotSummary, ProjectionError> {
+    let result = write_snapshot_staged(read, staging, out);
+    let _ = std::fs::remove_file(staging);
+    result
+}
+
+fn write_snapshot_staged(
+    read: &ReadTransaction,
+    staging: &Path,
+    out: impl Write,
+) -> Result<SnapshotSummary, ProjectionError> {
+    if staging.exists() {
+        return Err(corrupt(format!("{} exists already", staging.display())));
+    }
+    let header = copy_tables(read, staging)?;
+    let io = ProjectionError::io;
+    let header_bytes = postcard::to_stdvec(&header).map_err(corrupt)?;
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    out.write_all(MAGIC).map_err(io("snapshot write"))?;
+    out.write_all(&[FORMAT]).map_err(io("snapshot write"))?;
+    let length = u32::try_from(header_bytes.len()).map_err(|_| corrupt("header over 4 GiB"))?;
+    out.write_all(&length.to_le_bytes()).map_err(io("snapshot write"))?;
+    out.write_all(&header_bytes).map_err(io("snapshot write"))?;
+    let mut encoder = zstd::Encoder::new(out, 3).map_err(io("zstd"))?;
+    encoder.include_checksum(true).map_err(io("zstd"))?;
+    let mut image =
+        std::fs::File::open(staging).map_err(ProjectionError::io(format!("cannot read {}", staging.display())))?;
+    std::io::copy(&mut image, &mut encoder).map_err(io("snapshot write"))?;
+    let mut out = encoder.finish().map_err(io("zstd"))?;
+    out.flush().map_err(io("snapshot write"))?;
+    Ok(SnapshotSummary::of(header))
+}
+
+fn staging_path(path: &Path) -> PathBuf {
+    path.with_extension("staging.redb")
 }
 
 /// Writes a snapshot of the views to a file (replaced atomically: temporary file, fsync, rename).
@@ -135,41 +148,30 @@ pub fn write_snapshot_file_from(read: &ReadTransaction, path: &Path) -> Result<S
     let temporary = path.with_extension("partial");
     let file = std::fs::File::create(&temporary)
         .map_err(ProjectionError::io(format!("cannot create {}", temporary.display())))?;
-    let summary = write_snapshot(read, &file)?;
+    let summary = write_snapshot(read, &staging_path(path), &file)?;
     file.sync_all().map_err(ProjectionError::io("snapshot sync"))?;
     std::fs::rename(&temporary, path).map_err(ProjectionError::io(format!("cannot write {}", path.display())))?;
     Ok(summary)
 }
 
-struct FrameReader<R: Read> {
-    input: R,
-    buffer: Vec<u8>,
-}
-
-impl<R: Read> FrameReader<R> {
-    fn next(&mut self) -> Result<(u8, &[u8]), ProjectionError> {
-        let mut head = [0u8; 5];
-        self.input.read_exact(&mut head).map_err(|error| corrupt(format!("truncated: {error}")))?;
-        let length = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        self.buffer.resize(length, 0);
-        self.input.read_exact(&mut self.buffer).map_err(|error| corrupt(format!("truncated: {error}")))?;
-        Ok((head[0], &self.buffer))
-    }
-}
-
-fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ProjectionError> {
-    postcard::from_bytes(bytes).map_err(corrupt)
-}
-
-/// Restores a snapshot into a new views database at `path` (which must not exist), checking
-/// every table's digest. Refuses a snapshot built by another version of the code: such views
-/// would be rebuilt at once anyway.
+/// Restores a snapshot into a new views database at `path` (which must not exist). Refuses a
+/// snapshot built by another version of the code (such views would be rebuilt at once anyway)
+/// and a damaged one (zstd's checksum, then redb's own checks on open, then the checkpoint and
+/// table list against the header).
 pub fn restore_snapshot(input: impl Read, path: &Path) -> Result<SnapshotSummary, ProjectionError> {
     if path.exists() {
         return Err(corrupt(format!("{} exists already; restore into a fresh build", path.display())));
     }
+    let result = restore_into(input, path);
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn restore_into(input: impl Read, path: &Path) -> Result<SnapshotSummary, ProjectionError> {
     let mut input = BufReader::with_capacity(1 << 20, input);
-    let mut magic = [0u8; 9];
+    let mut magic = [0u8; 13];
     input.read_exact(&mut magic).map_err(|error| corrupt(format!("not a snapshot: {error}")))?;
     if &magic[..8] != MAGIC {
         return Err(corrupt("not an atcr snapshot"));
@@ -177,13 +179,13 @@ pub fn restore_snapshot(input: impl Read, path: &Path) -> Result<SnapshotSummary
     if magic[8] != FORMAT {
         return Err(corrupt(format!("snapshot format {} is not supported", magic[8])));
     }
-    let decoder = zstd::Decoder::new(input).map_err(ProjectionError::io("zstd"))?;
-    let mut frames = FrameReader { input: decoder, buffer: Vec::new() };
-    let (kind, payload) = frames.next()?;
-    if kind != b'H' {
-        return Err(corrupt("missing header"));
+    let length = u32::from_le_bytes([magic[9], magic[10], magic[11], magic[12]]) as usize;
+    if length > 64 << 20 {
+        return Err(corrupt("snapshot header too large"));
     }
-    let header: SnapshotHeader = decode(payload)?;
+    let mut header_bytes = vec![0u8; length];
+    input.read_exact(&mut header_bytes).map_err(|error| corrupt(format!("truncated header: {error}")))?;
+    let header: SnapshotHeader = postcard::from_bytes(&header_bytes).map_err(corrupt)?;
     if header.projection != REGISTRY {
         return Err(corrupt(format!("snapshot of {:?}, not of the registry views", header.projection)));
     }
@@ -196,70 +198,21 @@ pub fn restore_snapshot(input: impl Read, path: &Path) -> Result<SnapshotSummary
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(ProjectionError::io(format!("cannot create {}", parent.display())))?;
     }
+    let mut decoder = zstd::Decoder::new(input).map_err(ProjectionError::io("zstd"))?;
+    let mut file =
+        std::fs::File::create(path).map_err(ProjectionError::io(format!("cannot create {}", path.display())))?;
+    std::io::copy(&mut decoder, &mut file).map_err(|error| corrupt(format!("damaged snapshot: {error}")))?;
+    file.sync_all().map_err(ProjectionError::io("restore sync"))?;
+    drop(file);
     let database = Database::builder().create(path)?;
-    let mut txn = database.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    let mut tables = 0u64;
-    let mut total_rows = 0u64;
-    loop {
-        let (kind, payload) = frames.next()?;
-        match kind {
-            b'T' => {
-                let start: TableStart = decode(payload)?;
-                total_rows += restore_table(&mut frames, &txn, &start)?;
-                tables += 1;
-            }
-            b'Z' => {
-                let end: End = decode(payload)?;
-                if end.tables != tables {
-                    return Err(corrupt(format!("{} tables announced, {tables} read", end.tables)));
-                }
-                break;
-            }
-            other => return Err(corrupt(format!("unexpected frame {:?}", other as char))),
-        }
+    let read = database.begin_read()?;
+    let checkpoint = read.open_table(CHECKPOINTS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(0);
+    let names = table_names(&read)?;
+    let announced: Vec<&str> = header.tables.iter().map(|(name, _, _)| name.as_str()).collect();
+    if checkpoint != header.checkpoint || names.iter().map(String::as_str).ne(announced.iter().copied()) {
+        return Err(corrupt("the restored database does not match the snapshot header"));
     }
-    txn.commit()?;
-    drop(database);
-    Ok(SnapshotSummary { header, tables, rows: total_rows })
-}
-
-/// Reads rows up to the table's end frame, inserting them in chunks; checks the digest.
-fn restore_table<R: Read>(
-    frames: &mut FrameReader<R>,
-    txn: &WriteTransaction,
-    start: &TableStart,
-) -> Result<u64, ProjectionError> {
-    let mut builder = DigestBuilder::default();
-    let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(RESTORE_ROWS);
-    // Create the table even when it has no rows.
-    with_types!(start.key, start.value, insert_rows(txn, &start.name, &[]))?;
-    loop {
-        let (kind, payload) = frames.next()?;
-        match kind {
-            b'R' => {
-                let (length, rest) = payload.split_at_checked(4).ok_or_else(|| corrupt("short row"))?;
-                let key_length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
-                let (key, value) = rest.split_at_checked(key_length).ok_or_else(|| corrupt("short row key"))?;
-                builder.row(key, value);
-                chunk.push((key.to_vec(), value.to_vec()));
-                if chunk.len() == RESTORE_ROWS {
-                    with_types!(start.key, start.value, insert_rows(txn, &start.name, &chunk))?;
-                    chunk.clear();
-                }
-            }
-            b'E' => {
-                let end: TableEnd = decode(payload)?;
-                with_types!(start.key, start.value, insert_rows(txn, &start.name, &chunk))?;
-                let digest = builder.finish();
-                if digest.rows != end.rows || digest.sha256 != end.sha256 {
-                    return Err(corrupt(format!("table {} does not match its digest", start.name)));
-                }
-                return Ok(digest.rows);
-            }
-            other => return Err(corrupt(format!("unexpected frame {:?} in table {}", other as char, start.name))),
-        }
-    }
+    Ok(SnapshotSummary::of(header))
 }
 
 fn check_width<T: Value>(bytes: &[u8]) -> Result<(), ProjectionError> {
@@ -332,9 +285,16 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let views = views_with_rows(&directory.path().join("a/views.redb"));
         let mut bytes = Vec::new();
-        write_snapshot(&views.database().begin_read().unwrap(), &mut bytes).unwrap();
+        let staging = directory.path().join("staging.redb");
+        write_snapshot(&views.database().begin_read().unwrap(), &staging, &mut bytes).unwrap();
+        assert!(!staging.exists(), "the staging image is removed");
         let truncated = &bytes[..bytes.len() - 10];
         assert!(restore_snapshot(truncated, &directory.path().join("b/views.redb")).is_err());
+        assert!(!directory.path().join("b/views.redb").exists(), "a failed restore leaves nothing behind");
+        let mut flipped = bytes.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        assert!(restore_snapshot(flipped.as_slice(), &directory.path().join("d/views.redb")).is_err());
         assert!(restore_snapshot(&b"not a snapshot at all"[..], &directory.path().join("c/views.redb")).is_err());
         // A restore never writes over an existing build.
         let existing = directory.path().join("a/views.redb");
