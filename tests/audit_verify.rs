@@ -10,55 +10,17 @@ use std::process::{Command, Output};
 
 use ipld_core::ipld::Ipld;
 
-use atcr_ingest::corpus::split_frames;
-use atcr_ingest::process::{FrameCounts, FrameProcessor};
-use atcr_storage::{AppendBatch, Event, EventBody, EventLog, Source};
+use atcr_storage::{AppendBatch, EventLog};
+
+mod recorded;
+use recorded::{demo_documents, demo_firehose_batch};
+
+/// One `IdentityResolved` event as its own append (so it gets its own offset).
+fn identity_resolved(did: &str, document_json: &str) -> AppendBatch {
+    AppendBatch { events: vec![recorded::identity_resolved(did, document_json)], ..Default::default() }
+}
 
 const ATCR_BIN: &str = env!("CARGO_BIN_EXE_atcr");
-
-fn demo_file(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo").join(name)
-}
-
-/// DID → (handle, document JSON).
-fn demo_documents() -> BTreeMap<String, (String, String)> {
-    let text = std::fs::read_to_string(demo_file("dids.json")).unwrap();
-    let documents: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
-    documents
-        .into_iter()
-        .map(|(did, document)| {
-            let handle = document["alsoKnownAs"][0].as_str().unwrap().trim_start_matches("at://").to_string();
-            (did, (handle, document.to_string()))
-        })
-        .collect()
-}
-
-fn identity_resolved(did: &str, document_json: &str) -> AppendBatch {
-    let event = Event {
-        source: Source::Enrichment,
-        upstream_seq: None,
-        did: did.to_string(),
-        rev: None,
-        upstream_time: None,
-        received_at_us: 0,
-        commit_cid: None,
-        body: EventBody::IdentityResolved { document_json: document_json.to_string() },
-    };
-    AppendBatch { events: vec![event], ..Default::default() }
-}
-
-/// The recorded frames, processed by ingest's `FrameProcessor` into one batch.
-fn demo_firehose_batch() -> AppendBatch {
-    let recording = std::fs::read(demo_file("firehose.bin")).unwrap();
-    let mut processor = FrameProcessor::new("demo-recording".to_string(), None, Vec::new());
-    let mut batch = AppendBatch::default();
-    let mut counts = FrameCounts::default();
-    for frame in split_frames(&recording).unwrap() {
-        processor.process(frame, 0, &mut batch, &mut counts);
-    }
-    assert_eq!(counts.quarantined, 0);
-    batch
-}
 
 /// A distinct commit as the log names it: first offset, DID, rev.
 struct LoggedCommit {

@@ -2,44 +2,23 @@
 //! PDS): every repository, tag, star count and page in `fixtures/demo/summary.json` shows up
 //! exactly as the demo's own record of what it wrote says.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use atcr_ingest::corpus::split_frames;
-use atcr_ingest::process::{FrameCounts, FrameProcessor};
 use atcr_projections::{ProjectionRunner, Views};
 use atcr_query::RegistryQuery;
 use atcr_query::browse::{Browse, ManifestKind};
+use atcr_storage::EventLog;
 use atcr_storage::content::ContentStore;
-use atcr_storage::{AppendBatch, Event, EventBody, EventLog, Source};
 use serde_json::Value;
 
-fn demo_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo").join(name)
-}
+mod recorded;
+use recorded::{demo_documents, demo_file, demo_firehose_batch};
 
 fn demo_browse(directory: &std::path::Path) -> Browse {
     let log = Arc::new(EventLog::open(&directory.join("log.redb")).unwrap());
-    let recording = std::fs::read(demo_file("firehose.bin")).unwrap();
-    let mut processor = FrameProcessor::new("demo-recording".to_string(), None, Vec::new());
-    let mut batch = AppendBatch::default();
-    let mut counts = FrameCounts::default();
-    for frame in split_frames(&recording).unwrap() {
-        processor.process(frame, 0, &mut batch, &mut counts);
-    }
-    let documents: serde_json::Map<String, Value> =
-        serde_json::from_slice(&std::fs::read(demo_file("dids.json")).unwrap()).unwrap();
-    for (did, document) in documents {
-        batch.events.push(Event {
-            source: Source::Enrichment,
-            upstream_seq: None,
-            did,
-            rev: None,
-            upstream_time: None,
-            received_at_us: 0,
-            commit_cid: None,
-            body: EventBody::IdentityResolved { document_json: document.to_string() },
-        });
+    let mut batch = demo_firehose_batch();
+    for (did, (_handle, document)) in demo_documents() {
+        batch.events.push(recorded::identity_resolved(&did, &document));
     }
     log.append(batch).unwrap();
     let views = Arc::new(Views::open(&directory.join("views.redb")).unwrap());
