@@ -196,7 +196,9 @@ fn report(latencies: &mut [Duration], appends: &mut [Duration], failed: usize, s
     );
 }
 
-/// A push as a client makes it: the manifest record and its `latest` tag, in one commit.
+/// A push as a client makes it: the manifest record and its `latest` tag, in one commit. No
+/// hold: enrichment would try to resolve its DID (over the network, when `atcr serve` later
+/// runs on the same directory).
 fn push_events(repository: &str, sample: usize) -> Vec<Event> {
     let config = format!("sha256:{}", sha256_hex(format!("config {repository}").as_bytes()));
     let layer = format!("sha256:{}", sha256_hex(format!("layer {repository} {sample}").as_bytes()));
@@ -209,7 +211,6 @@ fn push_events(repository: &str, sample: usize) -> Vec<Event> {
         "digest": digest,
         "mediaType": IMAGE_MEDIA_TYPE,
         "schemaVersion": 2,
-        "holdDid": "did:web:hold01.gen.test",
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1469 },
         "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 3_623_807 }],
         "annotations": { "org.opencontainers.image.description": "freshness benchmark image" },
