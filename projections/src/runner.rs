@@ -73,8 +73,10 @@ impl ProjectionRunner {
         }
         metrics::gauge!(CHECKPOINT_METRIC).set(self.views.load().checkpoint()? as f64);
         // The search index comes up in the background: searches answer "not ready" until then.
-        let views = self.views.load();
-        if self.live.is_some() && views.is_current_version()? {
+        // (No reference to the build outlives this: a replaced build is deleted when its last
+        // reader lets go.)
+        if self.live.is_some() && self.views.load().is_current_version()? {
+            let views = self.views.load();
             blocking(move || views.open_search().map(drop)).await?;
         }
         let mut head = self.log.subscribe();
