@@ -118,11 +118,20 @@ async fn measure(
     let started = Instant::now();
     let head = running.log.next_offset()?;
     let service = atcr_query::search::SearchService::live(running.views.clone());
-    while running.views.load().checkpoint()? < head || !service.is_ready() {
+    // After a large backlog the index is rebuilt once the views are caught up; until then the
+    // previous (maybe empty) one answers: wait for the same non-zero total twice in a row.
+    let mut previous = 0;
+    let repositories = loop {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "the views did not reach the log head");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let repositories = search_total(client, base, "").await?;
+        if running.views.load().checkpoint()? >= head && service.is_ready() {
+            let total = search_total(client, base, "").await?;
+            if total > 0 && total == previous {
+                break total;
+            }
+            previous = total;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     println!(
         "views at the log head ({head} events) and search ready after {:.1} s; {repositories} repositories indexed",
         started.elapsed().as_secs_f64()
