@@ -24,7 +24,7 @@ pub use commit::{CommitError, SignedCommit};
 pub use error::{Result, StorageError};
 pub use event::{Event, EventBody, PutAction, QuarantineEntry, Source, StoredEvent, StreamNote, StreamNoteKind};
 pub use keys::{KeyError, PublicKey, SignatureError};
-pub use log::{AppendBatch, AppendReceipt, EventLog, LogStats};
+pub use log::{AppendBatch, AppendReceipt, EventLog, LogStats, RepoRevs};
 pub use writer::{LogWriter, LogWriterTask};
 
 /// Microseconds since the Unix epoch, for `received_at` stamps (ingest's clock, never a

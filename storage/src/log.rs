@@ -37,6 +37,10 @@ const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 /// Log consumers that append (enrichment): the next offset each will read, committed with
 /// what it appended.
 const CONSUMER_CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("consumer_checkpoints");
+/// Per DID: (the newest rev whose commit verified, the newest rev seen in any commit). Live
+/// ingest refuses commits at or below the first and checks each commit's `since` against the
+/// second; both are committed with the batch that reached them.
+const REPO_REVS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("repo_revs");
 
 /// Everything that must become durable together.
 #[derive(Debug, Default, Clone)]
@@ -50,6 +54,17 @@ pub struct AppendBatch {
     pub cursors: Vec<(String, i64)>,
     /// Log-consumer checkpoints reached by this batch, by consumer name.
     pub checkpoints: Vec<(String, u64)>,
+    /// Per-DID revision state reached by this batch (later entries win).
+    pub repo_revs: Vec<(String, RepoRevs)>,
+}
+
+/// Where a repository stands for live verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoRevs {
+    /// The rev of the newest commit whose signature (and ops, where provable) verified.
+    pub verified: String,
+    /// The rev of the newest commit seen for the DID, verified or not (its `since` chain).
+    pub seen: String,
 }
 
 impl AppendBatch {
@@ -60,6 +75,7 @@ impl AppendBatch {
             && self.notes.is_empty()
             && self.cursors.is_empty()
             && self.checkpoints.is_empty()
+            && self.repo_revs.is_empty()
     }
 
     /// Moves everything of `other` to the end of this batch (later cursors win).
@@ -70,6 +86,7 @@ impl AppendBatch {
         self.notes.extend(other.notes);
         self.cursors.extend(other.cursors);
         self.checkpoints.extend(other.checkpoints);
+        self.repo_revs.extend(other.repo_revs);
     }
 }
 
@@ -126,6 +143,7 @@ impl EventLog {
             write.open_table(TRACKED_DIDS)?;
             write.open_table(COUNTS)?;
             write.open_table(CONSUMER_CHECKPOINTS)?;
+            write.open_table(REPO_REVS)?;
         }
         write.commit()?;
         let log = EventLog { handle: Handle::Writable(database), head: watch::Sender::new(0) };
@@ -198,6 +216,7 @@ impl EventLog {
             let mut tracked_dids = write.open_table(TRACKED_DIDS)?;
             let mut counts = write.open_table(COUNTS)?;
             let mut checkpoints = write.open_table(CONSUMER_CHECKPOINTS)?;
+            let mut repo_revs = write.open_table(REPO_REVS)?;
 
             let mut offset = match events.last()? {
                 Some((key, _)) => key.value() + 1,
@@ -250,6 +269,9 @@ impl EventLog {
                 }
                 for (consumer, offset) in &batch.checkpoints {
                     checkpoints.insert(consumer.as_str(), *offset)?;
+                }
+                for (did, revs) in &batch.repo_revs {
+                    repo_revs.insert(did.as_str(), (revs.verified.as_str(), revs.seen.as_str()))?;
                 }
                 receipts.push(AppendReceipt { first_offset, appended });
             }
@@ -332,6 +354,24 @@ impl EventLog {
         let read = self.read_txn()?;
         let checkpoints = read.open_table(CONSUMER_CHECKPOINTS)?;
         Ok(checkpoints.get(consumer)?.map(|value| value.value()))
+    }
+
+    /// Every DID's revision state for live verification (one row per tracked repository).
+    pub fn repo_revs(&self) -> Result<Vec<(String, RepoRevs)>> {
+        let read = self.read_txn()?;
+        // A log written before this table existed, opened read-only, has none yet.
+        let table = match read.open_table(REPO_REVS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (did, value) = entry?;
+            let (verified, seen) = value.value();
+            out.push((did.value().to_string(), RepoRevs { verified: verified.to_string(), seen: seen.to_string() }));
+        }
+        Ok(out)
     }
 
     pub fn commit_block(&self, commit_cid: &str) -> Result<Option<Vec<u8>>> {

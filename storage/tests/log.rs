@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use atcr_storage::{
-    AppendBatch, Event, EventBody, EventLog, LogWriter, PutAction, QuarantineEntry, Source, StorageError,
+    AppendBatch, Event, EventBody, EventLog, LogWriter, PutAction, QuarantineEntry, RepoRevs, Source, StorageError,
 };
 
 fn put(seq: i64, did: &str, rkey: &str) -> Event {
@@ -186,4 +186,29 @@ fn a_read_only_log_refuses_appends() {
     let reader = EventLog::open_read_only(&path).unwrap();
     assert!(reader.append(AppendBatch { events: vec![put(1, "did:plc:a", "a")], ..AppendBatch::default() }).is_err());
     assert!(EventLog::open_read_only(&directory.path().join("missing.redb")).is_err());
+}
+
+#[test]
+fn repo_revs_land_with_their_batch_and_later_entries_win() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("log.redb");
+    let revs = |verified: &str, seen: &str| RepoRevs { verified: verified.into(), seen: seen.into() };
+    {
+        let log = EventLog::open(&path).unwrap();
+        assert!(log.repo_revs().unwrap().is_empty());
+        log.append(AppendBatch {
+            events: vec![put(1, "did:plc:a", "latest")],
+            cursors: vec![("wss://relay".into(), 1)],
+            repo_revs: vec![("did:plc:a".into(), revs("3a", "3a")), ("did:plc:a".into(), revs("3a", "3b"))],
+            ..AppendBatch::default()
+        })
+        .unwrap();
+        log.append(AppendBatch { repo_revs: vec![("did:plc:b".into(), revs("", "3c"))], ..AppendBatch::default() })
+            .unwrap();
+    }
+    let log = EventLog::open_read_only(&path).unwrap();
+    assert_eq!(
+        log.repo_revs().unwrap(),
+        vec![("did:plc:a".to_string(), revs("3a", "3b")), ("did:plc:b".to_string(), revs("", "3c"))]
+    );
 }
