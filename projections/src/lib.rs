@@ -35,7 +35,7 @@ pub use runner::ProjectionRunner;
 pub use store::ProjectionStore;
 pub use views::{ChildRow, IdentityRow, ManifestRow, ReferrerRow, RepositoryRow, TagRow};
 
-use views::{HANDLES, IDENTITIES, MANIFEST_CONTENT, MANIFESTS, REFERRERS, REPO_BLOBS, REPOSITORIES, TAGS, decode, key};
+use views::{HANDLES, IDENTITIES, IDENTITY_FAILURES, MANIFEST_CONTENT, MANIFESTS, REFERRERS, REPO_BLOBS, REPOSITORIES, TAGS, decode, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -85,7 +85,7 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning: the views are then rebuilt from offset 0 on start.
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 2;
+pub const REGISTRY_VERSION: u32 = 3;
 
 /// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
 /// for one build's generation can never be mistaken for another build's.
@@ -258,6 +258,14 @@ impl Views {
         let read = self.read()?;
         let table = read.open_table(IDENTITIES)?;
         table.get(did)?.map(|bytes| decode("identities", bytes.value())).transpose()
+    }
+
+    /// Why a DID could not be resolved, while it stays unresolved (a hold the outbound policy
+    /// refuses, a malformed DID document, an endpoint that never answered).
+    pub fn identity_failure(&self, did: &str) -> Result<Option<String>, ProjectionError> {
+        let read = self.read()?;
+        let table = read.open_table(IDENTITY_FAILURES)?;
+        Ok(table.get(did)?.map(|reason| reason.value().to_string()))
     }
 
     pub fn manifest(&self, did: &str, digest: &str) -> Result<Option<ManifestRow>, ProjectionError> {

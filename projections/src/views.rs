@@ -68,6 +68,8 @@ pub(crate) const ACTIVITY: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const REPOS_BY_PUSH: TableDefinition<&str, ()> = TableDefinition::new("repos_by_push");
 pub(crate) const REPOS_BY_STARS: TableDefinition<&str, ()> = TableDefinition::new("repos_by_stars");
 pub(crate) const REPOS_BY_FIRST: TableDefinition<&str, ()> = TableDefinition::new("repos_by_first");
+/// DID → why it could not be resolved (`IdentityUnresolvable`), until it resolves.
+pub(crate) const IDENTITY_FAILURES: TableDefinition<&str, &str> = TableDefinition::new("identity_failures");
 
 /// Repositories an event changed: `(did, Some(repo))`, or `(did, None)` for every repository of
 /// the DID (identity changes, deletes whose repository is no longer known). The search index
@@ -245,6 +247,7 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(REPOS_BY_PUSH)?;
     txn.open_table(REPOS_BY_STARS)?;
     txn.open_table(REPOS_BY_FIRST)?;
+    txn.open_table(IDENTITY_FAILURES)?;
     Ok(())
 }
 
@@ -366,6 +369,7 @@ pub(crate) fn apply_tracking(
                 row.hold_endpoint = facts.hold_endpoint;
                 row.signing_key = facts.signing_key;
                 identities.insert(event.did.as_str(), encode(&row).as_slice())?;
+                txn.open_table(IDENTITY_FAILURES)?.remove(event.did.as_str())?;
                 Ok(())
             }
             Ok(facts) => skip(offset, &format!("DID document of {} filed under {}", facts.did, event.did)),
@@ -386,6 +390,11 @@ pub(crate) fn apply_tracking(
         EventBody::ManifestStored { digest, media_type, size } => {
             let mut content = txn.open_table(MANIFEST_CONTENT)?;
             content.insert(digest.as_str(), encode(&(media_type, size)).as_slice())?;
+            Ok(())
+        }
+        EventBody::IdentityUnresolvable { reason } => {
+            txn.open_table(IDENTITY_FAILURES)?.insert(event.did.as_str(), reason.as_str())?;
+            touched.insert((event.did.clone(), None));
             Ok(())
         }
         EventBody::Identity { .. } | EventBody::Resync { .. } => Ok(()),

@@ -62,6 +62,7 @@ pub struct UserPage {
     /// Preferred pull client from `io.atcr.sailor.profile` (`docker` when unset).
     pub oci_client: String,
     pub default_hold: Option<String>,
+    pub default_hold_status: Option<HoldStatus>,
     /// Upstream time of the first event atcr holds for this DID (RFC 3339).
     pub joined: Option<String>,
     pub repository_count: u64,
@@ -154,6 +155,7 @@ pub struct ManifestPage {
     pub size: Option<u64>,
     pub annotations: BTreeMap<String, String>,
     pub hold: Option<String>,
+    pub hold_status: Option<HoldStatus>,
     /// Tags currently pointing at this digest.
     pub tags: Vec<String>,
     pub subject: Option<String>,
@@ -241,6 +243,7 @@ impl Browse {
             pds_endpoint: identity.pds_endpoint,
             active: identity.active,
             oci_client: profile.oci_client.unwrap_or_else(|| "docker".to_string()),
+            default_hold_status: profile.default_hold.as_deref().map(|hold| hold_status(&views, hold)).transpose()?,
             default_hold: profile.default_hold,
             joined: views.first_seen(&did)?,
             repository_count: cards.len() as u64,
@@ -395,6 +398,7 @@ impl Browse {
             media_type: manifest.media_type.clone(),
             created_at: manifest.created_at.clone(),
             annotations: manifest.annotations.clone(),
+            hold_status: manifest.hold_did.as_deref().map(|hold| hold_status(&views, hold)).transpose()?,
             hold: manifest.hold_did.clone().or_else(|| manifest.hold_endpoint.clone()),
             tags,
             subject: manifest.subject.clone(),
@@ -405,6 +409,32 @@ impl Browse {
             did,
         }))
     }
+}
+
+/// What atcr knows about reaching a hold, from the log's resolution events (never the network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HoldStatus {
+    /// The hold's DID document names this service endpoint.
+    Reachable { endpoint: String },
+    /// Resolving the hold failed for good: the outbound policy refused it (a did:web on a
+    /// loopback or private address), its document is malformed, or it never answered.
+    Unreachable { reason: String },
+    /// Not resolved (yet), or not a DID.
+    Unknown,
+}
+
+fn hold_status(views: &Views, hold: &str) -> Result<HoldStatus, BrowseError> {
+    if !hold.starts_with("did:") {
+        return Ok(HoldStatus::Unknown);
+    }
+    if let Some(reason) = views.identity_failure(hold)? {
+        return Ok(HoldStatus::Unreachable { reason });
+    }
+    Ok(match views.identity(hold)?.and_then(|identity| identity.hold_endpoint) {
+        Some(endpoint) => HoldStatus::Reachable { endpoint },
+        None => HoldStatus::Unknown,
+    })
 }
 
 /// A handle or DID → the DID, when the views know it.

@@ -78,6 +78,13 @@ pub enum EventBody {
     IdentityResolved {
         document_json: String,
     },
+    /// A DID atcr needed (an owner, a manifest's hold) could not be resolved and will not be
+    /// retried in this run: the outbound policy refuses its URL (a did:web on a private
+    /// address), its document is malformed, or every attempt failed. Pages show the reason
+    /// (a hold "unreachable") until an `IdentityResolved` for the DID replaces it.
+    IdentityUnresolvable {
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -91,6 +98,7 @@ impl EventBody {
             EventBody::ManifestStored { .. } => "manifest_stored",
             EventBody::Resync { .. } => "resync",
             EventBody::IdentityResolved { .. } => "identity_resolved",
+            EventBody::IdentityUnresolvable { .. } => "identity_unresolvable",
         }
     }
 

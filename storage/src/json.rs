@@ -78,7 +78,7 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
             object.insert("media_type".into(), json!(media_type));
             object.insert("size".into(), json!(size));
         }
-        EventBody::Resync { reason } => {
+        EventBody::Resync { reason } | EventBody::IdentityUnresolvable { reason } => {
             object.insert("reason".into(), json!(reason));
         }
         EventBody::IdentityResolved { document_json } => {

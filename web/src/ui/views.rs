@@ -3,7 +3,7 @@
 //! hand-built models.
 
 use atcr_query::browse::{
-    HomePage, LayerEntry, ManifestKind, ManifestPage, RepoCard, RepositoryPage, TagSummary, UserPage,
+    HoldStatus, HomePage, LayerEntry, ManifestKind, ManifestPage, RepoCard, RepositoryPage, TagSummary, UserPage,
 };
 use maud::{Markup, PreEscaped, html};
 
@@ -121,7 +121,7 @@ pub fn user(page: &UserPage, context: &RenderContext) -> Markup {
                     h2 #about { "About" }
                     dl.facts.wide {
                         @if let Some(pds) = &page.pds_endpoint { dt { "PDS" } dd { code { (pds) } } }
-                        @if let Some(hold) = &page.default_hold { dt { "Default hold" } dd { code { (hold) } } }
+                        @if let Some(hold) = &page.default_hold { dt { "Default hold" } dd { (hold_cell(hold, page.default_hold_status.as_ref())) } }
                         dt { "Pull client" } dd { (client_label(&page.oci_client)) }
                     }
                 }
@@ -363,7 +363,7 @@ pub fn manifest(page: &ManifestPage, context: &RenderContext) -> Markup {
                         @if let Some(subject) = &page.subject {
                             dt { "Subject" } dd { a.mono href=(manifest_url(owner, &page.repository, subject)) { (subject) } }
                         }
-                        @if let Some(hold) = &page.hold { dt { "Hold" } dd { code { (hold) } } }
+                        @if let Some(hold) = &page.hold { dt { "Hold" } dd { (hold_cell(hold, page.hold_status.as_ref())) } }
                     }
                 }
                 @match &page.kind {
@@ -505,6 +505,25 @@ pub fn server_error(message: &str) -> Markup {
     layout::render(Page { title: "Error", description: message, section: Section::Other, query: "", body })
 }
 
+/// A hold's DID with what the log says about reaching it: the endpoint its DID document
+/// names, or "unreachable" and why (for example a did:web on a private address, which atcr
+/// refuses to contact).
+fn hold_cell(hold: &str, status: Option<&HoldStatus>) -> Markup {
+    html! {
+        code { (hold) }
+        @match status {
+            Some(HoldStatus::Reachable { endpoint }) => {
+                " " span.muted { "at " code { (endpoint) } }
+            }
+            Some(HoldStatus::Unreachable { reason }) => {
+                " " span.badge.warn.hold-unreachable title=(reason) { "unreachable" }
+                p.muted.hold-reason { (reason) }
+            }
+            Some(HoldStatus::Unknown) | None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod samples {
     //! Hand-built view models, shaped like the demo's data, for the renderer tests.
@@ -548,6 +567,7 @@ pub(crate) mod samples {
             active: true,
             oci_client: "podman".into(),
             default_hold: Some("did:web:hold.demo.test".into()),
+            default_hold_status: Some(HoldStatus::Reachable { endpoint: "https://hold.demo.test".into() }),
             joined: Some("2025-02-01T09:00:00Z".into()),
             repository_count: 2,
             image_count: 6,
@@ -609,6 +629,10 @@ pub(crate) mod samples {
             size: Some(24_000_000),
             annotations: BTreeMap::from([("org.opencontainers.image.version".into(), "1.27.3".into())]),
             hold: Some("did:web:hold.demo.test".into()),
+            hold_status: Some(HoldStatus::Unreachable {
+                reason: "resolving did:web:hold.demo.test: refused by the outbound URL policy: 10.0.0.1 is a private address"
+                    .into(),
+            }),
             tags: vec!["1.27".into(), "latest".into()],
             subject: None,
             kind: ManifestKind::Index {
@@ -803,8 +827,17 @@ mod tests {
                 "docker pull registry.example:8080/alice.test/web/nginx-mini:latest",
                 &format!("docker pull registry.example:8080/alice.test/web/nginx-mini@sha256:{}", "a".repeat(64)),
                 "1.27.3",
+                "hold-unreachable",
+                "10.0.0.1 is a private address",
             ],
         );
+    }
+
+    #[test]
+    fn user_page_shows_the_default_hold_endpoint() {
+        let html = user(&samples::user(), &context()).into_string();
+        assert_contains_all(&html, &["did:web:hold.demo.test", "https://hold.demo.test"]);
+        assert!(!html.contains("unreachable"), "{html}");
     }
 
     #[test]
