@@ -13,6 +13,7 @@ pub mod corpus;
 pub mod enrich;
 pub mod firehose;
 pub mod frame;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod process;

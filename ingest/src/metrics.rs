@@ -13,3 +13,5 @@ pub const LAG_SECONDS: &str = "atcr_ingest_lag_seconds";
 pub const QUEUE_DEPTH: &str = "atcr_ingest_queue_depth";
 pub const CONNECTIONS: &str = "atcr_ingest_connections_total";
 pub const RECONNECTS: &str = "atcr_ingest_reconnects_total";
+/// DID document fetches of the identity resolver, by `outcome` (`ok`, `error`).
+pub const IDENTITY_FETCHES: &str = "atcr_identity_fetches_total";
