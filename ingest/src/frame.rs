@@ -5,24 +5,27 @@
 //! header followed by a DAG-CBOR body; for a commit we first read only the op paths (borrowed,
 //! no allocation, CIDs and `blocks` skipped without copying) and stop there unless a path is
 //! in an `io.atcr.*` collection. Only matching commits pay for the full decode and the CAR
-//! parse (atrium-repo, which also checks every block's hash against its CID).
+//! parse ([`crate::car`], which also checks every block's hash against its CID). A matching
+//! commit keeps what Sync 1.1 verification needs ([`crate::verify`]): every op as sent, `since`,
+//! `prevData` and the CAR's blocks.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
-use atrium_repo::blockstore::{AsyncBlockStoreRead, CarStore};
 use ipld_core::cid::Cid;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 
 use atcr_storage::PutAction;
 
+use crate::car::CarBlocks;
+
 /// The collection prefix atcr indexes.
 pub const ATCR_NSID_PREFIX: &str = "io.atcr.";
 
 /// What a frame turned out to be.
+// A commit carries its verification evidence inline (~400 bytes): a frame is decoded and
+// consumed right away, never stored in bulk, so boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A commit with at least one `io.atcr.*` op; only those ops are kept.
@@ -81,7 +84,7 @@ impl Frame {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitFacts {
     pub seq: i64,
     pub did: String,
@@ -90,10 +93,48 @@ pub struct CommitFacts {
     pub commit_cid: String,
     /// The signed commit block, kept so its signature can be re-checked offline.
     pub commit_block: Vec<u8>,
+    /// The `io.atcr.*` ops, with their records.
     pub ops: Vec<RecordOp>,
+    /// The rev of the previous commit, as the frame says (Sync 1.1 chain check).
+    pub since: Option<String>,
+    /// The MST root before this commit (Sync 1.1), when the frame carries it.
+    pub prev_data: Option<Cid>,
+    /// Every op of the commit as sent (not only `io.atcr.*`): MST inversion needs them all.
+    pub sync_ops: Vec<SyncOp>,
+    /// The CAR's blocks (commit, records, MST nodes), each checked against its CID.
+    pub blocks: CarBlocks,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// One op of a commit exactly as the frame lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOp {
+    pub action: OpAction,
+    /// `collection/rkey`.
+    pub path: String,
+    /// The new record's CID (creates and updates).
+    pub cid: Option<Cid>,
+    /// The previous record's CID (Sync 1.1: updates and deletes).
+    pub prev: Option<Cid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpAction {
+    Create,
+    Update,
+    Delete,
+}
+
+impl OpAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpAction::Create => "create",
+            OpAction::Update => "update",
+            OpAction::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOp {
     Put { collection: String, rkey: String, cid: String, action: PutAction, record: Vec<u8> },
     Delete { collection: String, rkey: String, prev_cid: Option<String> },
@@ -176,6 +217,10 @@ struct CommitBody<'a> {
     ops: Vec<OpBody<'a>>,
     #[serde(borrow)]
     time: &'a str,
+    #[serde(borrow, default)]
+    since: Option<&'a str>,
+    #[serde(default, rename = "prevData")]
+    prev_data: Option<Cid>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +294,17 @@ fn read<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, FrameEr
 
 /// Decodes one binary WebSocket message of `subscribeRepos`.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
+    decode_frame_filtered(bytes, true)
+}
+
+/// Like [`decode_frame`], but a commit is decoded in full (CAR parsed, every op kept in
+/// `sync_ops`) whether or not it has an `io.atcr.*` op: for verifying every commit of a stream
+/// (benchmarks, tools). `ops` still holds only the `io.atcr.*` records.
+pub fn decode_frame_unfiltered(bytes: &[u8]) -> Result<Frame, FrameError> {
+    decode_frame_filtered(bytes, false)
+}
+
+fn decode_frame_filtered(bytes: &[u8], only_atcr: bool) -> Result<Frame, FrameError> {
     let Some(header_len) = cbor_item_len(bytes) else {
         return Err(fail(None, None, "cannot decode frame header: not a complete CBOR item"));
     };
@@ -265,7 +321,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
     match header.t {
         Some("#commit") => {
             let peek: CommitPeek = read(body, "commit body")?;
-            if !peek.ops.0 {
+            if only_atcr && !peek.ops.0 {
                 return Ok(Frame::Skipped { seq: Some(peek.seq) });
             }
             decode_matching_commit(body, peek.seq).map(Frame::Commit)
@@ -390,9 +446,8 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
     let did = commit.repo;
     let failed = |reason: String| fail(Some(seq), Some(did), reason);
 
-    let mut car = poll_ready(CarStore::open(std::io::Cursor::new(commit.blocks)))
-        .map_err(|error| failed(format!("invalid CAR in blocks: {error}")))?;
-    let root = car.roots().next();
+    let car = CarBlocks::parse(commit.blocks).map_err(|error| failed(format!("invalid CAR in blocks: {error}")))?;
+    let root = car.roots().first().copied();
     if root != Some(commit.commit) {
         return Err(failed(format!(
             "CAR root {} is not the commit {}",
@@ -400,11 +455,20 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
             commit.commit
         )));
     }
-    let commit_block = poll_ready(car.read_block(commit.commit))
-        .map_err(|error| failed(format!("commit block missing from CAR: {error}")))?;
+    let Some(commit_block) = car.get(&commit.commit).map(<[u8]>::to_vec) else {
+        return Err(failed(format!("commit block {} missing from CAR", commit.commit)));
+    };
 
+    let mut sync_ops = Vec::with_capacity(commit.ops.len());
     let mut ops = Vec::new();
     for op in &commit.ops {
+        let action = match op.action {
+            "create" => OpAction::Create,
+            "update" => OpAction::Update,
+            "delete" => OpAction::Delete,
+            other => return Err(failed(format!("unknown op action {other:?} for {}", op.path))),
+        };
+        sync_ops.push(SyncOp { action, path: op.path.to_string(), cid: op.cid, prev: op.prev });
         let Some((collection, rkey)) = op.path.split_once('/') else {
             return Err(failed(format!("op path {:?} is not collection/rkey", op.path)));
         };
@@ -432,8 +496,9 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
         let Some(cid) = op.cid else {
             return Err(failed(format!("{} op for {} has no cid", op.action, op.path)));
         };
-        let record = poll_ready(car.read_block(cid))
-            .map_err(|error| failed(format!("record block {cid} for {} missing from CAR: {error}", op.path)))?;
+        let Some(record) = car.get(&cid).map(<[u8]>::to_vec) else {
+            return Err(failed(format!("record block {cid} for {} missing from CAR", op.path)));
+        };
         ops.push(RecordOp::Put {
             collection: collection.to_string(),
             rkey: rkey.to_string(),
@@ -451,16 +516,9 @@ fn decode_matching_commit(body: &[u8], seq: i64) -> Result<CommitFacts, FrameErr
         commit_cid: commit.commit.to_string(),
         commit_block,
         ops,
+        since: commit.since.map(str::to_string),
+        prev_data: commit.prev_data,
+        sync_ops,
+        blocks: car,
     })
-}
-
-/// Drives a future that never waits (atrium-repo's CAR reader over an in-memory cursor) to
-/// completion without a runtime. A future that does wait is a bug in that assumption and is
-/// reported as an error rather than spun on.
-fn poll_ready<T, E: fmt::Display, F: Future<Output = Result<T, E>>>(future: F) -> Result<T, String> {
-    let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output.map_err(|error| error.to_string()),
-        Poll::Pending => Err("in-memory CAR read did not complete synchronously".into()),
-    }
 }

@@ -4,7 +4,8 @@
 //! - [`log`]: the append-only log on redb (events, commit blocks, cursors, quarantine, notes);
 //! - [`writer`]: the single writer with group commit;
 //! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools;
-//! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline.
+//! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline;
+//! - [`mst`]: the repository Merkle Search Tree (Sync 1.1 inversion, generated worlds).
 //!
 //! This crate knows nothing of HTTP, WebSockets or ATProto sync.
 
@@ -17,6 +18,7 @@ pub mod event;
 pub mod json;
 pub mod keys;
 pub mod log;
+pub mod mst;
 pub mod records;
 pub mod writer;
 
