@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_verify;
+mod backfill;
 mod bench;
 mod bench_freshness;
 mod config;
@@ -42,6 +43,9 @@ enum Command {
     /// Rebuild projections from the log beside the live ones and flip (works while serve runs);
     /// `--verify` compares a rebuild with the live views; `snapshot` / `restore` a views file.
     Replay(replay::ReplayArgs),
+    /// Fetch the repositories of accounts with `io.atcr.*` records (`getRepo`), verify them and
+    /// append what the log is missing; resumable. Needs the log to itself (stop serve first).
+    Backfill(backfill::BackfillArgs),
     /// Benchmarks that need the whole binary (see docs/PERFORMANCE.md).
     Bench {
         #[command(subcommand)]
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         Command::Log { command } => runtime.block_on(logcmd::run(config, command)),
         Command::Status => logcmd::status(&config),
         Command::Replay(args) => replay::run(&config, args),
+        Command::Backfill(args) => runtime.block_on(backfill::run(config, args)),
         Command::Bench { command } => runtime.block_on(bench::run(command)),
         Command::Dev { command } => devgen::run(&config, command),
         Command::Audit { command } => match command {
