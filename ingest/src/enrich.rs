@@ -21,7 +21,7 @@ use atcr_storage::did::parse_did_document;
 use atcr_storage::records::{self, ManifestRecord};
 use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, StorageError, now_micros};
 
-use crate::policy::UrlPolicy;
+use crate::policy::{PolicyRefused, UrlPolicy};
 
 /// The consumer name its checkpoint is stored under.
 pub const CONSUMER: &str = "enrichment";
@@ -51,27 +51,44 @@ pub trait Fetcher: Send + Sync + 'static {
 /// DID documents from a PLC directory (`did:plc`) or `https://<host>/.well-known/did.json`
 /// (`did:web`), blobs from `<pds>/xrpc/com.atproto.sync.getBlob`. Every URL passes the
 /// [`UrlPolicy`] first; responses are size-capped and time-limited.
+///
+/// The PLC directory is the operator's choice (configuration, not data), so it is the one URL
+/// fetched without the policy; every other URL comes from a DID or a record and goes through
+/// [`UrlPolicy::check`] and the policy's DNS resolver.
 pub struct HttpFetcher {
+    /// For URLs taken from data: resolves through the policy.
     client: reqwest::Client,
+    /// For the configured PLC directory only.
+    plc_client: reqwest::Client,
     plc_directory: String,
     policy: UrlPolicy,
 }
 
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("atcr/", env!("CARGO_PKG_VERSION")))
+}
+
 impl HttpFetcher {
     pub fn new(plc_directory: &str, policy: UrlPolicy) -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("atcr/", env!("CARGO_PKG_VERSION")))
+        let client = client_builder()
+            .dns_resolver(policy.resolver())
             .build()
             .map_err(|error| FetchError::Http(error.to_string()))?;
-        Ok(HttpFetcher { client, plc_directory: plc_directory.trim_end_matches('/').to_string(), policy })
+        let plc_client = client_builder().build().map_err(|error| FetchError::Http(error.to_string()))?;
+        Ok(HttpFetcher { client, plc_client, plc_directory: plc_directory.trim_end_matches('/').to_string(), policy })
     }
 
     async fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, FetchError> {
-        self.policy.check(url).map_err(FetchError::Policy)?;
-        let mut response = self.client.get(url).send().await.map_err(|error| FetchError::Http(error.to_string()))?;
+        let trusted = url.strip_prefix(self.plc_directory.as_str()).is_some_and(|rest| rest.starts_with('/'));
+        if !trusted {
+            self.policy.check(url).map_err(FetchError::Policy)?;
+        }
+        let client = if trusted { &self.plc_client } else { &self.client };
+        let mut response = client.get(url).send().await.map_err(request_error)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound);
         }
@@ -90,6 +107,19 @@ impl HttpFetcher {
         }
         Ok(body)
     }
+}
+
+/// A request error, with a refusal of the policy's resolver told apart from network trouble
+/// (a refusal is final, network trouble is retried).
+fn request_error(error: reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<PolicyRefused>() {
+            return FetchError::Policy(refused.0.clone());
+        }
+        source = current.source();
+    }
+    FetchError::Http(error.to_string())
 }
 
 /// The URL of a DID's document, or why there is none.
@@ -154,6 +184,17 @@ pub struct Enricher<F: Fetcher> {
     next_job: u32,
     /// Hold DIDs atcr serves itself: nothing to resolve for them.
     local_holds: HashSet<String>,
+    /// DIDs whose resolution failed for good in this run (an `IdentityUnresolvable` was
+    /// appended): not tried again until an `#identity` for them.
+    unresolvable: HashSet<String>,
+}
+
+/// How a job failed.
+enum Failure {
+    /// Network trouble, a server error: try again later.
+    Retry(String),
+    /// Trying again cannot help (the policy refuses the URL, the document is malformed).
+    Final(String),
 }
 
 impl<F: Fetcher> Enricher<F> {
@@ -167,6 +208,7 @@ impl<F: Fetcher> Enricher<F> {
             pending: BTreeMap::new(),
             next_job: 0,
             local_holds: HashSet::new(),
+            unresolvable: HashSet::new(),
         }
     }
 
@@ -221,7 +263,7 @@ impl<F: Fetcher> Enricher<F> {
     fn plan(&mut self, offset: u64, event: &Event) {
         match &event.body {
             EventBody::RecordPut { collection, record, .. } if collection.starts_with("io.atcr.") => {
-                if !self.resolved.contains_key(&event.did) && !self.is_pending_resolve(&event.did) {
+                if self.needs_resolving(&event.did) {
                     self.add(offset, Job::Resolve { did: event.did.clone() });
                 }
                 if collection != records::MANIFEST {
@@ -230,8 +272,7 @@ impl<F: Fetcher> Enricher<F> {
                 let Ok(manifest) = ManifestRecord::decode(record) else { return };
                 if let Some(hold) = &manifest.hold_did
                     && !self.local_holds.contains(hold)
-                    && !self.resolved.contains_key(hold)
-                    && !self.is_pending_resolve(hold)
+                    && self.needs_resolving(hold)
                 {
                     self.add(offset, Job::Resolve { did: hold.clone() });
                 }
@@ -253,10 +294,15 @@ impl<F: Fetcher> Enricher<F> {
             }
             EventBody::Identity { .. } => {
                 self.resolved.remove(&event.did);
+                self.unresolvable.remove(&event.did);
                 self.add(offset, Job::Resolve { did: event.did.clone() });
             }
             _ => {}
         }
+    }
+
+    fn needs_resolving(&self, did: &str) -> bool {
+        !self.resolved.contains_key(did) && !self.unresolvable.contains(did) && !self.is_pending_resolve(did)
     }
 
     fn is_pending_resolve(&self, did: &str) -> bool {
@@ -283,13 +329,20 @@ impl<F: Fetcher> Enricher<F> {
                 Ok(()) => {
                     self.pending.remove(&key);
                 }
-                Err(reason) => {
+                Err(Failure::Final(reason)) => {
+                    tracing::warn!(?job, %reason, "enrichment failed for good");
+                    metrics::counter!("atcr_enrichment_given_up_total").increment(1);
+                    self.pending.remove(&key);
+                    self.give_up(&job, reason, batch);
+                }
+                Err(Failure::Retry(reason)) => {
                     let Some(pending) = self.pending.get_mut(&key) else { continue };
                     pending.attempts += 1;
                     if pending.attempts >= MAX_ATTEMPTS {
                         tracing::error!(?job, %reason, attempts = pending.attempts, "enrichment gave up");
                         metrics::counter!("atcr_enrichment_given_up_total").increment(1);
                         self.pending.remove(&key);
+                        self.give_up(&job, reason, batch);
                     } else {
                         let delay =
                             Duration::from_millis(500u64 << pending.attempts.min(10)).min(Duration::from_secs(300));
@@ -302,14 +355,25 @@ impl<F: Fetcher> Enricher<F> {
         }
     }
 
-    async fn perform(&mut self, job: &Job, batch: &mut AppendBatch) -> Result<(), String> {
+    /// Records that a DID cannot be resolved, so pages can say so (a hold "unreachable").
+    fn give_up(&mut self, job: &Job, reason: String, batch: &mut AppendBatch) {
+        let Job::Resolve { did } = job else { return };
+        if self.unresolvable.insert(did.clone()) {
+            batch.events.push(enrichment_event(did, EventBody::IdentityUnresolvable { reason }));
+        }
+    }
+
+    async fn perform(&mut self, job: &Job, batch: &mut AppendBatch) -> Result<(), Failure> {
         match job {
             Job::Resolve { did } => {
-                let document =
-                    self.fetcher.did_document(did).await.map_err(|error| format!("resolving {did}: {error}"))?;
-                let facts = parse_did_document(&document).map_err(|error| format!("DID document of {did}: {error}"))?;
+                let document = self.fetcher.did_document(did).await.map_err(|error| {
+                    let reason = format!("resolving {did}: {error}");
+                    if matches!(error, FetchError::Policy(_)) { Failure::Final(reason) } else { Failure::Retry(reason) }
+                })?;
+                let facts = parse_did_document(&document)
+                    .map_err(|error| Failure::Final(format!("DID document of {did}: {error}")))?;
                 if facts.did != *did {
-                    return Err(format!("DID document served for {did} names another id"));
+                    return Err(Failure::Final(format!("DID document served for {did} names another id")));
                 }
                 let pds = facts.pds_endpoint;
                 let unchanged = self.resolved.get(did).is_some_and(|(known, _)| *known == document);
@@ -323,12 +387,17 @@ impl<F: Fetcher> Enricher<F> {
                 if self.content.contains(digest) {
                     return Ok(());
                 }
+                if self.unresolvable.contains(did) {
+                    return Err(Failure::Final(format!("owner {did} cannot be resolved")));
+                }
                 let Some((_, pds)) = self.resolved.get(did) else {
-                    return Err(format!("owner {did} is not resolved yet"));
+                    return Err(Failure::Retry(format!("owner {did} is not resolved yet")));
                 };
-                let Some(pds) = pds.clone() else { return Err(format!("{did} has no PDS endpoint")) };
-                let bytes =
-                    self.fetcher.blob(&pds, did, cid).await.map_err(|error| format!("fetching {digest}: {error}"))?;
+                let Some(pds) = pds.clone() else { return Err(Failure::Retry(format!("{did} has no PDS endpoint"))) };
+                let bytes = self.fetcher.blob(&pds, did, cid).await.map_err(|error| {
+                    let reason = format!("fetching {digest}: {error}");
+                    if matches!(error, FetchError::Policy(_)) { Failure::Final(reason) } else { Failure::Retry(reason) }
+                })?;
                 match self.content.put(digest, &bytes) {
                     Ok(()) => {
                         batch.events.push(enrichment_event(
@@ -341,10 +410,11 @@ impl<F: Fetcher> Enricher<F> {
                         ));
                         Ok(())
                     }
-                    Err(ContentError::DigestMismatch { .. }) => {
-                        Err(format!("manifest blob {cid} of {did} hashes to {}, not {digest}", sha256_digest(&bytes)))
-                    }
-                    Err(error) => Err(format!("storing {digest}: {error}")),
+                    Err(ContentError::DigestMismatch { .. }) => Err(Failure::Retry(format!(
+                        "manifest blob {cid} of {did} hashes to {}, not {digest}",
+                        sha256_digest(&bytes)
+                    ))),
+                    Err(error) => Err(Failure::Retry(format!("storing {digest}: {error}"))),
                 }
             }
         }

@@ -491,6 +491,8 @@ pub struct Atcr {
     pub runs: u32,
     /// More `atcr serve` arguments (e.g. `--local-hold`, `--config`).
     pub extra_args: Vec<String>,
+    /// Pass `--dev-allow-loopback` (default): enrichment may then fetch from the loopback PDS.
+    pub dev_allow_loopback: bool,
     http: reqwest::Client,
 }
 
@@ -512,6 +514,7 @@ impl Atcr {
             port: 0,
             runs: 0,
             extra_args: Vec::new(),
+            dev_allow_loopback: true,
             http: http_client(),
         })
     }
@@ -543,8 +546,10 @@ impl Atcr {
             // enrichment (DID documents, manifest blobs) stays on loopback: the harness's PLC,
             // and the PDS at the http://localhost:<port> its DID documents name
             .arg("--plc-directory")
-            .arg(&self.plc_directory)
-            .arg("--dev-allow-loopback");
+            .arg(&self.plc_directory);
+        if self.dev_allow_loopback {
+            command.arg("--dev-allow-loopback");
+        }
         if let Some(cursor) = self.start_cursor {
             command.arg("--start-cursor").arg(cursor.to_string());
         }
