@@ -29,6 +29,17 @@ pub struct Config {
     /// Development only: let outbound fetches (DID documents, PDS blobs) reach loopback over
     /// plain http. Never set this in production.
     pub dev_allow_loopback: bool,
+    /// Development only (needs `dev_allow_loopback`): resolve handles with this loopback PDS's
+    /// `com.atproto.identity.resolveHandle` instead of DNS and HTTPS (`.test` handles of a
+    /// local PDS exist in no DNS).
+    pub dev_handle_resolver: Option<String>,
+    /// `atcr serve` backfills at startup, beside live ingest: every active account of this PDS
+    /// (`listRepos`)…
+    pub backfill_pds: Option<String>,
+    /// …or every account this relay lists with `io.atcr.*` records (`listReposByCollection`)…
+    pub backfill_relay: Option<String>,
+    /// …or exactly these DIDs.
+    pub backfill_dids: Vec<String>,
     /// Holds atcr serves itself: hold DID → directory with `sha256/<hex>` blob files.
     pub local_holds: BTreeMap<String, PathBuf>,
     /// Holds atcr serves itself from an S3-compatible bucket, by hold DID: pulls are redirected
@@ -100,6 +111,10 @@ impl Default for Config {
             log_format: LogFormat::Text,
             plc_directory: "https://plc.directory".into(),
             dev_allow_loopback: false,
+            dev_handle_resolver: None,
+            backfill_pds: None,
+            backfill_relay: None,
+            backfill_dids: Vec::new(),
             local_holds: BTreeMap::new(),
             s3_holds: BTreeMap::new(),
         }
@@ -170,6 +185,24 @@ pub struct IngestFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dev_allow_loopback: bool,
+    /// Development only: resolve handles with this loopback PDS's resolveHandle instead of DNS and HTTPS
+    /// (needs --dev-allow-loopback) [env: ATCR_DEV_HANDLE_RESOLVER].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_handle_resolver: Option<String>,
+    /// While ingesting, backfill every active account of this PDS (like `atcr backfill --pds`,
+    /// resumable) [env: ATCR_BACKFILL_PDS].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_pds: Option<String>,
+    /// While ingesting, backfill every account this relay lists with io.atcr.* records [env: ATCR_BACKFILL_RELAY].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_relay: Option<String>,
+    /// While ingesting, backfill this account (repeatable).
+    #[arg(long = "backfill-did", value_name = "DID")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backfill_dids: Vec<String>,
     /// Serve a hold's blobs from a local directory (`sha256/<hex>` files): DID=DIR, repeatable.
     #[arg(long = "local-hold", value_name = "DID=DIR", value_parser = parse_local_hold)]
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_holds")]

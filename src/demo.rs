@@ -14,6 +14,7 @@ use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
 use atcr_ingest::corpus::split_frames;
 use atcr_ingest::enrich::{FetchError, Fetcher};
 use atcr_ingest::frame::decode_frame;
+use atcr_ingest::identity::{IdentityConfig, IdentityResolver};
 use atcr_storage::content::sha256_hex_of_cid;
 
 use crate::config::Config;
@@ -103,7 +104,13 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
     for hold in DEMO_HOLDS {
         config.local_holds.insert(hold.to_string(), demo_blobs_dir());
     }
-    let firehose = serve::firehose_config(&config);
+    // Live verification with the recorded DID documents: the demo's commits pass the same
+    // Sync 1.1 checks as a real upstream's.
+    let mut firehose = serve::firehose_config(&config);
+    if let Some(firehose) = &mut firehose {
+        let identities = IdentityResolver::new(RecordedFetcher::load()?, IdentityConfig::default());
+        firehose.identities = Some(std::sync::Arc::new(identities));
+    }
     let running = serve::start(&config, firehose, RecordedFetcher::load()?).await?;
 
     let started = Instant::now();

@@ -15,7 +15,9 @@ use futures_util::future::select_all;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use atcr_ingest::backfill::{Backfiller, Discovery};
 use atcr_ingest::enrich::{Enricher, Fetcher, HttpFetcher};
+use atcr_ingest::identity::{HttpHandleSource, IdentityConfig, IdentityResolver};
 use atcr_ingest::policy::UrlPolicy;
 use atcr_ingest::{FirehoseConfig, run_firehose};
 use atcr_projections::{ProjectionRunner, ProjectionStore, Views, ViewsHandle};
@@ -37,6 +39,8 @@ pub struct Running {
     pub address: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<Task>,
+    /// For tasks added after start (the backfill); dropped before the writer thread is joined.
+    writer: Option<LogWriter>,
     writer_task: atcr_storage::LogWriterTask,
 }
 
@@ -110,11 +114,12 @@ pub async fn start<F: Fetcher>(
     let stop = shutdown.clone();
     tasks.push(("enrichment", tokio::spawn(async move { Ok(enricher.run(stop).await?) })));
 
+    let spare_writer = writer.clone();
     if let Some(firehose) = upstream {
         let (log, stop) = (log.clone(), shutdown.clone());
         tasks.push(("ingest", tokio::spawn(async move { Ok(run_firehose(firehose, log, writer, stop).await?) })));
     }
-    Ok(Running { log, views, address, shutdown, tasks, writer_task })
+    Ok(Running { log, views, address, shutdown, tasks, writer: Some(spare_writer), writer_task })
 }
 
 /// Opens the live registry build (creating the first one, or moving a pre-build `views.redb`
@@ -137,6 +142,15 @@ pub fn http_fetcher(config: &Config) -> anyhow::Result<HttpFetcher> {
         tracing::warn!("--dev-allow-loopback: outbound fetches may reach loopback over http (development only)");
     }
     Ok(HttpFetcher::new(&config.plc_directory, policy)?)
+}
+
+/// The identity resolver live ingest verifies commits with: DID documents through the same
+/// policy-bound fetcher as enrichment, handles through DNS/HTTPS (or the dev override).
+pub fn identity_resolver(config: &Config) -> anyhow::Result<IdentityResolver> {
+    let policy = UrlPolicy { allow_loopback: config.dev_allow_loopback };
+    let handles =
+        HttpHandleSource::new(policy, config.dev_handle_resolver.clone()).context("cannot set up handle resolution")?;
+    Ok(IdentityResolver::new(http_fetcher(config)?, IdentityConfig::default()).with_handles(handles))
 }
 
 impl Running {
@@ -163,8 +177,46 @@ impl Running {
         }
     }
 
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Backfill inside serve, beside live ingest: the startup backfill the configuration asks for
+    /// (`--backfill-pds/--backfill-relay/--backfill-did`; resumable, like `atcr backfill`), then
+    /// a resync of every account a `Resync` event names. Its appends go through the same writer as
+    /// ingest's, and its diff is taken against the log under a lock held until its append, so
+    /// no fact is applied twice (see `atcr_ingest::backfill`).
+    pub fn spawn_backfill(&mut self, config: &Config) -> anyhow::Result<()> {
+        let Some(writer) = self.writer.clone() else { return Ok(()) };
+        let fetcher = crate::backfill::fetcher(config, 256, 120)?;
+        let backfiller = Backfiller::new(self.log.clone(), writer, fetcher);
+        let discovery = match (&config.backfill_pds, &config.backfill_relay) {
+            (Some(pds), _) => Some(Discovery::Pds(pds.clone())),
+            (None, Some(relay)) => Some(Discovery::Relay(relay.clone())),
+            (None, None) if !config.backfill_dids.is_empty() => Some(Discovery::Dids(config.backfill_dids.clone())),
+            (None, None) => None,
+        };
+        let stop = self.shutdown.clone();
+        self.tasks.push((
+            "backfill",
+            tokio::spawn(async move {
+                if let Some(discovery) = discovery {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        result = startup_backfill(&backfiller, &discovery) => {
+                            if let Err(error) = result {
+                                // Live ingest goes on; the job stays open for the next start.
+                                tracing::error!(error = format!("{error:#}"), "startup backfill failed");
+                            }
+                        }
+                    }
+                }
+                backfiller.follow_resyncs(stop).await?;
+                Ok(())
+            }),
+        ));
+        Ok(())
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
+        drop(self.writer.take());
         self.shutdown.cancel();
         for (name, handle) in self.tasks {
             match handle.await {
@@ -191,12 +243,43 @@ pub fn firehose_config(config: &Config) -> Option<FirehoseConfig> {
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let firehose = firehose_config(&config);
-    if firehose.is_none() {
-        tracing::warn!("no upstream configured (--upstream / ATCR_UPSTREAM): serving the log without ingesting");
+    let mut firehose = firehose_config(&config);
+    match &mut firehose {
+        Some(firehose) => firehose.identities = Some(Arc::new(identity_resolver(&config)?)),
+        None => {
+            tracing::warn!("no upstream configured (--upstream / ATCR_UPSTREAM): serving the log without ingesting")
+        }
     }
     let fetcher = http_fetcher(&config)?;
-    start(&config, firehose, fetcher).await?.run_until_stopped().await
+    let mut running = start(&config, firehose, fetcher).await?;
+    if config.upstream.is_some() {
+        running.spawn_backfill(&config)?;
+    }
+    running.run_until_stopped().await
+}
+
+async fn startup_backfill(
+    backfiller: &Backfiller<atcr_ingest::backfill::HttpRepoFetcher>,
+    discovery: &Discovery,
+) -> anyhow::Result<()> {
+    let dids = atcr_ingest::backfill::discover(backfiller.fetcher(), discovery).await?;
+    tracing::info!(accounts = dids.len(), source = %discovery.label(), "startup backfill");
+    let summary = backfiller
+        .run(&discovery.label(), dids, 8, false, |report| {
+            tracing::debug!(did = %report.did, outcome = ?report.outcome, "backfilled");
+        })
+        .await?;
+    tracing::info!(
+        accounts = summary.dids,
+        synced = summary.synced,
+        already_done = summary.already_done,
+        failed = summary.failed,
+        puts = summary.puts,
+        deletes = summary.deletes,
+        finished = summary.finished,
+        "startup backfill done"
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

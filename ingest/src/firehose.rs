@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use atcr_storage::{AppendBatch, EventLog, LogWriter, StorageError, StreamNote, StreamNoteKind, now_micros};
 
+use crate::frame::{Frame, FrameError};
+use crate::gate::{CommitGate, Verdict};
+use crate::identity::IdentityResolver;
 use crate::metrics as names;
 use crate::process::{Control, FrameCounts, FrameProcessor};
 
@@ -41,6 +44,10 @@ pub struct FirehoseConfig {
     /// Where to start when no cursor is stored yet: `None` follows live events only, `Some(0)`
     /// asks upstream for everything it still has.
     pub start_cursor: Option<i64>,
+    /// Verifies every `io.atcr.*` commit before it becomes events ([`CommitGate`]). `None`
+    /// trusts frames as they come: only for generated streams in tests and benchmarks;
+    /// `atcr serve` always sets it.
+    pub identities: Option<Arc<IdentityResolver>>,
 }
 
 impl FirehoseConfig {
@@ -53,6 +60,7 @@ impl FirehoseConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             start_cursor: None,
+            identities: None,
         }
     }
 
@@ -114,11 +122,18 @@ pub async fn run_firehose(
     let tracked = log.tracked_dids()?;
     tracing::info!(%upstream, ?cursor, tracked_dids = tracked.len(), "starting firehose ingest");
     let processor = FrameProcessor::new(upstream, cursor, tracked);
+    let gate = match &config.identities {
+        Some(identities) => Some(CommitGate::new(identities.clone(), log.repo_revs()?)),
+        None => {
+            tracing::warn!("commit verification is off: frames are trusted as they come (tests and benchmarks only)");
+            None
+        }
+    };
 
     let (queue, frames) = mpsc::channel(config.queue_frames);
     let stop_reading = shutdown.child_token();
     let reader = tokio::spawn(read_loop(config.clone(), cursor, queue, stop_reading.clone()));
-    let result = process_loop(&config, processor, frames, writer).await;
+    let result = process_loop(&config, processor, gate, frames, writer).await;
     stop_reading.cancel();
     if reader.await.is_err() {
         tracing::error!("firehose read loop panicked");
@@ -220,6 +235,7 @@ fn backoff_delay(config: &FirehoseConfig, failures: u32) -> Duration {
 async fn process_loop(
     config: &FirehoseConfig,
     mut processor: FrameProcessor,
+    mut gate: Option<CommitGate>,
     mut frames: mpsc::Receiver<QueueItem>,
     writer: LogWriter,
 ) -> Result<(), IngestError> {
@@ -231,13 +247,24 @@ async fn process_loop(
         let mut counts = FrameCounts::default();
         let mut pending_reply = None;
         let mut fatal = None;
+        // First every frame is decoded (dedup, cursor, undecodable frames quarantined), then
+        // the commits' authors are resolved together, then frames are verified and applied in
+        // order.
+        let mut decoded = Vec::with_capacity(items.len());
         for item in items.drain(..) {
             match item {
                 QueueItem::Frame { bytes, received_at_us } => {
                     if fatal.is_some() {
                         continue;
                     }
-                    match processor.process(&bytes, received_at_us, &mut batch, &mut counts) {
+                    let Some(frame) = processor.decode(&bytes, received_at_us, &mut batch, &mut counts) else {
+                        continue;
+                    };
+                    if !matches!(frame, Frame::Error { .. }) {
+                        decoded.push((frame, bytes, received_at_us));
+                        continue;
+                    }
+                    match processor.apply(frame, received_at_us, &mut batch, &mut counts) {
                         Control::Continue => {}
                         Control::FutureCursor { message } => {
                             let message = message.unwrap_or_else(|| "no message".into());
@@ -291,6 +318,41 @@ async fn process_loop(
                     pending_reply = Some(resume_at);
                 }
             }
+        }
+        if let Some(gate) = &gate {
+            let authors = decoded.iter().filter_map(|(frame, _, _)| match frame {
+                Frame::Commit(commit) => Some(commit.did.as_str()),
+                _ => None,
+            });
+            gate.prefetch_keys(authors).await;
+        }
+        for (frame, bytes, received_at_us) in decoded {
+            let Some(gate) = gate.as_mut() else {
+                processor.apply(frame, received_at_us, &mut batch, &mut counts);
+                continue;
+            };
+            match &frame {
+                Frame::Commit(commit) => match gate.check(commit).await {
+                    Verdict::Accept { desync } => {
+                        if let Some(reason) = desync {
+                            processor.mark_desynchronized(commit, received_at_us, reason, &mut batch, &mut counts);
+                        }
+                    }
+                    Verdict::Reject { reason, .. } => {
+                        let error = FrameError { seq: Some(commit.seq), did: Some(commit.did.clone()), reason };
+                        processor.quarantine(&bytes, received_at_us, error, &mut batch, &mut counts);
+                        continue;
+                    }
+                },
+                Frame::Skipped { .. } => gate.observe_skipped_frame(&bytes),
+                Frame::Identity { did, .. } => gate.identity_changed(did),
+                Frame::Sync { did, rev, .. } if processor.is_tracked(did) => gate.synced(did, rev.as_deref()),
+                _ => {}
+            }
+            processor.apply(frame, received_at_us, &mut batch, &mut counts);
+        }
+        if let Some(gate) = gate.as_mut() {
+            batch.repo_revs.extend(gate.take_updates());
         }
         if !batch.is_empty() {
             let events = batch.events.len();

@@ -155,6 +155,16 @@ pub struct IdentityResolver {
     cache: Mutex<HashMap<String, Cached>>,
 }
 
+impl std::fmt::Debug for IdentityResolver {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("IdentityResolver")
+            .field("config", &self.config)
+            .field("handles", &self.handles.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl IdentityResolver {
     pub fn new(fetcher: impl Fetcher, config: IdentityConfig) -> Self {
         IdentityResolver { documents: Box::new(fetcher), handles: None, config, cache: Mutex::new(HashMap::new()) }

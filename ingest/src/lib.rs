@@ -18,6 +18,7 @@ pub mod corpus;
 pub mod enrich;
 pub mod firehose;
 pub mod frame;
+pub mod gate;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

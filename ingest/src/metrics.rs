@@ -15,3 +15,13 @@ pub const CONNECTIONS: &str = "atcr_ingest_connections_total";
 pub const RECONNECTS: &str = "atcr_ingest_reconnects_total";
 /// DID document fetches of the identity resolver, by `outcome` (`ok`, `error`).
 pub const IDENTITY_FETCHES: &str = "atcr_identity_fetches_total";
+/// `io.atcr.*` commits that passed the Sync 1.1 checks.
+pub const COMMITS_VERIFIED: &str = "atcr_ingest_commits_verified_total";
+/// Verified by signature only: the frame carried no `prevData` to prove its ops against.
+pub const COMMITS_UNPROVEN: &str = "atcr_ingest_commits_ops_unproven_total";
+/// Commits refused (quarantined), by `reason` (`stale_rev`, `signature`, `ops_disagree`, …).
+pub const COMMITS_REJECTED: &str = "atcr_ingest_commits_rejected_total";
+/// Accounts marked for resync, by `cause` (`since`: a broken chain, `sync`: upstream `#sync`).
+pub const REPOS_DESYNCHRONIZED: &str = "atcr_ingest_repos_desynchronized_total";
+/// DID documents fetched again after a signature failure.
+pub const KEY_REFRESHES: &str = "atcr_ingest_key_refreshes_total";

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use atcr_storage::{AppendBatch, Event, EventBody, QuarantineEntry, Source, StreamNote, StreamNoteKind};
 
-use crate::frame::{Frame, RecordOp, decode_frame};
+use crate::frame::{CommitFacts, Frame, FrameError, RecordOp, decode_frame};
 
 /// What the stream must do after a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,7 +68,9 @@ impl FrameProcessor {
         self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
     }
 
-    /// Handles one raw frame, adding what it produced to `batch`.
+    /// Handles one raw frame, adding what it produced to `batch`: [`FrameProcessor::decode`],
+    /// then [`FrameProcessor::apply`], with no verification in between. Live ingest verifies
+    /// commits between the two ([`crate::gate`]); this is for trusted, generated streams.
     pub fn process(
         &mut self,
         raw: &[u8],
@@ -76,35 +78,101 @@ impl FrameProcessor {
         batch: &mut AppendBatch,
         counts: &mut FrameCounts,
     ) -> Control {
+        match self.decode(raw, received_at_us, batch, counts) {
+            Some(frame) => self.apply(frame, received_at_us, batch, counts),
+            None => Control::Continue,
+        }
+    }
+
+    /// Whether `#identity`, `#account` and `#sync` of `did` are kept.
+    pub fn is_tracked(&self, did: &str) -> bool {
+        self.tracked_dids.contains(did)
+    }
+
+    /// Puts a raw frame in quarantine with `reason` (a frame that decoded but was not trusted).
+    pub fn quarantine(
+        &self,
+        raw: &[u8],
+        received_at_us: i64,
+        error: FrameError,
+        batch: &mut AppendBatch,
+        counts: &mut FrameCounts,
+    ) {
+        counts.quarantined += 1;
+        tracing::warn!(upstream = %self.upstream, seq = ?error.seq, did = ?error.did, reason = %error.reason, bytes = raw.len(), "frame quarantined");
+        batch.quarantine.push(QuarantineEntry {
+            received_at_us,
+            upstream: self.upstream.clone(),
+            upstream_seq: error.seq,
+            did: error.did,
+            reason: error.reason,
+            raw: raw.to_vec(),
+        });
+    }
+
+    /// Records that `did`'s repository must be re-synchronized (`reason` says why), as a
+    /// `Resync` event in frame order.
+    pub fn mark_desynchronized(
+        &mut self,
+        commit: &CommitFacts,
+        received_at_us: i64,
+        reason: String,
+        batch: &mut AppendBatch,
+        counts: &mut FrameCounts,
+    ) {
+        counts.events += 1;
+        batch.events.push(Event {
+            source: Source::Firehose,
+            upstream_seq: Some(commit.seq),
+            did: commit.did.clone(),
+            rev: Some(commit.rev.clone()),
+            upstream_time: Some(commit.time.clone()),
+            received_at_us,
+            commit_cid: None,
+            body: EventBody::Resync { reason },
+        });
+    }
+
+    /// Decodes one raw frame: a frame that does not decode goes to quarantine, a frame seen
+    /// before (by seq) is dropped, the cursor moves. Returns the frame to apply, if any.
+    pub fn decode(
+        &mut self,
+        raw: &[u8],
+        received_at_us: i64,
+        batch: &mut AppendBatch,
+        counts: &mut FrameCounts,
+    ) -> Option<Frame> {
         counts.frames += 1;
         let frame = match decode_frame(raw) {
             Ok(frame) => frame,
             Err(error) => {
-                counts.quarantined += 1;
-                tracing::warn!(upstream = %self.upstream, seq = ?error.seq, reason = %error.reason, bytes = raw.len(), "frame quarantined");
-                batch.quarantine.push(QuarantineEntry {
-                    received_at_us,
-                    upstream: self.upstream.clone(),
-                    upstream_seq: error.seq,
-                    did: error.did,
-                    reason: error.reason,
-                    raw: raw.to_vec(),
-                });
                 // A frame bad enough to hide its seq cannot move the cursor; one that told us
                 // its seq is consumed, so a reconnect does not bring it back forever.
                 if let Some(seq) = error.seq {
                     self.advance(seq, batch);
                 }
-                return Control::Continue;
+                self.quarantine(raw, received_at_us, error, batch, counts);
+                return None;
             }
         };
         if let Some(seq) = frame.seq() {
             if self.last_seq.is_some_and(|last| seq <= last) {
                 counts.duplicates += 1;
-                return Control::Continue;
+                return None;
             }
             self.advance(seq, batch);
         }
+        Some(frame)
+    }
+
+    /// Turns a decoded frame into events, notes or a stream control.
+    pub fn apply(
+        &mut self,
+        frame: Frame,
+        received_at_us: i64,
+        batch: &mut AppendBatch,
+        counts: &mut FrameCounts,
+    ) -> Control {
         let event = |did: String, rev: Option<String>, time: Option<String>, seq: i64, body: EventBody| Event {
             source: Source::Firehose,
             upstream_seq: Some(seq),

@@ -1,0 +1,419 @@
+//! End to end against the reference PDS: atcr trusts only what is signed.
+//!
+//! A user writes five commits to the real PDS; the test takes the frames exactly as the PDS's
+//! firehose sent them and plays them to `atcr serve` through the loopback replay server (the
+//! fault injector). DID documents come from the dev-env's real PLC. First the three genuine
+//! commits; then, derived from the real frames of commits 4 and 5 and 2:
+//! (a) commit 4 re-signed with another key (a valid signature, the wrong signer);
+//! (b) commit 5 with an op path renamed, so its ops disagree with the signed MST (the PDS sends
+//!     `prevData`, so MST inversion catches it);
+//! (c) commit 2 again under a new seq (a replayed old rev).
+//! Each must be refused and quarantined with its reason, and every answer of the API and `/v2`
+//! must be what it was before. Finally the genuine commit 4 is accepted: the gate refuses
+//! frames, not the account.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use futures_util::StreamExt;
+use ipld_core::cid::Cid;
+use ipld_core::cid::multihash::Multihash;
+use ipld_core::ipld::Ipld;
+use k256::ecdsa::signature::Signer as _;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Digest;
+
+use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
+use atcr_ingest::frame::{Frame, decode_frame};
+use atcr_storage::{PublicKey, SignedCommit};
+use support::{Account, Atcr, Pds, Written, image_manifest, manifest_record, tag_record};
+
+const REPOSITORY: &str = "hello";
+/// Nothing listens on port 9: the hold is never reachable, and this test does not need it.
+const HOLD: &str = "did:web:localhost%3A9";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_disagreeing_and_replayed_commits_are_quarantined_and_change_nothing() {
+    let Some(pds_url) = support::pds_url_or_skip() else { return };
+    if let Err(error) = scenario(&pds_url).await {
+        panic!("{error:#}");
+    }
+}
+
+async fn scenario(pds_url: &str) -> Result<()> {
+    let pds = Pds::new(pds_url);
+    let alice = pds.create_account("va").await?;
+    println!("alice {} {}", alice.handle, alice.did);
+
+    // --- five real commits ------------------------------------------------------------------
+    let (first, first_hex) = push_manifest(&pds, &alice, "1.0.0").await?;
+    let (second, second_hex) = push_manifest(&pds, &alice, "2.0.0").await?;
+    let tag = |name: &str, hex: &str| tag_record(&alice.did, REPOSITORY, name, hex);
+    let latest_rkey = format!("{REPOSITORY}_latest");
+    let edge_rkey = format!("{REPOSITORY}_edge");
+    let third = pds.put_record(&alice, "io.atcr.tag", &latest_rkey, &tag("latest", &first_hex)).await?;
+    let fourth = pds.put_record(&alice, "io.atcr.tag", &latest_rkey, &tag("latest", &second_hex)).await?;
+    let fifth = pds.put_record(&alice, "io.atcr.tag", &edge_rkey, &tag("edge", &second_hex)).await?;
+    let writes = [&first, &second, &third, &fourth, &fifth];
+    let frames = pds_frames(pds_url, &writes).await?;
+    ensure!(
+        frames.windows(2).all(|pair| pair[0].seq < pair[1].seq),
+        "the PDS sent the commits out of order: {:?}",
+        frames.iter().map(|frame| frame.seq).collect::<Vec<_>>()
+    );
+
+    // --- atcr follows the genuine first three ------------------------------------------------
+    let server = ReplayServer::start(frames[..3].to_vec(), Faults::default()).await?;
+    let mut atcr = Atcr::new("verify", &server.url(), &support::plc_url(pds_url), Some(0))?;
+    atcr.start(Duration::from_secs(30)).await?;
+    let did = alice.did.clone();
+    atcr.wait_for_events(&did, Duration::from_secs(30), "the three genuine commits", |events| {
+        firehose_records(events).len() == 3
+    })
+    .await?;
+    for hex in [&first_hex, &second_hex] {
+        wait_for_status(&atcr, &format!("/v2/{did}/{REPOSITORY}/manifests/sha256:{hex}"), 200).await?;
+    }
+    wait_for_status(&atcr, &format!("/v2/{did}/{REPOSITORY}/manifests/latest"), 200).await?;
+    let before = snapshot(&atcr, &did).await?;
+    ensure!(before.tags == vec!["latest".to_string()], "tags before: {:?}", before.tags);
+
+    // --- the three bad frames ----------------------------------------------------------------
+    let mut seq = frames[4].seq;
+    let mut next_seq = || {
+        seq += 1;
+        seq
+    };
+    let wrong_key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32])?;
+    let forged = resign(&frames[3].bytes, &wrong_key, next_seq())?;
+    let disagreeing = rename_op_path(
+        &frames[4].bytes,
+        &format!("io.atcr.tag/{edge_rkey}"),
+        &format!("io.atcr.tag/{REPOSITORY}_edgy"),
+        next_seq(),
+    )?;
+    let replayed = with_seq(&frames[1].bytes, next_seq())?;
+    for frame in [&forged, &disagreeing, &replayed] {
+        ensure!(
+            matches!(decode_frame(&frame.bytes), Ok(Frame::Commit(_))),
+            "a crafted frame must still decode as an io.atcr commit, so only verification can refuse it"
+        );
+        server.push(frame.clone());
+    }
+    let quarantine = wait_for_quarantine(&atcr, &did, 3).await?;
+    let reasons: Vec<&str> = quarantine.iter().map(|entry| entry["reason"].as_str().unwrap_or_default()).collect();
+    println!("quarantined:\n  {}", reasons.join("\n  "));
+    let seqs: Vec<i64> = quarantine.iter().filter_map(|entry| entry["seq"].as_i64()).collect();
+    ensure!(seqs == vec![forged.seq, disagreeing.seq, replayed.seq], "quarantined seqs {seqs:?}");
+    ensure!(reasons[0].contains("signature does not match the key"), "forged: {}", reasons[0]);
+    ensure!(reasons[1].contains("ops disagree with the signed MST"), "disagreeing: {}", reasons[1]);
+    ensure!(reasons[2].contains("is not newer than its last verified rev"), "replayed: {}", reasons[2]);
+    ensure!(
+        quarantine.iter().all(|entry| entry["bytes"].as_u64().unwrap_or(0) > 0),
+        "the raw frames are kept: {quarantine:?}"
+    );
+    // the cursor moved past them, so a reconnect does not bring them back
+    wait_for_cursor(&atcr, &server.url(), replayed.seq).await?;
+
+    let after = snapshot(&atcr, &did).await?;
+    ensure!(before == after, "the projections changed:\nbefore {before:#?}\nafter {after:#?}");
+    let metrics = atcr.metrics().await?;
+    for line in [
+        r#"atcr_ingest_commits_rejected_total{reason="signature"} 1"#,
+        r#"atcr_ingest_commits_rejected_total{reason="ops_disagree"} 1"#,
+        r#"atcr_ingest_commits_rejected_total{reason="stale_rev"} 1"#,
+        "atcr_ingest_commits_verified_total 3",
+    ] {
+        ensure!(metrics.lines().any(|metric| metric == line), "/metrics lacks {line:?}");
+    }
+
+    // --- the genuine commit 4 still goes through ---------------------------------------------
+    let genuine = with_seq(&frames[3].bytes, next_seq())?;
+    server.push(genuine);
+    atcr.wait_for_events(&did, Duration::from_secs(30), "the genuine fourth commit", |events| {
+        firehose_records(events).len() == 4
+    })
+    .await?;
+    let (status, body) = atcr.get(&format!("/v2/{did}/{REPOSITORY}/manifests/latest")).await?;
+    ensure!(status == 200, "latest after the genuine commit 4: HTTP {status}");
+    let moved = sha256_hex(body.as_bytes());
+    ensure!(moved == second_hex, "latest must now be the second manifest ({second_hex}), is {moved}");
+    ensure!(
+        atcr.get_json("/api/v1/quarantine").await?.as_array().map(Vec::len) == Some(3),
+        "the genuine commit was not quarantined"
+    );
+    atcr.terminate(Duration::from_secs(20)).await?;
+    server.stop();
+    Ok(())
+}
+
+async fn push_manifest(pds: &Pds, account: &Account, version: &str) -> Result<(Written, String)> {
+    let manifest = image_manifest(REPOSITORY, version, &account.did);
+    let blob = pds.upload_blob(account, manifest.bytes.clone(), support::OCI_MANIFEST).await?;
+    let record = manifest_record(REPOSITORY, &manifest, &blob, HOLD);
+    let written = pds.create_record(account, "io.atcr.manifest", Some(&manifest.hex), &record).await?;
+    Ok((written, manifest.hex))
+}
+
+/// The frames of `writes`' commits exactly as the PDS's firehose sends them, in write order.
+async fn pds_frames(pds_url: &str, writes: &[&Written]) -> Result<Vec<RecordedFrame>> {
+    let wanted: Vec<&str> = writes.iter().map(|written| written.commit_cid.as_str()).collect();
+    let url = format!("{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0", pds_url.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.context("subscribing to the PDS")?;
+    let mut found: BTreeMap<String, RecordedFrame> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while found.len() < wanted.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(remaining, socket.next())
+            .await
+            .map_err(|_| anyhow!("the PDS firehose did not send all {} commits in time", wanted.len()))?;
+        let Some(message) = message else { bail!("the PDS closed its firehose") };
+        let tokio_tungstenite::tungstenite::Message::Binary(bytes) = message? else { continue };
+        if let Ok(Frame::Commit(commit)) = decode_frame(&bytes)
+            && wanted.contains(&commit.commit_cid.as_str())
+        {
+            found.insert(commit.commit_cid.clone(), RecordedFrame { seq: commit.seq, bytes: bytes.to_vec() });
+        }
+    }
+    let _ = socket.close(None).await;
+    wanted.iter().map(|cid| found.remove(*cid).ok_or_else(|| anyhow!("commit {cid} not seen"))).collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// What the API and /v2 answer about the user: must not move when a bad frame is refused.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    tags: Vec<String>,
+    /// (reference, HTTP status, sha256 of the body) for every tag and manifest digest.
+    manifests: Vec<(String, u16, String)>,
+    /// Record events from the firehose: (kind, collection, rkey, rev, commit).
+    records: Vec<(String, String, String, String, String)>,
+    events: usize,
+    user_page: Value,
+}
+
+async fn snapshot(atcr: &Atcr, did: &str) -> Result<Snapshot> {
+    let tags_list = atcr.get_json(&format!("/v2/{did}/{REPOSITORY}/tags/list")).await?;
+    let tags: Vec<String> = tags_list["tags"]
+        .as_array()
+        .map(|tags| tags.iter().filter_map(|tag| tag.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut references: Vec<String> = tags.clone();
+    references.extend(["edge".to_string(), "edgy".to_string()]);
+    let mut manifests = Vec::new();
+    for reference in references {
+        let (status, body) = atcr.get(&format!("/v2/{did}/{REPOSITORY}/manifests/{reference}")).await?;
+        manifests.push((reference, status, sha256_hex(body.as_bytes())));
+    }
+    let events = atcr.events(Some(did), None).await?;
+    let records = firehose_records(&events)
+        .into_iter()
+        .map(|event| {
+            let field = |key: &str| event[key].as_str().unwrap_or_default().to_string();
+            (field("kind"), field("collection"), field("rkey"), field("rev"), field("commit"))
+        })
+        .collect();
+    let (status, user_page) = atcr.get(&format!("/u/{did}")).await?;
+    ensure!(status == 200, "/u/{did}: HTTP {status}");
+    let user_page = Value::String(sha256_hex(user_page.as_bytes()));
+    Ok(Snapshot { tags, manifests, records, events: events.len(), user_page })
+}
+
+fn firehose_records(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|event| event["source"] == "firehose" && support::is_record_event(event)).collect()
+}
+
+async fn wait_for_status(atcr: &Atcr, path: &str, want: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = atcr.get(path).await?;
+        if status == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("GET {path}: HTTP {status} (want {want}): {body}\n{}", atcr.output_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_quarantine(atcr: &Atcr, did: &str, count: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = atcr.get_json("/api/v1/quarantine?limit=1000").await?;
+        let ours: Vec<Value> = entries
+            .as_array()
+            .map(|entries| entries.iter().filter(|entry| entry["did"] == did).cloned().collect())
+            .unwrap_or_default();
+        if ours.len() >= count {
+            return Ok(ours);
+        }
+        if Instant::now() > deadline {
+            bail!("{} of {count} quarantine entries for {did}: {entries}\n{}", ours.len(), atcr.output_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_cursor(atcr: &Atcr, upstream: &str, seq: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = atcr.status().await?;
+        let cursor = status["log"]["cursors"][upstream.trim_end_matches('/')].as_i64();
+        if cursor.is_some_and(|cursor| cursor >= seq) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("cursor {cursor:?} never reached {seq}: {}", status["log"]["cursors"]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Crafting frames from real ones: header and body as IPLD, the CAR taken apart and rebuilt.
+// ------------------------------------------------------------------------------------------------
+
+type Body = BTreeMap<String, Ipld>;
+
+fn split_frame(bytes: &[u8]) -> Result<(Ipld, Body)> {
+    let mut deserializer = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
+    let header = Ipld::deserialize(&mut deserializer).context("frame header")?;
+    let body = Body::deserialize(&mut deserializer).context("frame body")?;
+    Ok((header, body))
+}
+
+fn join_frame(header: &Ipld, mut body: Body, seq: i64) -> Result<RecordedFrame> {
+    body.insert("seq".into(), Ipld::Integer(seq.into()));
+    let mut bytes = serde_ipld_dagcbor::to_vec(header)?;
+    bytes.extend(serde_ipld_dagcbor::to_vec(&body)?);
+    Ok(RecordedFrame { seq, bytes })
+}
+
+/// The same frame under another seq (a replay).
+fn with_seq(bytes: &[u8], seq: i64) -> Result<RecordedFrame> {
+    let (header, body) = split_frame(bytes)?;
+    join_frame(&header, body, seq)
+}
+
+/// The frame with one op's path changed: the signature still holds, the ops no longer match.
+fn rename_op_path(bytes: &[u8], from: &str, to: &str, seq: i64) -> Result<RecordedFrame> {
+    let (header, mut body) = split_frame(bytes)?;
+    let Some(Ipld::List(ops)) = body.get_mut("ops") else { bail!("commit without ops") };
+    let mut renamed = false;
+    for op in ops {
+        if let Ipld::Map(op) = op
+            && op.get("path") == Some(&Ipld::String(from.into()))
+        {
+            op.insert("path".into(), Ipld::String(to.into()));
+            renamed = true;
+        }
+    }
+    ensure!(renamed, "no op at {from}");
+    ensure!(body.contains_key("prevData"), "the PDS sent no prevData: nothing to prove the ops against");
+    join_frame(&header, body, seq)
+}
+
+/// The frame with its commit re-signed by `key`: a new commit block (so a new commit CID, CAR
+/// root and `commit` field), a valid signature by the wrong signer.
+fn resign(bytes: &[u8], key: &k256::ecdsa::SigningKey, seq: i64) -> Result<RecordedFrame> {
+    let (header, mut body) = split_frame(bytes)?;
+    let Some(Ipld::Link(commit_cid)) = body.get("commit").cloned() else { bail!("commit without a commit link") };
+    let Some(Ipld::Bytes(car)) = body.get("blocks") else { bail!("commit without blocks") };
+    let mut blocks = parse_car(car)?;
+    let commit = blocks.iter_mut().find(|(cid, _)| *cid == commit_cid).context("commit block not in the CAR")?;
+    let mut map: Body = serde_ipld_dagcbor::from_slice(&commit.1)?;
+    map.remove("sig");
+    let unsigned = serde_ipld_dagcbor::to_vec(&map)?;
+    let signature: k256::ecdsa::Signature = key.sign(&unsigned);
+    map.insert("sig".into(), Ipld::Bytes(signature.to_bytes().to_vec()));
+    let block = serde_ipld_dagcbor::to_vec(&map)?;
+    // the crafted block is a well-formed commit signed by `key`: only the signer is wrong
+    SignedCommit::decode(&block)?.verify(&PublicKey::K256(*key.verifying_key()))?;
+    let digest = sha2::Sha256::digest(&block);
+    let new_cid = Cid::new_v1(0x71, Multihash::<64>::wrap(0x12, &digest)?);
+    *commit = (new_cid, block);
+    body.insert("blocks".into(), Ipld::Bytes(write_car(new_cid, &blocks)?));
+    body.insert("commit".into(), Ipld::Link(new_cid));
+    join_frame(&header, body, seq)
+}
+
+fn read_varint(bytes: &[u8], position: &mut usize) -> Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*position).context("truncated varint")?;
+        *position += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    bail!("varint too long")
+}
+
+fn write_varint(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// CAR v1 blocks (the header is rebuilt by [`write_car`]).
+fn parse_car(car: &[u8]) -> Result<Vec<(Cid, Vec<u8>)>> {
+    let mut position = 0;
+    let header_length = read_varint(car, &mut position)? as usize;
+    position += header_length;
+    let mut blocks = Vec::new();
+    while position < car.len() {
+        let length = read_varint(car, &mut position)? as usize;
+        let section = car.get(position..position + length).context("truncated CAR section")?;
+        position += length;
+        // CIDv1: version, codec, multihash code, digest length, digest
+        let mut cid_end = 0;
+        for _ in 0..3 {
+            read_varint(section, &mut cid_end)?;
+        }
+        let digest_length = read_varint(section, &mut cid_end)? as usize;
+        cid_end += digest_length;
+        let cid = Cid::try_from(section.get(..cid_end).context("truncated CID")?)?;
+        blocks.push((cid, section[cid_end..].to_vec()));
+    }
+    Ok(blocks)
+}
+
+fn write_car(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Result<Vec<u8>> {
+    let header = Ipld::Map(BTreeMap::from([
+        ("roots".to_string(), Ipld::List(vec![Ipld::Link(root)])),
+        ("version".to_string(), Ipld::Integer(1)),
+    ]));
+    let header = serde_ipld_dagcbor::to_vec(&header)?;
+    let mut out = Vec::new();
+    write_varint(header.len() as u64, &mut out);
+    out.extend(&header);
+    let mut seen = HashSet::new();
+    for (cid, data) in blocks {
+        if !seen.insert(*cid) {
+            continue;
+        }
+        let cid_bytes = cid.to_bytes();
+        write_varint((cid_bytes.len() + data.len()) as u64, &mut out);
+        out.extend(&cid_bytes);
+        out.extend(data);
+    }
+    Ok(out)
+}
