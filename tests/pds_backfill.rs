@@ -9,7 +9,10 @@
 //!   (the second run must append no event), then `atcr serve` from the live head so enrichment
 //!   fetches DID documents and manifests like it did for "live";
 //! - data dir "killed": `atcr backfill --pds` aborted (no cleanup, like SIGKILL) after its first
-//!   finished account, then rerun: it resumes the job and completes.
+//!   finished account, then rerun: it resumes the job and completes;
+//! - data dir "serve": `atcr serve --backfill-pds` from the live head while the users keep
+//!   writing (tags moved, deleted, created): backfill and live ingest together reach the PDS's
+//!   records.
 //!
 //! Comparison: the records each log holds per (collection, rkey) equal the PDS's own listRecords,
 //! in all three logs; and the registry views rebuilt from the "live" and "backfill" logs agree on
@@ -147,14 +150,8 @@ async fn scenario(pds_url: &str) -> Result<()> {
     println!("seeded 3 users x 20 records (+ updates, deletes) in {:?}: {dids:?}", started.elapsed());
 
     // The truth: what the PDS holds now.
-    let mut truth: BTreeMap<String, BTreeMap<(String, String), String>> = BTreeMap::new();
-    for did in &dids {
-        let records = truth.entry(did.clone()).or_default();
-        for collection in COLLECTIONS {
-            for listed in pds.list_records(did, collection).await? {
-                records.insert((collection.to_string(), listed.rkey), listed.cid);
-            }
-        }
+    let truth = pds_records(&pds, &dids).await?;
+    for (did, records) in &truth {
         ensure!(records.len() == 17, "{did}: the PDS holds {} io.atcr records, expected 20 - 3 deleted", records.len());
     }
 
@@ -241,6 +238,51 @@ async fn scenario(pds_url: &str) -> Result<()> {
             compared += 1;
         }
     }
+    // --- backfill inside serve, while live ingest runs and the users keep writing --------------
+    let mut serving = Atcr::new("bf-serve", pds_url, &plc, None)?;
+    serving.extra_args = vec!["--backfill-pds".into(), pds_url.to_string()];
+    serving.start(Duration::from_secs(30)).await?;
+    for user in &users {
+        let (account, did) = (&user.account, &user.account.did);
+        let hex = &user.live_manifests[0];
+        pds.put_record(account, "io.atcr.tag", "web_latest", &tag_record(did, "web", "latest", hex)).await?;
+        pds.delete_record(account, "io.atcr.tag", "web_1.0.0").await?;
+        pds.put_record(account, "io.atcr.tag", "cli_next", &tag_record(did, "cli", "next", hex)).await?;
+    }
+    let truth = pds_records(&pds, &dids).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = log_state(&serving.data_dir)?;
+        let differing: Vec<&String> = truth
+            .iter()
+            .filter(|(did, records)| state.did(did).map(|held| &held.records) != Some(*records))
+            .map(|(did, _)| did)
+            .collect();
+        if differing.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "serve with --backfill-pds did not reach the PDS's records of {differing:?}; output:\n{}",
+            serving.output_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exit = serving.terminate(Duration::from_secs(20)).await?;
+    ensure!(exit.success(), "serve with --backfill-pds exited with {exit}");
+    let serve_log = EventLog::open_read_only(&serving.data_dir.join("log.redb"))?;
+    let sources: Vec<&str> = serve_log
+        .read_from(0, usize::MAX)?
+        .iter()
+        .filter(|stored| dids.contains(&stored.event.did) && stored.event.body.collection().is_some())
+        .map(|stored| stored.event.source.as_str())
+        .collect();
+    println!(
+        "serve --backfill-pds: {} backfill and {} firehose record events for our users",
+        sources.iter().filter(|source| **source == "backfill").count(),
+        sources.iter().filter(|source| **source == "firehose").count()
+    );
+
     println!(
         "ok: {compared} state views of 3 users equal between live ingest and backfill; logs: backfill {after_first} events, \
          rerun +0; {:?} total",
@@ -311,6 +353,20 @@ fn run_backfill(
     let output = command.output().context("running atcr backfill")?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     Ok((output.status.success(), text))
+}
+
+/// Every `io.atcr.*` record of the users as the PDS lists them: (collection, rkey) → CID.
+async fn pds_records(pds: &Pds, dids: &[String]) -> Result<BTreeMap<String, BTreeMap<(String, String), String>>> {
+    let mut truth: BTreeMap<String, BTreeMap<(String, String), String>> = BTreeMap::new();
+    for did in dids {
+        let records = truth.entry(did.clone()).or_default();
+        for collection in COLLECTIONS {
+            for listed in pds.list_records(did, collection).await? {
+                records.insert((collection.to_string(), listed.rkey), listed.cid);
+            }
+        }
+    }
+    Ok(truth)
 }
 
 fn events_in(data_dir: &Path) -> Result<u64> {

@@ -48,9 +48,9 @@ use atcr_storage::{
     SignedCommit, Source, StorageError, StoredEvent, now_micros,
 };
 
-use crate::enrich::{FetchError, did_document_url};
+use crate::enrich::{FetchError, Fetcher, HttpFetcher};
 use crate::frame::ATCR_NSID_PREFIX;
-use crate::policy::UrlPolicy;
+use crate::policy::{PolicyRefused, UrlPolicy};
 
 /// The `io.atcr.*` collections a relay is asked about (`listReposByCollection` takes one NSID).
 pub const DISCOVERY_COLLECTIONS: [&str; 5] = [
@@ -379,12 +379,17 @@ pub trait RepoFetcher: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ListingPage, FetchError>> + Send;
 }
 
-/// DID documents from the PLC directory or did:web, repositories from the account's PDS, listings
-/// from the relay or PDS the operator named. Every URL taken from a DID document (the PDS) and
-/// every did:web host passes the [`UrlPolicy`]; responses are size-capped and time-limited.
+/// DID documents through enrichment's [`HttpFetcher`] (the configured PLC directory, did:web under
+/// the policy), repositories from the PDS a DID document names, listings from the relay or PDS
+/// the operator named. The PDS URL comes from user data: it passes [`UrlPolicy::check`] and the
+/// client resolves hostnames through the policy's resolver (no private, loopback or metadata
+/// address, whatever DNS says). Responses are size-capped and time-limited.
 pub struct HttpRepoFetcher {
+    documents: HttpFetcher,
+    /// For PDS endpoints taken from DID documents: policy-checked, resolved through the policy.
     client: reqwest::Client,
-    plc_directory: String,
+    /// For the relay or PDS the operator named (configuration, not data).
+    operator_client: reqwest::Client,
     policy: UrlPolicy,
     max_repo_bytes: usize,
 }
@@ -412,28 +417,30 @@ impl HttpRepoFetcher {
         max_repo_bytes: usize,
         timeout: Duration,
     ) -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("atcr/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| FetchError::Http(error.to_string()))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("atcr/", env!("CARGO_PKG_VERSION")))
+        };
+        let build_error = |error: reqwest::Error| FetchError::Http(error.to_string());
         Ok(HttpRepoFetcher {
-            client,
-            plc_directory: plc_directory.trim_end_matches('/').to_string(),
+            documents: HttpFetcher::new(plc_directory, policy)?,
+            client: builder().dns_resolver(policy.resolver()).build().map_err(build_error)?,
+            operator_client: builder().build().map_err(build_error)?,
             policy,
             max_repo_bytes,
         })
     }
 
-    async fn get(&self, url: reqwest::Url, limit: usize, checked: bool) -> Result<Vec<u8>, FetchError> {
-        if checked {
+    async fn get(&self, url: reqwest::Url, limit: usize, from_data: bool) -> Result<Vec<u8>, FetchError> {
+        if from_data {
             self.policy.check(url.as_str()).map_err(FetchError::Policy)?;
         }
+        let client = if from_data { &self.client } else { &self.operator_client };
         let shown = url.to_string();
-        let mut response =
-            self.client.get(url).send().await.map_err(|error| FetchError::Http(format!("{shown}: {error}")))?;
+        let mut response = client.get(url).send().await.map_err(|error| request_error(&shown, error))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound);
         }
@@ -447,7 +454,7 @@ impl HttpRepoFetcher {
             return Err(FetchError::TooLarge(limit));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| FetchError::Http(format!("{shown}: {error}")))? {
+        while let Some(chunk) = response.chunk().await.map_err(|error| request_error(&shown, error))? {
             if body.len() + chunk.len() > limit {
                 return Err(FetchError::TooLarge(limit));
             }
@@ -455,6 +462,18 @@ impl HttpRepoFetcher {
         }
         Ok(body)
     }
+}
+
+/// A request error, with a refusal of the policy's resolver told apart from network trouble.
+fn request_error(url: &str, error: reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<PolicyRefused>() {
+            return FetchError::Policy(refused.0.clone());
+        }
+        source = current.source();
+    }
+    FetchError::Http(format!("{url}: {error}"))
 }
 
 fn xrpc_url(base: &str, method: &str, params: &[(&str, &str)]) -> Result<reqwest::Url, FetchError> {
@@ -466,10 +485,7 @@ fn xrpc_url(base: &str, method: &str, params: &[(&str, &str)]) -> Result<reqwest
 
 impl RepoFetcher for HttpRepoFetcher {
     async fn did_document(&self, did: &str) -> Result<String, FetchError> {
-        let url = did_document_url(&self.plc_directory, did)?;
-        let url = reqwest::Url::parse(&url).map_err(|error| FetchError::Policy(error.to_string()))?;
-        let bytes = self.get(url, 64 * 1024, true).await?;
-        String::from_utf8(bytes).map_err(|_| FetchError::Http("DID document is not UTF-8".into()))
+        Fetcher::did_document(&self.documents, did).await
     }
 
     async fn get_repo(&self, pds: &str, did: &str) -> Result<Vec<u8>, FetchError> {
