@@ -585,6 +585,55 @@ impl Tree {
         proof_for_right_sibling(root, key, blocks, &mut proof)?;
         Ok(proof)
     }
+    /// Every node whose key range, bounds included, holds one of `keys`: the nodes changes to
+    /// those keys may have rewritten (a producer ships them, changed or not, as the generator
+    /// always has). A node's range is bounded by the keys next to it in its parents. Call after
+    /// [`Tree::root_cid`].
+    pub fn nodes_touching(&mut self, keys: &[&str], blocks: &dyn BlockSource) -> Result<Vec<(Cid, Vec<u8>)>, MstError> {
+        self.root_cid();
+        let mut keys: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        let root = load(&mut self.root, blocks)?;
+        nodes_touching(root, None, None, &keys, blocks, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// The bounds of a node's key range (`None`: open).
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn nodes_touching(
+    node: &mut Node,
+    lo: Option<&[u8]>,
+    hi: Option<&[u8]>,
+    keys: &[&[u8]],
+    blocks: &dyn BlockSource,
+    out: &mut Vec<(Cid, Vec<u8>)>,
+) -> Result<(), MstError> {
+    let inside = |key: &&[u8]| lo.is_none_or(|lo| *key >= lo) && hi.is_none_or(|hi| *key <= hi);
+    if !keys.iter().any(inside) {
+        return Ok(());
+    }
+    out.push(node_block(node, blocks)?);
+    let bounds: Vec<KeyRange> = (0..node.entries.len())
+        .map(|index| {
+            let leaf_key = |entry: &Entry| match entry {
+                Entry::Leaf { key, .. } => Some(key.clone()),
+                Entry::Tree(_) => None,
+            };
+            let below = index.checked_sub(1).and_then(|left| leaf_key(&node.entries[left])).or(lo.map(<[u8]>::to_vec));
+            let above = node.entries.get(index + 1).and_then(leaf_key).or(hi.map(<[u8]>::to_vec));
+            (below, above)
+        })
+        .collect();
+    for (index, (below, above)) in bounds.into_iter().enumerate() {
+        if matches!(node.entries[index], Entry::Tree(_)) {
+            let child = tree_at(node, index, blocks)?;
+            nodes_touching(child, below.as_deref(), above.as_deref(), keys, blocks, out)?;
+        }
+    }
+    Ok(())
 }
 
 fn node_block(node: &Node, blocks: &dyn BlockSource) -> Result<(Cid, Vec<u8>), MstError> {
