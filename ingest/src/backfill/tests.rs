@@ -406,3 +406,37 @@ async fn a_repository_older_than_what_live_ingest_applied_is_fetched_again() {
     drop(backfiller);
     task.join();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_event_brings_the_account_up_to_its_repository() {
+    let alice = Account::new(13, 0);
+    let fetcher = MemoryFetcher::new(&[&alice]);
+    let rev = tid(1_700_000_000_000_000, 0);
+    fetcher.serve(&alice.did, vec![repo_car(&alice.did, &alice, &rev, &sample_records()).0]);
+    let directory = tempfile::tempdir().unwrap();
+    let (log, writer, task) = open_log(&directory);
+    let backfiller = Arc::new(Backfiller::new(log.clone(), writer.clone(), fetcher));
+    let stop = CancellationToken::new();
+    let follower = {
+        let (backfiller, stop) = (backfiller.clone(), stop.clone());
+        tokio::spawn(async move { backfiller.follow_resyncs(stop).await })
+    };
+    let resync = stored(0, Source::Firehose, &alice.did, Some(&rev), EventBody::Resync { reason: "#sync".into() });
+    writer.append(AppendBatch { events: vec![resync.event], ..AppendBatch::default() }).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while record_events(&log).len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the resync did not append alice's records");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its position is saved after the resync, so a restart does not redo it.
+    while log.consumer_checkpoint(RESYNC_CONSUMER).unwrap() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "the resync follower did not save its position");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    follower.await.unwrap().unwrap();
+    assert!(record_events(&log).iter().all(|event| event.source == Source::Backfill));
+    assert_eq!(record_events(&log).len(), 4);
+    drop((backfiller, writer));
+    task.join();
+}
