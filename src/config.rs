@@ -45,9 +45,12 @@ pub struct Config {
     /// Holds atcr serves itself from an S3-compatible bucket, by hold DID: pulls are redirected
     /// to presigned URLs (signed for the request's method).
     pub s3_holds: BTreeMap<String, S3HoldConfig>,
+    /// Where `atcr replay snapshot --to-s3` puts view snapshots and `restore --from-s3` finds
+    /// them (`[snapshot_s3]`, same fields as an S3 hold; objects under `<key_prefix>snapshots/`).
+    pub snapshot_s3: Option<S3HoldConfig>,
 }
 
-/// `[s3_holds."did:web:hold.example"]` in the config file.
+/// `[s3_holds."did:web:hold.example"]` (and `[snapshot_s3]`) in the config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct S3HoldConfig {
     pub endpoint: String,
@@ -117,6 +120,7 @@ impl Default for Config {
             backfill_dids: Vec::new(),
             local_holds: BTreeMap::new(),
             s3_holds: BTreeMap::new(),
+            snapshot_s3: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod devgen;
 mod logcmd;
 mod replay;
 mod serve;
+mod snapshot_remote;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

@@ -20,6 +20,7 @@ use atcr_projections::{ProjectionStore, REGISTRY, Views, snapshot};
 use atcr_storage::EventLog;
 
 use crate::config::Config;
+use crate::snapshot_remote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProjectionChoice {
@@ -48,22 +49,36 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ReplayCommand {
-    /// Write the live registry views (every table, at their checkpoint) to a snapshot file.
+    /// Write the live registry views (every table, at their checkpoint) to a snapshot file,
+    /// and/or upload it to the `[snapshot_s3]` bucket.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["out", "to_s3"])))]
     Snapshot {
         #[arg(long, value_name = "FILE")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Upload to `[snapshot_s3]` as `snapshots/registry-v<version>-<offset>.atcrsnap` and
+        /// point `snapshots/registry-latest` at it.
+        #[arg(long)]
+        to_s3: bool,
     },
     /// Restore a snapshot into a new build and make it live; the runner goes on from its offset.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "from_s3"])))]
     Restore {
         #[arg(value_name = "FILE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Download from `[snapshot_s3]`: the newest snapshot, or `--name`.
+        #[arg(long)]
+        from_s3: bool,
+        /// The object to restore with `--from-s3` (`snapshots/registry-v3-000000001234.atcrsnap`).
+        #[arg(long, requires = "from_s3")]
+        name: Option<String>,
     },
 }
 
 pub fn run(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(ReplayCommand::Snapshot { out }) => snapshot_live(config, &out),
-        Some(ReplayCommand::Restore { file }) => restore(config, &file),
+        Some(ReplayCommand::Snapshot { out, to_s3 }) => snapshot_live(config, out.as_deref(), to_s3),
+        Some(ReplayCommand::Restore { file: Some(file), .. }) => restore(config, &file),
+        Some(ReplayCommand::Restore { file: None, name, .. }) => restore_from_s3(config, name),
         None if args.verify => verify(config, args.projection, args.batch),
         None => replay(config, args.projection, args.batch),
     }
@@ -186,7 +201,20 @@ fn ensure_dir(path: &Path) -> anyhow::Result<&Path> {
     Ok(path)
 }
 
-fn snapshot_live(config: &Config, out: &Path) -> anyhow::Result<()> {
+fn snapshot_live(config: &Config, out: Option<&Path>, to_s3: bool) -> anyhow::Result<()> {
+    // Fail on a missing or invalid bucket before the (long) snapshot, not after it.
+    let remote = if to_s3 { Some(snapshot_remote::backend(config)?) } else { None };
+    let scratch;
+    let out = match out {
+        Some(out) => out,
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix(".snapshot-upload-")
+                .tempfile_in(ensure_dir(&config.data_dir)?)
+                .context("cannot create a scratch file for the snapshot")?;
+            scratch.path()
+        }
+    };
     let live_path = live_registry_path(config)?;
     let live = LiveViewsReader::open(&live_path)?;
     let started = Instant::now();
@@ -203,7 +231,34 @@ fn snapshot_live(config: &Config, out: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         out.display()
     );
+    if let Some(remote) = remote {
+        let name = snapshot_remote::snapshot_name(summary.header.version, summary.header.checkpoint);
+        let started = Instant::now();
+        let size = snapshot_remote::upload(&remote, out, &name)?;
+        println!(
+            "uploaded {size} bytes to {} in {:.2} s; {} names it",
+            remote.config().named_object_key(&name).unwrap_or(name),
+            started.elapsed().as_secs_f64(),
+            snapshot_remote::LATEST
+        );
+    }
     Ok(())
+}
+
+fn restore_from_s3(config: &Config, name: Option<String>) -> anyhow::Result<()> {
+    let remote = snapshot_remote::backend(config)?;
+    let name = match name {
+        Some(name) => name,
+        None => snapshot_remote::latest(&remote)?,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix(".snapshot-download-")
+        .tempfile_in(ensure_dir(&config.data_dir)?)
+        .context("cannot create a scratch file for the snapshot")?;
+    let started = Instant::now();
+    let size = snapshot_remote::download(&remote, &name, scratch.path())?;
+    println!("downloaded {name} ({size} bytes) in {:.2} s", started.elapsed().as_secs_f64());
+    restore(config, scratch.path())
 }
 
 fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {

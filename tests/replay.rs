@@ -298,5 +298,55 @@ async fn views_rebuild_bit_for_bit_and_flip_while_serving() -> Result<()> {
     server.wait_checkpoint(events, Duration::from_secs(30)).await?;
     assert_same(&live_answers, &answers(&server).await?, "after a snapshot restore");
     server.stop()?;
+
+    // 6. The same through S3 (s3s-fs, which checks SigV4 and presigned-URL expiry).
+    let Some(config) = s3_snapshot_config(root.path()).await? else { return Ok(()) };
+    let config = config.display().to_string();
+    let uploaded = atcr_ok(&data_dir, &["--config", &config, "replay", "snapshot", "--to-s3"])?;
+    assert!(uploaded.contains("snapshots/registry-latest names it"), "{uploaded}");
+    let restored = atcr_ok(&data_dir, &["--config", &config, "replay", "restore", "--from-s3"])?;
+    assert!(restored.contains("snapshots/registry-v") && restored.contains("now live"), "{restored}");
+    let server = Server::start(&data_dir, root.path().join("serve-4.log")).await?;
+    server.wait_checkpoint(events, Duration::from_secs(30)).await?;
+    assert_same(&live_answers, &answers(&server).await?, "after a restore from S3");
+    server.stop()?;
+    let missing =
+        atcr(&data_dir, &["--config", &config, "replay", "restore", "--from-s3", "--name", "snapshots/none"])?;
+    assert!(!missing.status.success(), "restoring a missing object must fail");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no snapshot snapshots/none"));
     Ok(())
+}
+
+/// A config file with `[snapshot_s3]` pointing at a fresh bucket of the test-all S3 server, or
+/// `None` (with a SKIP line) when it is not running.
+async fn s3_snapshot_config(root: &Path) -> Result<Option<PathBuf>> {
+    let (Ok(endpoint), Ok(access), Ok(secret)) = (
+        std::env::var("ATCR_TEST_S3_ENDPOINT"),
+        std::env::var("ATCR_TEST_S3_ACCESS_KEY"),
+        std::env::var("ATCR_TEST_S3_SECRET_KEY"),
+    ) else {
+        println!("SKIP (S3 snapshot part): ATCR_TEST_S3_ENDPOINT not set (run fixtures/test-all.sh)");
+        return Ok(None);
+    };
+    ensure!(endpoint.starts_with("http://127.0.0.1"), "S3 endpoint must be loopback: {endpoint}");
+    let bucket = format!("atcr-snapshots-{}", std::process::id());
+    let credentials = aws_sdk_s3::config::Credentials::new(&access, &secret, None, None, "test");
+    let sdk = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_s3::Client::from_conf(sdk).create_bucket().bucket(&bucket).send().await.context("create bucket")?;
+    let path = root.join("snapshot-s3.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[snapshot_s3]\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\naccess_key_id = \"{access}\"\n\
+             secret_access_key = \"{secret}\"\nkey_prefix = \"views/\"\npath_style = true\n"
+        ),
+    )?;
+    Ok(Some(path))
 }

@@ -151,6 +151,22 @@ impl S3Config {
             .build()
     }
 
+    /// The object key of a named object atcr keeps beside blobs (`<key_prefix><name>`, e.g.
+    /// `snapshots/registry-v3-000000000042.atcrsnap`); `None` for a name that is empty, absolute,
+    /// has an empty, `.` or `..` segment, or a character outside `[A-Za-z0-9._-]` and `/`.
+    pub fn named_object_key(&self, name: &str) -> Option<String> {
+        let segments_ok = name.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        });
+        if name.is_empty() || name.len() > 512 || !segments_ok {
+            return None;
+        }
+        Some(format!("{}{name}", self.key_prefix))
+    }
+
     fn check(&self) -> Result<(), S3Error> {
         let invalid = |reason: String| Err(S3Error::Config(reason));
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
@@ -198,6 +214,8 @@ pub enum S3Error {
     Config(String),
     #[error("not a sha256 digest: {0:?}")]
     InvalidDigest(String),
+    #[error("not a valid object name: {0:?}")]
+    InvalidName(String),
     #[error("cannot presign {key}: {reason}")]
     Presign { key: String, reason: String },
 }
@@ -259,6 +277,45 @@ impl S3Backend {
             None => return Err(presign_error("the sdk presigner did not finish without waiting".to_string())),
         };
         // A redirect carries only the URL: a request that needs extra signed headers is no use.
+        if let Some((name, _)) = presigned.headers().next() {
+            return Err(presign_error(format!("the presigned request needs a {name} header")));
+        }
+        Ok(presigned.uri().to_string())
+    }
+}
+
+/// What a presigned URL for a named object may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectMethod {
+    Get,
+    Put,
+}
+
+impl S3Backend {
+    /// A URL presigned for reading or writing the named object (see
+    /// [`S3Config::named_object_key`]): how whole files such as view snapshots go to and come
+    /// from the bucket with any HTTP client. No network.
+    pub fn presign_object(&self, name: &str, method: ObjectMethod) -> Result<String, S3Error> {
+        let key = self.config.named_object_key(name).ok_or_else(|| S3Error::InvalidName(name.to_string()))?;
+        let presign_error = |reason: String| S3Error::Presign { key: key.clone(), reason };
+        let expiry = PresigningConfig::expires_in(self.config.presign_expiry)
+            .map_err(|error| presign_error(error.to_string()))?;
+        let bucket = &self.config.bucket;
+        let presigned = match method {
+            ObjectMethod::Get => {
+                resolve_without_runtime(self.client.get_object().bucket(bucket).key(&key).presigned(expiry))
+                    .map(|result| result.map_err(sdk_error_text))
+            }
+            ObjectMethod::Put => {
+                resolve_without_runtime(self.client.put_object().bucket(bucket).key(&key).presigned(expiry))
+                    .map(|result| result.map_err(sdk_error_text))
+            }
+        };
+        let presigned: PresignedRequest = match presigned {
+            Some(Ok(presigned)) => presigned,
+            Some(Err(reason)) => return Err(presign_error(reason)),
+            None => return Err(presign_error("the sdk presigner did not finish without waiting".to_string())),
+        };
         if let Some((name, _)) = presigned.headers().next() {
             return Err(presign_error(format!("the presigned request needs a {name} header")));
         }
@@ -421,5 +478,24 @@ mod tests {
         longest.presign_expiry = S3Config::MAX_PRESIGN_EXPIRY;
         let url = S3Backend::new(longest).unwrap().presign_get(&format!("sha256:{}", "f".repeat(64))).unwrap();
         assert_eq!(query_parameter(&url, "X-Amz-Expires"), Some("604800"));
+    }
+
+    #[test]
+    fn named_objects_are_presigned_under_the_prefix_and_hostile_names_are_refused() {
+        let backend = S3Backend::new(test_config()).unwrap();
+        let name = "snapshots/registry-v3-000000000042.atcrsnap";
+        let put = backend.presign_object(name, ObjectMethod::Put).unwrap();
+        assert!(
+            put.starts_with("http://127.0.0.1:9/blobs/registry/snapshots/registry-v3-000000000042.atcrsnap?"),
+            "{put}"
+        );
+        assert!(query_parameter(&put, "X-Amz-Signature").is_some(), "{put}");
+        let get = backend.presign_object(name, ObjectMethod::Get).unwrap();
+        assert_ne!(get, put, "a URL signed for PUT is not the GET URL");
+        for hostile in
+            ["", "/abs", "a//b", "../escape", "snapshots/../../x", "a/./b", "sp ace", "q?x=1", "semi;colon", "%2e%2e"]
+        {
+            assert!(backend.presign_object(hostile, ObjectMethod::Get).is_err(), "{hostile:?} must be refused");
+        }
     }
 }
