@@ -14,7 +14,7 @@ use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
 use atcr_ingest::corpus::split_frames;
 use atcr_ingest::enrich::{FetchError, Fetcher};
 use atcr_ingest::frame::decode_frame;
-use atcr_ingest::identity::{IdentityConfig, IdentityResolver};
+use atcr_ingest::identity::{IdentityConfig, IdentityResolver, StaticHandles};
 use atcr_storage::content::sha256_hex_of_cid;
 
 use crate::config::Config;
@@ -64,6 +64,22 @@ impl Fetcher for RecordedFetcher {
     }
 }
 
+/// The demo's handle resolutions: at recording time the reference PDS resolved each recorded
+/// document's handle to its DID (`.test` handles exist in no DNS), so the recording answers
+/// the handle → DID direction with what the documents claim; the checks still require both.
+fn recorded_handles() -> anyhow::Result<HashMap<String, String>> {
+    let documents: HashMap<String, serde_json::Value> = serde_json::from_str(DEMO_DIDS)?;
+    let mut handles = HashMap::new();
+    for (did, document) in documents {
+        let facts = atcr_storage::did::parse_did_document(&document.to_string())
+            .map_err(|error| anyhow::anyhow!("recorded DID document of {did}: {error}"))?;
+        if let Some(handle) = facts.handle {
+            handles.insert(handle, did);
+        }
+    }
+    Ok(handles)
+}
+
 /// A recording (`[u32 LE length][frame]…`) as frames the replay server can serve, each with the
 /// seq it carries. Shared by the demo and `atcr bench ingest`.
 pub fn recorded_frames(recording: &[u8]) -> anyhow::Result<Vec<RecordedFrame>> {
@@ -108,7 +124,8 @@ pub async fn demo(mut config: Config) -> anyhow::Result<()> {
     // Sync 1.1 checks as a real upstream's.
     let mut firehose = serve::firehose_config(&config);
     if let Some(firehose) = &mut firehose {
-        let identities = IdentityResolver::new(RecordedFetcher::load()?, IdentityConfig::default());
+        let identities = IdentityResolver::new(RecordedFetcher::load()?, IdentityConfig::default())
+            .with_handles(StaticHandles(recorded_handles()?));
         firehose.identities = Some(std::sync::Arc::new(identities));
     }
     let running = serve::start(&config, firehose, RecordedFetcher::load()?).await?;

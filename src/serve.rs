@@ -110,7 +110,10 @@ pub async fn start<F: Fetcher>(
     let stop = shutdown.clone();
     tasks.push(("projections", tokio::spawn(async move { Ok(runner.run(stop).await?) })));
 
-    let enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher).with_local_holds(local_hold_dids);
+    let mut enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher).with_local_holds(local_hold_dids);
+    if let Some(identities) = upstream.as_ref().and_then(|firehose| firehose.identities.clone()) {
+        enricher = enricher.with_handle_checks(identities);
+    }
     let stop = shutdown.clone();
     tasks.push(("enrichment", tokio::spawn(async move { Ok(enricher.run(stop).await?) })));
 

@@ -277,8 +277,13 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
         );
         for event in events.iter().filter(|event| support::source(event) == "enrichment") {
             ensure!(
-                matches!(kind(event), "manifest_stored" | "identity_resolved"),
+                matches!(kind(event), "manifest_stored" | "identity_resolved" | "handle_checked"),
                 "{name}: unexpected enrichment event {event}"
+            );
+            // the PDS's .test handles verify both ways (its resolveHandle, --dev-handle-resolver)
+            ensure!(
+                kind(event) != "handle_checked" || event["verified"] == true,
+                "{name}: handle did not verify: {event}"
             );
         }
         enriched.insert(user.did.clone(), events);

@@ -151,6 +151,114 @@ async fn scenario(pds_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Handles verify both ways: with the PDS answering the handle → DID direction (as DNS or
+/// `/.well-known/atproto-did` would), the handle names its DID in `/v2`; with a resolver that
+/// names another DID, the same handle is refused in `/v2` and flagged on the user page, while
+/// the DID itself still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_names_its_did_only_when_it_verifies_both_ways() {
+    let Some(pds_url) = support::pds_url_or_skip() else { return };
+    if let Err(error) = handle_scenario(&pds_url).await {
+        panic!("{error:#}");
+    }
+}
+
+async fn handle_scenario(pds_url: &str) -> Result<()> {
+    let pds = Pds::new(pds_url);
+    let bob = pds.create_account("vh").await?;
+    let (_, hex) = push_manifest(&pds, &bob, "1.0.0").await?;
+    let last = pds
+        .put_record(
+            &bob,
+            "io.atcr.tag",
+            &format!("{REPOSITORY}_latest"),
+            &tag_record(&bob.did, REPOSITORY, "latest", &hex),
+        )
+        .await?;
+    let did = bob.did.clone();
+    let by_handle = format!("/v2/{}/{REPOSITORY}/tags/list", bob.handle);
+    let by_did = format!("/v2/{did}/{REPOSITORY}/tags/list");
+
+    // a resolver on loopback that says the handle belongs to someone else
+    let impostor = "did:plc:someoneelse00000000000000";
+    let (liar_url, liar) = lying_resolver(impostor).await?;
+
+    let plc = support::plc_url(pds_url);
+    let mut honest = Atcr::new("handle-ok", pds_url, &plc, Some(0))?;
+    let mut lied_to = Atcr::new("handle-refuted", pds_url, &plc, Some(0))?;
+    lied_to.dev_handle_resolver = Some(liar_url);
+    for atcr in [&mut honest, &mut lied_to] {
+        atcr.start(Duration::from_secs(30)).await?;
+        atcr.wait_for_events(&did, Duration::from_secs(45), "bob's records and his handle check", |events| {
+            events.iter().any(|event| support::str_field(event, "rev") == Some(last.rev.as_str()))
+                && events.iter().any(|event| support::kind(event) == "handle_checked")
+        })
+        .await?;
+        wait_for_status(atcr, &by_did, 200).await?;
+    }
+
+    let checks = |events: Vec<Value>| -> Vec<(bool, String)> {
+        events
+            .iter()
+            .filter(|event| support::kind(event) == "handle_checked")
+            .map(|event| {
+                (event["verified"] == true, support::str_field(event, "reason").unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    let verified = checks(honest.events(Some(&did), None).await?);
+    ensure!(verified.iter().all(|(ok, _)| *ok), "the PDS-backed check must verify: {verified:?}");
+    let (status, body) = honest.get(&by_handle).await?;
+    ensure!(status == 200, "GET {by_handle} with a verified handle: HTTP {status}: {body}");
+
+    let refuted = checks(lied_to.events(Some(&did), None).await?);
+    ensure!(
+        refuted.iter().all(|(ok, reason)| !ok && reason.contains(impostor)),
+        "the lying resolver must refute the handle: {refuted:?}"
+    );
+    let (status, body) = lied_to.get(&by_handle).await?;
+    ensure!(
+        status == 404 && body.contains("NAME_UNKNOWN"),
+        "GET {by_handle} with a refuted handle: HTTP {status}: {body}"
+    );
+    let (status, page) = lied_to.get(&format!("/u/{did}")).await?;
+    ensure!(status == 200 && page.contains("handle not verified"), "the user page must flag the handle: HTTP {status}");
+    let (_, page) = honest.get(&format!("/u/{did}")).await?;
+    ensure!(!page.contains("handle not verified"), "a verified handle is not flagged");
+    ensure!(liar.load(std::sync::atomic::Ordering::SeqCst) > 0, "the refuting atcr asked the lying resolver");
+
+    honest.terminate(Duration::from_secs(20)).await?;
+    lied_to.terminate(Duration::from_secs(20)).await?;
+    Ok(())
+}
+
+/// A loopback `com.atproto.identity.resolveHandle` that names `did` for every handle; counts
+/// the requests it answered.
+async fn lying_resolver(did: &str) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    let body = serde_json::json!({ "did": did }).to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = vec![0u8; 8192];
+            let Ok(read) = socket.read(&mut request).await else { continue };
+            if !request[..read].starts_with(b"GET /xrpc/com.atproto.identity.resolveHandle?") {
+                continue;
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    Ok((url, answered))
+}
+
 async fn push_manifest(pds: &Pds, account: &Account, version: &str) -> Result<(Written, String)> {
     let manifest = image_manifest(REPOSITORY, version, &account.did);
     let blob = pds.upload_blob(account, manifest.bytes.clone(), support::OCI_MANIFEST).await?;

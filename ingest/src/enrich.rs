@@ -21,6 +21,7 @@ use atcr_storage::did::parse_did_document;
 use atcr_storage::records::{self, ManifestRecord};
 use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, StorageError, now_micros};
 
+use crate::identity::IdentityResolver;
 use crate::policy::{PolicyRefused, UrlPolicy};
 
 /// The consumer name its checkpoint is stored under.
@@ -187,6 +188,10 @@ pub struct Enricher<F: Fetcher> {
     /// DIDs whose resolution failed for good in this run (an `IdentityUnresolvable` was
     /// appended): not tried again until an `#identity` for them.
     unresolvable: HashSet<String>,
+    /// Checks the handle of every resolved document both ways ([`EventBody::HandleChecked`]).
+    identities: Option<Arc<IdentityResolver>>,
+    /// DID → the (handle, verified) last appended in this run.
+    handle_checks: HashMap<String, (String, bool)>,
 }
 
 /// How a job failed.
@@ -209,7 +214,17 @@ impl<F: Fetcher> Enricher<F> {
             next_job: 0,
             local_holds: HashSet::new(),
             unresolvable: HashSet::new(),
+            identities: None,
+            handle_checks: HashMap::new(),
         }
+    }
+
+    /// Checks the handle each resolved DID document claims, in both directions, and appends
+    /// the verdict ([`EventBody::HandleChecked`]) before the document: the views only let a
+    /// verified handle name a DID.
+    pub fn with_handle_checks(mut self, identities: Arc<IdentityResolver>) -> Self {
+        self.identities = Some(identities);
+        self
     }
 
     /// Holds served from local backends need no DID resolution (and must not cause a fetch).
@@ -375,9 +390,28 @@ impl<F: Fetcher> Enricher<F> {
                 if facts.did != *did {
                     return Err(Failure::Final(format!("DID document served for {did} names another id")));
                 }
+                let check = match &self.identities {
+                    Some(identities) => identities.verify_claimed_handle(&facts).await,
+                    None => None,
+                };
                 let pds = facts.pds_endpoint;
                 let unchanged = self.resolved.get(did).is_some_and(|(known, _)| *known == document);
                 self.resolved.insert(did.clone(), (document.clone(), pds));
+                if let Some(check) = check {
+                    let verdict = (check.handle.clone(), check.verified);
+                    if !unchanged || self.handle_checks.get(did) != Some(&verdict) {
+                        if !check.verified {
+                            tracing::warn!(%did, handle = %check.handle, reason = %check.reason, "handle does not verify");
+                        }
+                        let body = EventBody::HandleChecked {
+                            handle: check.handle,
+                            verified: check.verified,
+                            reason: check.reason,
+                        };
+                        batch.events.push(enrichment_event(did, body));
+                    }
+                    self.handle_checks.insert(did.clone(), verdict);
+                }
                 if !unchanged {
                     batch.events.push(enrichment_event(did, EventBody::IdentityResolved { document_json: document }));
                 }

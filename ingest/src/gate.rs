@@ -301,3 +301,148 @@ pub fn peek_commit_rev(raw: &[u8]) -> Option<(String, String)> {
     let body = Body::deserialize(&mut deserializer).ok()?;
     Some((body.repo.to_string(), body.rev.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use atcr_gen::{FrameKind, GenConfig, Generator};
+
+    use super::*;
+    use crate::enrich::{FetchError, Fetcher};
+    use crate::frame::{Frame, decode_frame};
+    use crate::identity::IdentityConfig;
+
+    /// DID documents from a table that a test may change, counting fetches.
+    #[derive(Clone, Default)]
+    struct Documents {
+        served: Arc<Mutex<HashMap<String, String>>>,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    impl Fetcher for Documents {
+        async fn did_document(&self, did: &str) -> Result<String, FetchError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            self.served.lock().unwrap().get(did).cloned().ok_or(FetchError::NotFound)
+        }
+        async fn blob(&self, _pds: &str, _did: &str, _cid: &str) -> Result<Vec<u8>, FetchError> {
+            Err(FetchError::NotFound)
+        }
+    }
+
+    /// One generated account's first commits (in order, with their raw frames), its document,
+    /// and a document of the same DID naming another account's key.
+    struct World {
+        did: String,
+        commits: Vec<(CommitFacts, Vec<u8>)>,
+        document: String,
+        rotated_away: String,
+    }
+
+    fn world() -> World {
+        let mut generator = Generator::new(GenConfig::new(11, 2, 4, 80));
+        let accounts = generator.accounts().to_vec();
+        let (owner, other) = (&accounts[0], &accounts[1]);
+        let rotated_away = owner.did_document().replace(&owner.public_key_multibase(), &other.public_key_multibase());
+        let mut commits = Vec::new();
+        for frame in generator.by_ref() {
+            if frame.kind != FrameKind::Commit {
+                continue;
+            }
+            if let Ok(Frame::Commit(facts)) = decode_frame(&frame.bytes)
+                && facts.did == owner.did
+            {
+                commits.push((facts, frame.bytes.clone()));
+                if commits.len() == 4 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(commits.len(), 4, "the generated world has 4 commits of its first account");
+        World { did: owner.did.clone(), commits, document: owner.did_document(), rotated_away }
+    }
+
+    fn gate(documents: &Documents) -> CommitGate {
+        CommitGate::new(Arc::new(IdentityResolver::new(documents.clone(), IdentityConfig::default())), Vec::new())
+    }
+
+    fn serve(documents: &Documents, did: &str, document: &str) {
+        documents.served.lock().unwrap().insert(did.to_string(), document.to_string());
+    }
+
+    #[tokio::test]
+    async fn genuine_commits_pass_in_order_and_a_replay_is_refused_as_stale() {
+        let world = world();
+        let documents = Documents::default();
+        serve(&documents, &world.did, &world.document);
+        let mut gate = gate(&documents);
+        for (commit, _) in &world.commits[..3] {
+            assert_eq!(gate.check(commit).await, Verdict::Accept { desync: None }, "rev {}", commit.rev);
+        }
+        assert_eq!(documents.fetches.load(Ordering::SeqCst), 1, "the key is cached");
+        let Verdict::Reject { kind, reason } = gate.check(&world.commits[1].0).await else { panic!("a replay passed") };
+        assert_eq!(kind, "stale_rev");
+        assert!(reason.contains("is not newer than its last verified rev"), "{reason}");
+        let updates = gate.take_updates();
+        let newest = &world.commits[2].0.rev;
+        assert_eq!(updates, vec![(world.did.clone(), RepoRevs { verified: newest.clone(), seen: newest.clone() })]);
+        assert!(gate.take_updates().is_empty(), "updates are handed out once");
+        assert_eq!((gate.counts().verified, gate.counts().stale), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_since_chain_marks_the_account_desynchronized() {
+        let world = world();
+        let documents = Documents::default();
+        serve(&documents, &world.did, &world.document);
+        let mut gate = gate(&documents);
+        assert_eq!(gate.check(&world.commits[0].0).await, Verdict::Accept { desync: None });
+        // commit 1 never arrives: commit 2 is signed and newer, so kept, but the chain broke
+        let Verdict::Accept { desync: Some(reason) } = gate.check(&world.commits[2].0).await else {
+            panic!("a gap must be noticed")
+        };
+        assert!(reason.contains("commits were missed"), "{reason}");
+        // a commit seen without verification (no io.atcr op) continues the chain
+        let (next, raw) = &world.commits[3];
+        assert_eq!(peek_commit_rev(raw), Some((next.did.clone(), next.rev.clone())));
+        let mut restarted = CommitGate::new(gate.identities.clone(), gate.take_updates());
+        restarted.observe_rev(&world.did, &world.commits[2].0.rev);
+        assert_eq!(restarted.check(next).await, Verdict::Accept { desync: None }, "state survives a restart");
+        restarted.synced(&world.did, Some("zzzzzzzzzzzzz"));
+        assert_eq!(restarted.repo(&world.did).unwrap().seen, "zzzzzzzzzzzzz");
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_fetched_again_once_and_a_forgery_is_refused() {
+        let world = world();
+        let documents = Documents::default();
+        // the cache holds a document whose key has since been rotated away
+        serve(&documents, &world.did, &world.rotated_away);
+        let mut gate = gate(&documents);
+        gate.prefetch_keys([world.did.as_str()]).await;
+        serve(&documents, &world.did, &world.document);
+        assert_eq!(gate.check(&world.commits[0].0).await, Verdict::Accept { desync: None });
+        assert_eq!((gate.counts().key_refreshes, documents.fetches.load(Ordering::SeqCst)), (1, 2));
+
+        // now the served document is wrong: a signature failure re-fetches at most every 30 s
+        serve(&documents, &world.did, &world.rotated_away);
+        gate.identities.invalidate(&world.did);
+        for (commit, _) in &world.commits[1..3] {
+            let Verdict::Reject { kind, reason } = gate.check(commit).await else { panic!("a forgery passed") };
+            assert_eq!(kind, "signature", "{reason}");
+        }
+        assert_eq!(gate.counts().key_refreshes, 1, "no second refresh within the interval");
+        assert_eq!(gate.counts().rejected, 2);
+        assert_eq!(gate.repo(&world.did).unwrap().verified, world.commits[0].0.rev, "refused commits move nothing");
+
+        let mut unresolvable = gate_with_no_documents();
+        let Verdict::Reject { kind, .. } = unresolvable.check(&world.commits[0].0).await else { panic!() };
+        assert_eq!(kind, "identity");
+    }
+
+    fn gate_with_no_documents() -> CommitGate {
+        gate(&Documents::default())
+    }
+}

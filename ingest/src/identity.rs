@@ -236,28 +236,46 @@ impl IdentityResolver {
     /// `at://` alias) and the handle's own resolution must name the DID.
     pub async fn verify_handle(&self, did: &str, handle: &str) -> HandleCheck {
         let handle = handle.to_ascii_lowercase();
-        let refused = |reason: String| HandleCheck { handle: handle.clone(), verified: false, reason };
-        if let Err(error) = check_handle_syntax(&handle) {
-            return refused(error.to_string());
-        }
         let identity = match self.resolve(did).await {
             Ok(identity) => identity,
-            Err(error) => return refused(error.to_string()),
+            Err(error) => return HandleCheck { handle, verified: false, reason: error.to_string() },
         };
         if identity.facts.handle.as_deref() != Some(handle.as_str()) {
-            return refused(format!(
+            let reason = format!(
                 "the DID document of {did} claims {}, not {handle}",
                 identity.facts.handle.as_deref().unwrap_or("no handle")
-            ));
+            );
+            return HandleCheck { handle, verified: false, reason };
+        }
+        self.verify_claimed_handle(&identity.facts).await.unwrap_or(HandleCheck {
+            handle,
+            verified: false,
+            reason: "the DID document claims no handle".into(),
+        })
+    }
+
+    /// Checks the handle a DID document claims (`facts.handle`, the document side) against the
+    /// handle's own resolution. `None` when the document claims no handle.
+    pub async fn verify_claimed_handle(&self, facts: &DidDocumentFacts) -> Option<HandleCheck> {
+        let handle = facts.handle.clone()?;
+        let did = facts.did.as_str();
+        let refused = |reason: String| Some(HandleCheck { handle: handle.clone(), verified: false, reason });
+        if let Err(error) = check_handle_syntax(&handle) {
+            return refused(error.to_string());
         }
         let Some(handles) = &self.handles else {
             return refused("handle resolution is not configured".into());
         };
         let timeout = self.config.lookup_timeout;
-        match tokio::time::timeout(timeout, handles.resolve_handle(&handle)).await {
+        let outcome = tokio::time::timeout(timeout, handles.resolve_handle(&handle)).await;
+        metrics::counter!(crate::metrics::HANDLE_CHECKS, "outcome" => if matches!(&outcome, Ok(Ok(resolved)) if resolved == did) { "verified" } else { "refused" })
+            .increment(1);
+        match outcome {
             Err(_) => refused(format!("resolving handle {handle} took longer than {} s", timeout.as_secs())),
             Ok(Err(error)) => refused(error.to_string()),
-            Ok(Ok(resolved)) if resolved == did => HandleCheck { handle, verified: true, reason: String::new() },
+            Ok(Ok(resolved)) if resolved == did => {
+                Some(HandleCheck { handle: handle.clone(), verified: true, reason: String::new() })
+            }
             Ok(Ok(resolved)) => refused(format!("handle {handle} resolves to {resolved}, not {did}")),
         }
     }
@@ -358,6 +376,7 @@ impl HttpHandleSource {
             }
         }
         let client = reqwest::Client::builder()
+            .dns_resolver(policy.resolver())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

@@ -25,3 +25,5 @@ pub const COMMITS_REJECTED: &str = "atcr_ingest_commits_rejected_total";
 pub const REPOS_DESYNCHRONIZED: &str = "atcr_ingest_repos_desynchronized_total";
 /// DID documents fetched again after a signature failure.
 pub const KEY_REFRESHES: &str = "atcr_ingest_key_refreshes_total";
+/// Handles checked both ways by enrichment, by `outcome` (`verified`, `refused`).
+pub const HANDLE_CHECKS: &str = "atcr_identity_handle_checks_total";

@@ -6,7 +6,8 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `identities` | did | [`IdentityRow`] |
-//! | `handles` | handle | did |
+//! | `handles` | handle | did (only handles no `HandleChecked` refuted) |
+//! | `handle_checks` | did | (handle, verified) of its latest `HandleChecked` |
 //! | `repositories` | did `\0` repo | [`RepositoryRow`] |
 //! | `manifests` | did `\0` digest | [`ManifestRow`] |
 //! | `manifest_rkeys` | did `\0` rkey | digest |
@@ -70,6 +71,9 @@ pub(crate) const REPOS_BY_STARS: TableDefinition<&str, ()> = TableDefinition::ne
 pub(crate) const REPOS_BY_FIRST: TableDefinition<&str, ()> = TableDefinition::new("repos_by_first");
 /// DID → why it could not be resolved (`IdentityUnresolvable`), until it resolves.
 pub(crate) const IDENTITY_FAILURES: TableDefinition<&str, &str> = TableDefinition::new("identity_failures");
+/// DID → its latest `HandleChecked`: (handle, verified). A handle refuted here never enters
+/// `handles`; a DID with no check keeps the document's word (logs written before checks).
+pub(crate) const HANDLE_CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("handle_checks");
 
 /// Repositories an event changed: `(did, Some(repo))`, or `(did, None)` for every repository of
 /// the DID (identity changes, deletes whose repository is no longer known). The search index
@@ -248,6 +252,7 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(REPOS_BY_STARS)?;
     txn.open_table(REPOS_BY_FIRST)?;
     txn.open_table(IDENTITY_FAILURES)?;
+    txn.open_table(HANDLE_CHECKS)?;
     Ok(())
 }
 
@@ -361,7 +366,13 @@ pub(crate) fn apply_tracking(
                     handles.remove(old.as_str())?;
                 }
                 if let Some(handle) = &facts.handle {
-                    handles.insert(handle.as_str(), event.did.as_str())?;
+                    if handle_refuted(txn, &event.did, handle)? {
+                        if handles.get(handle.as_str())?.is_some_and(|did| did.value() == event.did) {
+                            handles.remove(handle.as_str())?;
+                        }
+                    } else {
+                        handles.insert(handle.as_str(), event.did.as_str())?;
+                    }
                 }
                 touched.insert((event.did.clone(), None));
                 row.handle = facts.handle;
@@ -397,8 +408,36 @@ pub(crate) fn apply_tracking(
             touched.insert((event.did.clone(), None));
             Ok(())
         }
+        EventBody::HandleChecked { handle, verified, .. } => {
+            let handle = handle.to_ascii_lowercase();
+            txn.open_table(HANDLE_CHECKS)?.insert(event.did.as_str(), encode(&(&handle, *verified)).as_slice())?;
+            // The document this check belongs to may already be applied (a re-check without a
+            // new document): bring `handles` in line with the verdict.
+            let claimed = match txn.open_table(IDENTITIES)?.get(event.did.as_str())? {
+                Some(bytes) => decode::<IdentityRow>("identities", bytes.value())?.handle,
+                None => None,
+            };
+            if claimed.as_deref() == Some(handle.as_str()) {
+                let mut handles = txn.open_table(HANDLES)?;
+                if *verified {
+                    handles.insert(handle.as_str(), event.did.as_str())?;
+                } else if handles.get(handle.as_str())?.is_some_and(|did| did.value() == event.did) {
+                    handles.remove(handle.as_str())?;
+                }
+                touched.insert((event.did.clone(), None));
+            }
+            Ok(())
+        }
         EventBody::Identity { .. } | EventBody::Resync { .. } => Ok(()),
     }
+}
+
+/// Whether the latest handle check of `did` refuted `handle`.
+fn handle_refuted(txn: &WriteTransaction, did: &str, handle: &str) -> Result<bool, ProjectionError> {
+    let checks = txn.open_table(HANDLE_CHECKS)?;
+    let Some(bytes) = checks.get(did)? else { return Ok(false) };
+    let (checked, verified) = decode::<(String, bool)>("handle_checks", bytes.value())?;
+    Ok(checked == handle && !verified)
 }
 
 fn action_name(action: PutAction) -> &'static str {

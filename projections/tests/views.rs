@@ -162,6 +162,46 @@ fn identities_come_from_resolved_did_documents() {
 }
 
 #[test]
+fn a_handle_names_a_did_only_while_its_check_holds() {
+    let document = r##"{"id":"did:plc:alice","alsoKnownAs":["at://alice.test"]}"##;
+    let enrichment = |body: EventBody| Event { source: Source::Enrichment, rev: None, ..event("01", body) };
+    let resolved = || enrichment(EventBody::IdentityResolved { document_json: document.into() });
+    let checked = |verified: bool| {
+        enrichment(EventBody::HandleChecked {
+            handle: "alice.test".into(),
+            verified,
+            reason: if verified { String::new() } else { "handle alice.test resolves to did:plc:mallory".into() },
+        })
+    };
+    // enrichment's order: the check, then the document it belongs to
+    let (directory, log, views) = setup(vec![checked(false), resolved()]);
+    let runner = ProjectionRunner::new(log.clone(), views.clone());
+    runner.catch_up().unwrap();
+    assert_eq!(views.did_for_handle("alice.test").unwrap(), None, "a refuted handle names no DID");
+    assert_eq!(
+        views.identity(ALICE).unwrap().unwrap().handle.as_deref(),
+        Some("alice.test"),
+        "still shown, as claimed"
+    );
+
+    // a later check that verifies (same document) lets it name the DID; a refutation takes it back
+    log.append(AppendBatch { events: vec![checked(true)], ..AppendBatch::default() }).unwrap();
+    runner.catch_up().unwrap();
+    assert_eq!(views.did_for_handle("alice.test").unwrap().as_deref(), Some(ALICE));
+    log.append(AppendBatch { events: vec![checked(false)], ..AppendBatch::default() }).unwrap();
+    runner.catch_up().unwrap();
+    assert_eq!(views.did_for_handle("alice.test").unwrap(), None);
+    // a new document after a refutation of the same handle stays refuted
+    log.append(AppendBatch { events: vec![resolved()], ..AppendBatch::default() }).unwrap();
+    runner.catch_up().unwrap();
+    assert_eq!(views.did_for_handle("alice.test").unwrap(), None);
+
+    let rebuilt = Arc::new(Views::open(&directory.path().join("rebuilt.redb")).unwrap());
+    ProjectionRunner::new(log, rebuilt.clone()).catch_up().unwrap();
+    assert_eq!(rebuilt.did_for_handle("alice.test").unwrap(), None, "a rebuild agrees");
+}
+
+#[test]
 fn browse_views_count_stars_keep_pages_profiles_and_tag_history() {
     const BOB: &str = "did:plc:bob";
     let mut star = put(

@@ -291,7 +291,7 @@ impl Browse {
         });
         let link = |name: &str| facts.annotations.get(name).filter(|url| is_http_url(url)).cloned();
         Ok(Some(RepositoryPage {
-            pull_name: format!("{}/{repository}", identity.handle.as_deref().unwrap_or(&did)),
+            pull_name: format!("{}/{repository}", pull_owner(&views, &did, identity.handle.as_deref())?),
             handle: identity.handle,
             repository: repository.to_string(),
             description,
@@ -384,7 +384,7 @@ impl Browse {
         let identity = views.identity(&did)?.unwrap_or_default();
         let profile = views.profile(&did)?.unwrap_or_default();
         Ok(Some(ManifestPage {
-            pull_name: format!("{}/{repository}", identity.handle.as_deref().unwrap_or(&did)),
+            pull_name: format!("{}/{repository}", pull_owner(&views, &did, identity.handle.as_deref())?),
             handle: identity.handle,
             repository: repository.to_string(),
             reference_tag,
@@ -447,6 +447,12 @@ fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, Brows
 
 /// True when the handle the DID document claims maps back to this DID in our handle index.
 /// (Verifying the handle's own DNS/HTTPS resolution is issue 6's identity work.)
+/// What a pull command names the owner by: the handle while it verifies (it then resolves to
+/// the DID in `/v2`), the DID otherwise.
+fn pull_owner<'a>(views: &Views, did: &'a str, handle: Option<&'a str>) -> Result<&'a str, BrowseError> {
+    Ok(if handle_is_consistent(views, did, handle)? { handle.unwrap_or(did) } else { did })
+}
+
 fn handle_is_consistent(views: &Views, did: &str, handle: Option<&str>) -> Result<bool, BrowseError> {
     let Some(handle) = handle else { return Ok(false) };
     Ok(views.did_for_handle(handle)?.as_deref() == Some(did))

@@ -354,8 +354,12 @@ impl RegistryQuery {
         let more = rows.len() > limit;
         let mut names = Vec::with_capacity(rows.len().min(limit));
         for (did, repository) in rows.into_iter().take(limit) {
-            let identity = views.identity(&did)?.and_then(|row| row.handle).unwrap_or(did);
-            names.push(format!("{identity}/{repository}"));
+            // the handle only while it names this DID (verified), so every listed name pulls
+            let verified = match views.identity(&did)?.and_then(|row| row.handle) {
+                Some(handle) if views.did_for_handle(&handle)?.as_deref() == Some(did.as_str()) => Some(handle),
+                _ => None,
+            };
+            names.push(format!("{}/{repository}", verified.unwrap_or(did)));
         }
         Ok((names, more))
     }

@@ -85,6 +85,16 @@ pub enum EventBody {
     IdentityUnresolvable {
         reason: String,
     },
+    /// The handle a DID document claims, checked both ways (the document's `alsoKnownAs`, and
+    /// the handle's own DNS TXT / `/.well-known/atproto-did` naming the DID back). Enrichment
+    /// appends it before the `IdentityResolved` it belongs to; the views only let a handle name
+    /// a DID (`/v2`, pages) when its latest check verified.
+    HandleChecked {
+        handle: String,
+        verified: bool,
+        /// Why it did not verify (empty when it did).
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -99,6 +109,7 @@ impl EventBody {
             EventBody::Resync { .. } => "resync",
             EventBody::IdentityResolved { .. } => "identity_resolved",
             EventBody::IdentityUnresolvable { .. } => "identity_unresolvable",
+            EventBody::HandleChecked { .. } => "handle_checked",
         }
     }
 

@@ -81,6 +81,11 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
         EventBody::Resync { reason } | EventBody::IdentityUnresolvable { reason } => {
             object.insert("reason".into(), json!(reason));
         }
+        EventBody::HandleChecked { handle, verified, reason } => {
+            object.insert("handle".into(), json!(handle));
+            object.insert("verified".into(), json!(verified));
+            object.insert("reason".into(), json!(reason));
+        }
         EventBody::IdentityResolved { document_json } => {
             let document = serde_json::from_str(document_json).unwrap_or_else(|_| json!(document_json));
             object.insert("document".into(), document);

@@ -431,6 +431,7 @@ pub const ATCR_BIN: &str = env!("CARGO_BIN_EXE_atcr");
 const ATCR_ENV: &[&str] = &[
     "ATCR_PLC_DIRECTORY",
     "ATCR_DEV_ALLOW_LOOPBACK",
+    "ATCR_DEV_HANDLE_RESOLVER",
     "ATCR_DATA_DIR",
     "ATCR_LISTEN",
     "ATCR_UPSTREAM",
@@ -493,6 +494,10 @@ pub struct Atcr {
     pub extra_args: Vec<String>,
     /// Pass `--dev-allow-loopback` (default): enrichment may then fetch from the loopback PDS.
     pub dev_allow_loopback: bool,
+    /// With `dev_allow_loopback`: `--dev-handle-resolver` (default: the upstream when it is a
+    /// PDS, else the harness PDS; its resolveHandle answers for its `.test` handles, which
+    /// exist in no DNS).
+    pub dev_handle_resolver: Option<String>,
     http: reqwest::Client,
 }
 
@@ -515,6 +520,12 @@ impl Atcr {
             runs: 0,
             extra_args: Vec::new(),
             dev_allow_loopback: true,
+            // the PDS atcr follows, or the harness PDS behind a replaying upstream
+            dev_handle_resolver: if upstream.starts_with("http://") {
+                Some(upstream.trim_end_matches('/').to_string())
+            } else {
+                std::env::var("ATCR_TEST_PDS_URL").ok().map(|url| url.trim().to_string())
+            },
             http: http_client(),
         })
     }
@@ -549,6 +560,11 @@ impl Atcr {
             .arg(&self.plc_directory);
         if self.dev_allow_loopback {
             command.arg("--dev-allow-loopback");
+            // `.test` handles exist in no DNS: the harness PDS answers the handle → DID
+            // direction of handle verification (resolveHandle), on loopback
+            if let Some(resolver) = &self.dev_handle_resolver {
+                command.arg("--dev-handle-resolver").arg(resolver);
+            }
         }
         if let Some(cursor) = self.start_cursor {
             command.arg("--start-cursor").arg(cursor.to_string());
