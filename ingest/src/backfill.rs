@@ -43,6 +43,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::did::parse_did_document;
+use atcr_storage::revs::{next_newest_rev, remembered_rev};
 use atcr_storage::{
     AppendBatch, AppendReceipt, Event, EventBody, EventLog, LogWriter, PublicKey, PutAction, QuarantineEntry,
     SignedCommit, Source, StorageError, StoredEvent, now_micros,
@@ -238,6 +239,8 @@ pub fn tid_time(tid: &str) -> Option<String> {
 pub struct DidState {
     /// The newest commit rev of a record event applied for this DID.
     pub newest_rev: Option<String>,
+    /// The same as [`next_newest_rev`] remembers it (marked when it came from a backfill).
+    pub remembered_rev: Option<String>,
     /// Current record CID by (collection, rkey).
     pub records: BTreeMap<(String, String), String>,
     /// The offset of the last record event skipped as older than `newest_rev`.
@@ -285,13 +288,18 @@ impl LogState {
         let event = &stored.event;
         let Some(collection) = event.body.collection() else { return };
         let state = self.dids.entry(event.did.clone()).or_default();
-        // The runner's rule (projections/src/runner.rs `is_stale`), so both agree on what counts.
+        // The runner's rule (atcr_storage::revs), so both agree on what counts.
         if let (Some(rev), Source::Firehose | Source::Backfill) = (&event.rev, event.source) {
-            if state.newest_rev.as_deref().is_some_and(|newest| rev.as_str() < newest) {
-                state.last_stale_offset = Some(stored.offset);
-                return;
+            match next_newest_rev(state.remembered_rev.as_deref(), event.source, rev) {
+                Some(next) => {
+                    state.newest_rev = Some(remembered_rev(&next).to_string());
+                    state.remembered_rev = Some(next);
+                }
+                None => {
+                    state.last_stale_offset = Some(stored.offset);
+                    return;
+                }
             }
-            state.newest_rev = Some(rev.clone());
         }
         match &event.body {
             EventBody::RecordPut { rkey, cid, .. } => {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use redb::{Durability, ReadableTable, WriteTransaction};
 use tokio_util::sync::CancellationToken;
 
+use atcr_storage::revs::next_newest_rev;
 use atcr_storage::{EventLog, Source, StoredEvent};
 
 use crate::store::{ProjectionStore, REGISTRY_FILE};
@@ -241,8 +242,9 @@ pub(crate) fn apply_events_tracking(
     Ok(())
 }
 
-/// True when a firehose record event comes from a commit older than the newest one applied for
-/// its DID. Records the rev otherwise.
+/// True when a firehose or backfill record event comes from a commit older than the newest one
+/// applied for its DID, or one a backfill already covered ([`next_newest_rev`]). Records the rev
+/// otherwise.
 fn is_stale(txn: &WriteTransaction, stored: &StoredEvent) -> Result<bool, ProjectionError> {
     let event = &stored.event;
     let (Some(rev), Source::Firehose | Source::Backfill) = (&event.rev, event.source) else { return Ok(false) };
@@ -250,12 +252,12 @@ fn is_stale(txn: &WriteTransaction, stored: &StoredEvent) -> Result<bool, Projec
         return Ok(false);
     }
     let mut revs = txn.open_table(DID_REVS)?;
-    let newest = revs.get(event.did.as_str())?.map(|value| value.value().to_string());
-    // TIDs sort lexically in time order.
-    if newest.as_deref().is_some_and(|newest| rev.as_str() < newest) {
-        return Ok(true);
+    let remembered = revs.get(event.did.as_str())?.map(|value| value.value().to_string());
+    // The rule shared with the audit scans and backfill (atcr_storage::revs).
+    let Some(next) = next_newest_rev(remembered.as_deref(), event.source, rev) else { return Ok(true) };
+    if remembered.as_deref() != Some(next.as_str()) {
+        revs.insert(event.did.as_str(), next.as_str())?;
     }
-    revs.insert(event.did.as_str(), rev.as_str())?;
     Ok(false)
 }
 

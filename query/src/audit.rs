@@ -21,6 +21,7 @@ use atcr_projections::{ProjectionError, Views};
 use atcr_storage::did::parse_did_document;
 use atcr_storage::json::dag_cbor_to_json;
 use atcr_storage::records::{self, ManifestRecord, RepoPageRecord, StarRecord, TagRecord};
+use atcr_storage::revs::next_newest_rev;
 use atcr_storage::{Event, EventBody, EventLog, PutAction, Source, StorageError};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -228,15 +229,14 @@ fn is_stale(newest_revs: &mut HashMap<String, String>, event: &Event) -> bool {
     if event.body.collection().is_none() {
         return false;
     }
+    // The projection runner's rule (atcr_storage::revs), so the scans and the views agree.
+    let remembered = newest_revs.get(&event.did).map(String::as_str);
+    let Some(next) = next_newest_rev(remembered, event.source, rev) else { return true };
     match newest_revs.get_mut(&event.did) {
-        Some(newest) if rev.as_str() < newest.as_str() => return true,
-        Some(newest) => {
-            if newest != rev {
-                newest.clone_from(rev);
-            }
-        }
+        Some(newest) if *newest != next => *newest = next,
+        Some(_) => {}
         None => {
-            newest_revs.insert(event.did.clone(), rev.clone());
+            newest_revs.insert(event.did.clone(), next);
         }
     }
     false

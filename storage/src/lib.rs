@@ -20,6 +20,7 @@ pub mod keys;
 pub mod log;
 pub mod mst;
 pub mod records;
+pub mod revs;
 pub mod writer;
 
 pub use commit::{CommitError, SignedCommit};
