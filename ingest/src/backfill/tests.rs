@@ -440,3 +440,100 @@ async fn a_resync_event_brings_the_account_up_to_its_repository() {
     drop((backfiller, writer));
     task.join();
 }
+
+/// A loopback HTTP/1.1 server answering with `answer(path_and_query)` (status, body); it records
+/// every request target. One request per connection.
+async fn loopback_server(
+    answer: impl Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static,
+) -> (String, Arc<StdMutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(StdMutex::new(Vec::new()));
+    let (answer, log) = (Arc::new(answer), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (answer, log) = (answer.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let target = text.split(' ').nth(1).unwrap_or_default().to_string();
+                log.lock().unwrap().push(target.clone());
+                let (status, body) = answer(&target);
+                let head =
+                    format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+fn install_crypto_provider() {
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_listings_are_followed_page_by_page_for_every_atcr_collection() {
+    install_crypto_provider();
+    let (relay, seen) = loopback_server(|target| {
+        let body = if target.contains("cursor=next") {
+            r#"{"repos":[{"did":"did:plc:bbb"},{"did":"did:plc:aaa"}]}"#.to_string()
+        } else if target.contains("collection=io.atcr.manifest") {
+            r#"{"cursor":"next","repos":[{"did":"did:plc:aaa"}]}"#.to_string()
+        } else {
+            r#"{"repos":[{"did":"did:plc:ccc"},{"did":"not-a-did"}]}"#.to_string()
+        };
+        (200, body.into_bytes())
+    })
+    .await;
+    let fetcher =
+        HttpRepoFetcher::new("http://127.0.0.1:9", UrlPolicy::default(), 1024, Duration::from_secs(5)).unwrap();
+    let dids = discover(&fetcher, &Discovery::Relay(relay.clone())).await.unwrap();
+    assert_eq!(dids, ["did:plc:aaa", "did:plc:bbb", "did:plc:ccc"]);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|target| target.starts_with("/xrpc/com.atproto.sync.listReposByCollection?")));
+    for collection in DISCOVERY_COLLECTIONS {
+        assert!(seen.iter().any(|target| target.contains(&format!("collection={collection}"))), "{collection}");
+    }
+    assert_eq!(seen.len(), DISCOVERY_COLLECTIONS.len() + 1, "one extra page for the manifest listing: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pds_listings_skip_inactive_accounts_and_repositories_are_capped_and_policed() {
+    install_crypto_provider();
+    let (pds, seen) = loopback_server(|target| {
+        if target.starts_with("/xrpc/com.atproto.sync.listRepos") {
+            let body = r#"{"repos":[{"did":"did:plc:on","active":true},{"did":"did:plc:off","active":false,"status":"deactivated"}]}"#;
+            return (200, body.as_bytes().to_vec());
+        }
+        if target.contains("did=did%3Aplc%3Abig") {
+            return (200, vec![0u8; 4096]);
+        }
+        (400, br#"{"error":"RepoNotFound"}"#.to_vec())
+    })
+    .await;
+    let dev = UrlPolicy { allow_loopback: true };
+    let fetcher = HttpRepoFetcher::new("http://127.0.0.1:9", dev, 1024, Duration::from_secs(5)).unwrap();
+    assert_eq!(discover(&fetcher, &Discovery::Pds(pds.clone())).await.unwrap(), ["did:plc:on"]);
+    assert!(matches!(fetcher.get_repo(&pds, "did:plc:big").await, Err(FetchError::TooLarge(1024))));
+    let error = fetcher.get_repo(&pds, "did:plc:gone").await.unwrap_err();
+    assert!(error.to_string().contains("RepoNotFound"), "{error}");
+    let requests = seen.lock().unwrap().len();
+
+    // Without the development flag a PDS endpoint on loopback (from a DID document) is refused
+    // before any connection.
+    let strict =
+        HttpRepoFetcher::new("http://127.0.0.1:9", UrlPolicy::default(), 1024, Duration::from_secs(5)).unwrap();
+    assert!(matches!(strict.get_repo(&pds, "did:plc:big").await, Err(FetchError::Policy(_))));
+    assert_eq!(seen.lock().unwrap().len(), requests, "the refused fetch sent nothing");
+}
