@@ -250,6 +250,12 @@ async fn scenario(pds_url: &str) -> Result<()> {
         pds.put_record(account, "io.atcr.tag", "cli_next", &tag_record(did, "cli", "next", hex)).await?;
     }
     let truth = pds_records(&pds, &dids).await?;
+    // The CLI does not write a log serve owns: it says so and points at the serve flags.
+    let (succeeded, output) = run_backfill(&serving, pds_url, &plc, &[], None)?;
+    ensure!(
+        !succeeded && output.contains("open for writing by another process") && output.contains("--backfill-pds"),
+        "`atcr backfill` on a data dir serve owns did not refuse clearly:\n{output}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state = log_state(&serving.data_dir)?;
