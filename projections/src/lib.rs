@@ -35,7 +35,10 @@ pub use runner::ProjectionRunner;
 pub use store::ProjectionStore;
 pub use views::{ChildRow, IdentityRow, ManifestRow, ReferrerRow, RepositoryRow, TagRow};
 
-use views::{HANDLES, IDENTITIES, IDENTITY_FAILURES, MANIFEST_CONTENT, MANIFESTS, REFERRERS, REPO_BLOBS, REPOSITORIES, TAGS, decode, key};
+use views::{
+    HANDLES, IDENTITIES, IDENTITY_FAILURES, MANIFEST_CONTENT, MANIFESTS, REFERRERS, REPO_BLOBS, REPOSITORIES, TAGS,
+    decode, key,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
