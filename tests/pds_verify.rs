@@ -9,8 +9,10 @@
 //!     `prevData`, so MST inversion catches it);
 //! (c) commit 2 again under a new seq (a replayed old rev).
 //! Each must be refused and quarantined with its reason, and every answer of the API and `/v2`
-//! must be what it was before. Finally the genuine commit 4 is accepted: the gate refuses
-//! frames, not the account.
+//! must be what it was before. Then the genuine commit 4 is accepted: the gate refuses frames,
+//! not the account. Last, commit 5 is withheld and a sixth commit sent: its `since` does not
+//! follow, so the account is marked for resync, and the resync (backfill from the PDS) brings
+//! the missed tag.
 
 mod support;
 
@@ -146,6 +148,33 @@ async fn scenario(pds_url: &str) -> Result<()> {
         atcr.get_json("/api/v1/quarantine").await?.as_array().map(Vec::len) == Some(3),
         "the genuine commit was not quarantined"
     );
+
+    // --- a gap: the genuine commit 5 never arrives; commit 6 is kept, the account resynced ----
+    let stable_rkey = format!("{REPOSITORY}_stable");
+    let sixth = pds.put_record(&alice, "io.atcr.tag", &stable_rkey, &tag("stable", &first_hex)).await?;
+    let sixth_frame = pds_frames(pds_url, &[&sixth]).await?.remove(0);
+    server.push(with_seq(&sixth_frame.bytes, next_seq())?);
+    let events = atcr
+        .wait_for_events(&did, Duration::from_secs(30), "a resync marker for the missed commit", |events| {
+            events.iter().any(|event| support::kind(event) == "resync")
+        })
+        .await?;
+    let resync = events.iter().find(|event| support::kind(event) == "resync").context("a resync event")?;
+    ensure!(
+        support::str_field(resync, "reason").is_some_and(|reason| reason.contains("commits were missed")),
+        "resync reason: {resync}"
+    );
+    // the resync (backfill from the PDS) brings the missed tag; the live commit 6 is there too
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let tags = atcr.get_json(&format!("/v2/{did}/{REPOSITORY}/tags/list")).await?;
+        let has = |name: &str| tags["tags"].as_array().is_some_and(|tags| tags.iter().any(|tag| tag == name));
+        if has("edge") && has("stable") && has("latest") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the resync did not repair the views: {tags}\n{}", atcr.output_tail(30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     atcr.terminate(Duration::from_secs(20)).await?;
     server.stop();
     Ok(())
