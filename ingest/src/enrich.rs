@@ -21,7 +21,7 @@ use atcr_storage::did::parse_did_document;
 use atcr_storage::records::{self, ManifestRecord};
 use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, StorageError, now_micros};
 
-use crate::identity::IdentityResolver;
+use crate::identity::{HandleCheck, IdentityResolver};
 use crate::policy::{PolicyRefused, UrlPolicy};
 
 /// The consumer name its checkpoint is stored under.
@@ -163,8 +163,19 @@ impl Fetcher for HttpFetcher {
 
 #[derive(Debug, Clone)]
 enum Job {
-    Resolve { did: String },
-    FetchManifest { did: String, digest: String, media_type: String, cid: String },
+    Resolve {
+        did: String,
+    },
+    /// The handle check of a resolved DID failed on a lookup (not a refutation): try again.
+    CheckHandle {
+        did: String,
+    },
+    FetchManifest {
+        did: String,
+        digest: String,
+        media_type: String,
+        cid: String,
+    },
 }
 
 struct Pending {
@@ -192,6 +203,8 @@ pub struct Enricher<F: Fetcher> {
     identities: Option<Arc<IdentityResolver>>,
     /// DID → the (handle, verified) last appended in this run.
     handle_checks: HashMap<String, (String, bool)>,
+    /// DIDs whose handle check just failed on a lookup, to be checked again.
+    recheck: Vec<String>,
 }
 
 /// How a job failed.
@@ -216,6 +229,7 @@ impl<F: Fetcher> Enricher<F> {
             unresolvable: HashSet::new(),
             identities: None,
             handle_checks: HashMap::new(),
+            recheck: Vec::new(),
         }
     }
 
@@ -340,6 +354,22 @@ impl<F: Fetcher> Enricher<F> {
                 _ = shutdown.cancelled() => return,
                 outcome = self.perform(&job, batch) => outcome,
             };
+            for did in std::mem::take(&mut self.recheck) {
+                if !self
+                    .pending
+                    .values()
+                    .any(|pending| matches!(&pending.job, Job::CheckHandle { did: other } if *other == did))
+                {
+                    self.add(key.0, Job::CheckHandle { did });
+                    let delay = self
+                        .identities
+                        .as_ref()
+                        .map_or(Duration::ZERO, |identities| identities.config().handle_recheck);
+                    if let Some(pending) = self.pending.get_mut(&(key.0, self.next_job)) {
+                        pending.due = Instant::now() + delay;
+                    }
+                }
+            }
             match outcome {
                 Ok(()) => {
                     self.pending.remove(&key);
@@ -378,8 +408,43 @@ impl<F: Fetcher> Enricher<F> {
         }
     }
 
+    async fn check_handle(&self, facts: &atcr_storage::did::DidDocumentFacts) -> Option<HandleCheck> {
+        self.identities.as_ref()?.verify_claimed_handle(facts).await
+    }
+
+    /// Appends a handle check when it is news (a new document, or another verdict), and asks
+    /// for another check when a lookup failed.
+    fn record_handle_check(&mut self, did: &str, check: HandleCheck, new_document: bool, batch: &mut AppendBatch) {
+        if check.transient {
+            self.recheck.push(did.to_string());
+        }
+        let verdict = (check.handle.clone(), check.verified);
+        if new_document || self.handle_checks.get(did) != Some(&verdict) {
+            if !check.verified {
+                tracing::warn!(%did, handle = %check.handle, reason = %check.reason, transient = check.transient, "handle does not verify");
+            }
+            let body =
+                EventBody::HandleChecked { handle: check.handle, verified: check.verified, reason: check.reason };
+            batch.events.push(enrichment_event(did, body));
+        }
+        self.handle_checks.insert(did.to_string(), verdict);
+    }
+
     async fn perform(&mut self, job: &Job, batch: &mut AppendBatch) -> Result<(), Failure> {
         match job {
+            Job::CheckHandle { did } => {
+                let Some((document, _)) = self.resolved.get(did) else { return Ok(()) };
+                let Ok(facts) = parse_did_document(document) else { return Ok(()) };
+                let Some(check) = self.check_handle(&facts).await else { return Ok(()) };
+                let transient = check.transient.then(|| check.reason.clone());
+                // the verdict is recorded either way (a failed lookup never verifies)
+                let HandleCheck { handle, verified, reason, .. } = check;
+                self.record_handle_check(did, HandleCheck { handle, verified, reason, transient: false }, false, batch);
+                match transient {
+                    Some(reason) => Err(Failure::Retry(format!("checking the handle of {did}: {reason}"))),
+                    None => Ok(()),
+                }
+            }
             Job::Resolve { did } => {
                 let document = self.fetcher.did_document(did).await.map_err(|error| {
                     let reason = format!("resolving {did}: {error}");
@@ -390,27 +455,12 @@ impl<F: Fetcher> Enricher<F> {
                 if facts.did != *did {
                     return Err(Failure::Final(format!("DID document served for {did} names another id")));
                 }
-                let check = match &self.identities {
-                    Some(identities) => identities.verify_claimed_handle(&facts).await,
-                    None => None,
-                };
+                let check = self.check_handle(&facts).await;
                 let pds = facts.pds_endpoint;
                 let unchanged = self.resolved.get(did).is_some_and(|(known, _)| *known == document);
                 self.resolved.insert(did.clone(), (document.clone(), pds));
                 if let Some(check) = check {
-                    let verdict = (check.handle.clone(), check.verified);
-                    if !unchanged || self.handle_checks.get(did) != Some(&verdict) {
-                        if !check.verified {
-                            tracing::warn!(%did, handle = %check.handle, reason = %check.reason, "handle does not verify");
-                        }
-                        let body = EventBody::HandleChecked {
-                            handle: check.handle,
-                            verified: check.verified,
-                            reason: check.reason,
-                        };
-                        batch.events.push(enrichment_event(did, body));
-                    }
-                    self.handle_checks.insert(did.clone(), verdict);
+                    self.record_handle_check(did, check, !unchanged, batch);
                 }
                 if !unchanged {
                     batch.events.push(enrichment_event(did, EventBody::IdentityResolved { document_json: document }));

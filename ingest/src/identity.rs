@@ -41,6 +41,9 @@ pub struct IdentityConfig {
     pub failure_ttl: Duration,
     /// One document or handle lookup, end to end.
     pub lookup_timeout: Duration,
+    /// A handle check that failed on a lookup (not refuted) is tried again after this, then
+    /// with enrichment's backoff.
+    pub handle_recheck: Duration,
 }
 
 impl Default for IdentityConfig {
@@ -49,6 +52,7 @@ impl Default for IdentityConfig {
             ttl: Duration::from_secs(3600),
             failure_ttl: Duration::from_secs(30),
             lookup_timeout: Duration::from_secs(10),
+            handle_recheck: Duration::from_secs(30),
         }
     }
 }
@@ -139,6 +143,19 @@ pub struct HandleCheck {
     pub verified: bool,
     /// Why it did not verify (empty when it did).
     pub reason: String,
+    /// It did not verify because a lookup failed (network trouble, a timeout), not because an
+    /// answer refuted it: worth checking again later.
+    pub transient: bool,
+}
+
+impl HandleCheck {
+    fn refuted(handle: &str, reason: String) -> Self {
+        HandleCheck { handle: handle.to_string(), verified: false, reason, transient: false }
+    }
+
+    fn failed(handle: &str, reason: String) -> Self {
+        HandleCheck { handle: handle.to_string(), verified: false, reason, transient: true }
+    }
 }
 
 enum Cached {
@@ -238,20 +255,18 @@ impl IdentityResolver {
         let handle = handle.to_ascii_lowercase();
         let identity = match self.resolve(did).await {
             Ok(identity) => identity,
-            Err(error) => return HandleCheck { handle, verified: false, reason: error.to_string() },
+            Err(error) => return HandleCheck::failed(&handle, error.to_string()),
         };
         if identity.facts.handle.as_deref() != Some(handle.as_str()) {
             let reason = format!(
                 "the DID document of {did} claims {}, not {handle}",
                 identity.facts.handle.as_deref().unwrap_or("no handle")
             );
-            return HandleCheck { handle, verified: false, reason };
+            return HandleCheck::refuted(&handle, reason);
         }
-        self.verify_claimed_handle(&identity.facts).await.unwrap_or(HandleCheck {
-            handle,
-            verified: false,
-            reason: "the DID document claims no handle".into(),
-        })
+        self.verify_claimed_handle(&identity.facts)
+            .await
+            .unwrap_or_else(|| HandleCheck::refuted(&handle, "the DID document claims no handle".into()))
     }
 
     /// Checks the handle a DID document claims (`facts.handle`, the document side) against the
@@ -259,7 +274,8 @@ impl IdentityResolver {
     pub async fn verify_claimed_handle(&self, facts: &DidDocumentFacts) -> Option<HandleCheck> {
         let handle = facts.handle.clone()?;
         let did = facts.did.as_str();
-        let refused = |reason: String| Some(HandleCheck { handle: handle.clone(), verified: false, reason });
+        let refused = |reason: String| Some(HandleCheck::refuted(&handle, reason));
+        let failed = |reason: String| Some(HandleCheck::failed(&handle, reason));
         if let Err(error) = check_handle_syntax(&handle) {
             return refused(error.to_string());
         }
@@ -271,10 +287,11 @@ impl IdentityResolver {
         metrics::counter!(crate::metrics::HANDLE_CHECKS, "outcome" => if matches!(&outcome, Ok(Ok(resolved)) if resolved == did) { "verified" } else { "refused" })
             .increment(1);
         match outcome {
-            Err(_) => refused(format!("resolving handle {handle} took longer than {} s", timeout.as_secs())),
+            Err(_) => failed(format!("resolving handle {handle} took longer than {} s", timeout.as_secs())),
+            Ok(Err(error @ HandleError::Lookup { .. })) => failed(error.to_string()),
             Ok(Err(error)) => refused(error.to_string()),
             Ok(Ok(resolved)) if resolved == did => {
-                Some(HandleCheck { handle: handle.clone(), verified: true, reason: String::new() })
+                Some(HandleCheck { handle: handle.clone(), verified: true, reason: String::new(), transient: false })
             }
             Ok(Ok(resolved)) => refused(format!("handle {handle} resolves to {resolved}, not {did}")),
         }
@@ -458,11 +475,16 @@ impl HttpHandleSource {
                 Err(error) => dns_failure = Some(format!("DNS: {error}")),
             }
         }
-        let body = self.get(handle, &format!("https://{handle}/.well-known/atproto-did")).await.map_err(|error| {
-            match dns_failure {
-                Some(dns) => HandleError::NotFound { handle: handle.to_string(), reason: format!("{dns}; {error}") },
-                None => error,
+        let url = format!("https://{handle}/.well-known/atproto-did");
+        let body = self.get(handle, &url).await.map_err(|error| match (dns_failure, error) {
+            // network trouble stays a lookup failure (checked again later), anything else refutes
+            (Some(dns), HandleError::Lookup { handle, reason }) => {
+                HandleError::Lookup { handle, reason: format!("{dns}; {reason}") }
             }
+            (Some(dns), error) => {
+                HandleError::NotFound { handle: handle.to_string(), reason: format!("{dns}; {error}") }
+            }
+            (None, error) => error,
         })?;
         did_from_well_known(handle, &body)
     }
