@@ -543,7 +543,21 @@ pub fn resolve_did(log: &EventLog, handle_or_did: &str) -> Result<String, AuditE
     let wanted = handle_or_did.to_ascii_lowercase();
     let mut handle_of: HashMap<String, String> = HashMap::new();
     let mut did_of: HashMap<String, String> = HashMap::new();
+    // The views' rule: a handle whose latest check refuted it names no DID.
+    let mut checks: HashMap<String, (String, bool)> = HashMap::new();
     scan_log(log, |_, event| {
+        if let EventBody::HandleChecked { handle, verified, .. } = &event.body {
+            let handle = handle.to_ascii_lowercase();
+            if handle_of.get(&event.did) == Some(&handle) {
+                if *verified {
+                    did_of.insert(handle.clone(), event.did.clone());
+                } else if did_of.get(&handle) == Some(&event.did) {
+                    did_of.remove(&handle);
+                }
+            }
+            checks.insert(event.did.clone(), (handle, *verified));
+            return Ok(());
+        }
         let EventBody::IdentityResolved { document_json } = &event.body else { return Ok(()) };
         let Ok(facts) = parse_did_document(document_json) else { return Ok(()) };
         if facts.did != event.did {
@@ -555,7 +569,10 @@ pub fn resolve_did(log: &EventLog, handle_or_did: &str) -> Result<String, AuditE
             did_of.remove(&old);
         }
         if let Some(handle) = facts.handle {
-            did_of.insert(handle.clone(), facts.did.clone());
+            let refuted = checks.get(&facts.did).is_some_and(|(checked, verified)| *checked == handle && !verified);
+            if !refuted {
+                did_of.insert(handle.clone(), facts.did.clone());
+            }
             handle_of.insert(facts.did, handle);
         }
         Ok(())
@@ -1015,9 +1032,18 @@ mod tests {
             "2026-06-01T00:00:00Z",
             EventBody::IdentityResolved { document_json: moved.into() },
         ));
-        let fixture = self::fixture(events);
+        let fixture = self::fixture(events.clone());
         assert!(resolve_did(&fixture.log, "alice.test").is_err(), "the old handle is released");
         assert_eq!(resolve_did(&fixture.log, "alice2.test").unwrap(), ALICE);
+        // the views' rule: a refuted handle names no DID, a later verification restores it
+        let check = |verified: bool| {
+            let body = EventBody::HandleChecked { handle: "alice2.test".into(), verified, reason: String::new() };
+            event(ALICE, "", "2026-06-02T00:00:00Z", body)
+        };
+        events.push(check(false));
+        assert!(resolve_did(&self::fixture(events.clone()).log, "alice2.test").is_err(), "refuted");
+        events.push(check(true));
+        assert_eq!(resolve_did(&self::fixture(events).log, "alice2.test").unwrap(), ALICE);
     }
 
     #[test]
