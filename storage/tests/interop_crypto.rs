@@ -1,6 +1,7 @@
 //! The atproto interop test vectors for cryptography (`shared/atproto-interop-tests/crypto/`)
 //! against `atcr_storage::keys`: signature validity (including the high-S and DER cases atproto
-//! refuses), legacy and `did:key` key forms, and `did:key` derivation from private keys.
+//! refuses; secp256k1 through both libsecp256k1 and the pure-Rust k256), legacy and `did:key` key
+//! forms, and `did:key` derivation from private keys.
 //! Skipped, with one SKIP line, when `../shared` is not next to the workspace.
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::Value;
 
-use atcr_storage::keys::{Curve, PublicKey};
+use atcr_storage::keys::{Curve, PublicKey, VerifyBackend};
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/atproto-interop-tests/crypto")
@@ -53,7 +54,7 @@ impl Tally {
     }
 
     fn finish(self) {
-        println!("{}: {} ran, {} passed", self.file, self.ran, self.ran - self.failures.len());
+        println!("interop crypto/{}: {}/{}", self.file, self.ran - self.failures.len(), self.ran);
         assert!(self.ran > 0, "{}: no vector ran", self.file);
         assert!(self.failures.is_empty(), "{}: failed vectors:\n{}", self.file, self.failures.join("\n"));
     }
@@ -80,7 +81,14 @@ fn signature_fixtures() {
             PublicKey::from_verification_method(field(vector, "didDocSuite"), field(vector, "publicKeyMultibase"));
         let outcome = match (&from_did_key, &from_document) {
             (Ok(key), Ok(same)) if key == same && key.curve() == expected_curve => {
-                Ok(key.verify(&message, &signature).is_ok())
+                // libsecp256k1 (the default) and the pure-Rust k256 must agree on every vector.
+                let native = key.verify_with(VerifyBackend::Native, &message, &signature).is_ok();
+                let pure_rust = key.verify_with(VerifyBackend::PureRust, &message, &signature).is_ok();
+                if native == pure_rust {
+                    Ok(native)
+                } else {
+                    Err(format!("backends disagree: libsecp256k1 {native}, k256 {pure_rust}"))
+                }
             }
             _ => Err(format!("keys: did:key {from_did_key:?}, document {from_document:?}")),
         };
