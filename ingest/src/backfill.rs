@@ -758,7 +758,7 @@ impl<F: RepoFetcher> Backfiller<F> {
                 }
             };
             let mut state = self.state.lock().await;
-            state.catch_up(&self.log)?;
+            blocking(|| state.catch_up(&self.log))?;
             let held = state.did(did);
             if held.and_then(|held| held.newest_rev.as_deref()).is_some_and(|newest| newest > snapshot.rev.as_str()) {
                 // Live ingest already applied a newer commit than the repository we fetched.
@@ -778,7 +778,7 @@ impl<F: RepoFetcher> Backfiller<F> {
                 ..AppendBatch::default()
             };
             let receipt: AppendReceipt = self.writer.append(batch).await?;
-            state.catch_up(&self.log)?;
+            blocking(|| state.catch_up(&self.log))?;
             let skipped_ours = state
                 .did(did)
                 .and_then(|held| held.last_stale_offset)
@@ -840,7 +840,7 @@ impl<F: RepoFetcher> Backfiller<F> {
         let mut head = self.log.subscribe();
         let mut next = self.log.consumer_checkpoint(RESYNC_CONSUMER)?.unwrap_or(0);
         loop {
-            let page = self.log.read_from(next, LOG_PAGE)?;
+            let page = blocking(|| self.log.read_from(next, LOG_PAGE))?;
             let Some(last) = page.last() else {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
@@ -893,6 +893,15 @@ impl<F: RepoFetcher> Backfiller<F> {
             }
             next = reached;
         }
+    }
+}
+
+/// Runs log reads (the first [`LogState::catch_up`] reads the whole log) without starving the
+/// runtime's other tasks: on a multi-threaded runtime the worker hands its tasks to others first.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
