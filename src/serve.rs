@@ -78,12 +78,16 @@ pub async fn start<F: Fetcher>(
     }
     let local_hold_dids: Vec<String> = local_holds.keys().cloned().collect();
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
+    let query = LogQuery::new(log.clone());
+    // Live event streams end when shutdown starts, or the graceful shutdown would wait for them.
+    let live = atcr_web::events::LiveEvents::start(&query, Some(registry.clone()));
     let app = atcr_web::router(AppState {
-        query: LogQuery::new(log.clone()),
+        query,
         registry: Some(registry.clone()),
         metrics,
         browse: Some(atcr_query::browse::Browse::new(registry)),
         search: Some(atcr_query::search::SearchService::live(views.clone())),
+        live: Some(live.clone()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -100,7 +104,12 @@ pub async fn start<F: Fetcher>(
     tasks.push((
         "http",
         tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    http_shutdown.cancelled().await;
+                    live.close();
+                })
+                .await?;
             Ok(())
         }),
     ));

@@ -14,6 +14,8 @@ use serde_json::Value;
 pub enum QueryError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Projection(#[from] atcr_projections::ProjectionError),
 }
 
 /// Which events to return.
@@ -156,6 +158,7 @@ impl LogQuery {
 
 pub mod audit;
 pub mod browse;
+pub mod live;
 pub mod registry;
 pub mod search;
 pub use atcr_storage::blobs::BlobMethod;

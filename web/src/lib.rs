@@ -4,6 +4,7 @@
 //!   manifests, `/status` (what was ingested, cursors, quarantine), `/static/…` assets;
 //! - `/healthz`, `/metrics` (Prometheus text);
 //! - `/api/v1/status`, `/api/v1/log`, `/api/v1/log/{offset}`, `/api/v1/quarantine` (JSON);
+//! - `/api/v1/events`: the log tail as server-sent events ([`events`]);
 //! - `/v2/…`: the OCI Distribution pull API ([`oci`]).
 //!
 //! Handlers only translate between HTTP and `atcr-query`; every error becomes a response
@@ -11,6 +12,7 @@
 //! the UI). The UI and the JSON API are compressed (gzip/br); `/v2` never is: blob bodies are
 //! already compressed and must keep their exact length.
 
+pub mod events;
 mod oci;
 pub mod ui;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     pub browse: Option<Browse>,
     /// The search index; `None` answers `/search` and `/api/v1/search` with 503.
     pub search: Option<SearchService>,
+    /// The live event streams (`/api/v1/events`, live pages); `None` answers them with 503.
+    pub live: Option<events::LiveEvents>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), ui::history::repository_history_layer))
         .layer(CompressionLayer::new());
     Router::new()
+        // Never compressed: a compressor would hold events back until its buffer fills.
+        .route("/api/v1/events", get(events::api_events))
         .route("/v2", get(oci::base))
         .route("/v2/", get(oci::base))
         .route("/v2/{*path}", axum::routing::any(oci::dispatch))

@@ -117,6 +117,7 @@ fn fixture() -> Fixture {
         registry: Some(registry),
         metrics: None,
         search: None,
+        live: None,
     };
     Fixture { _dir: dir, app: router(state) }
 }

@@ -28,7 +28,14 @@ fn fixture(with_browse: bool) -> Fixture {
     let content = Arc::new(ContentStore::open(&dir.path().join("content")).expect("content"));
     let registry = RegistryQuery::new(views, content);
     let browse = with_browse.then(|| Browse::new(registry.clone()));
-    let state = AppState { query: LogQuery::new(log), registry: Some(registry), metrics: None, browse, search: None };
+    let state = AppState {
+        query: LogQuery::new(log),
+        registry: Some(registry),
+        metrics: None,
+        browse,
+        search: None,
+        live: None,
+    };
     Fixture { _dir: dir, app: router(state) }
 }
 
