@@ -32,6 +32,14 @@ fn bench(criterion: &mut Criterion) {
             }
         })
     });
+    // What the commit gate adds per non-io.atcr commit once it follows DIDs: repo + rev only.
+    group.bench_function("peek_commit_rev", |bencher| {
+        bencher.iter(|| {
+            for frame in &frames {
+                let _ = black_box(atcr_ingest::gate::peek_commit_rev(black_box(frame)));
+            }
+        })
+    });
     // The whole synchronous path up to the append: decode, filter, build the batch.
     group.bench_function("process_to_batch", |bencher| {
         bencher.iter(|| {
