@@ -45,7 +45,8 @@ enum Command {
     /// `--verify` compares a rebuild with the live views; `snapshot` / `restore` a views file.
     Replay(replay::ReplayArgs),
     /// Fetch the repositories of accounts with `io.atcr.*` records (`getRepo`), verify them and
-    /// append what the log is missing; resumable. Needs the log to itself (stop serve first).
+    /// append what the log is missing; resumable. Needs the log to itself (stop serve first, or
+    /// let serve do it beside live ingest: `atcr serve --backfill-pds/--backfill-relay/--backfill-did`).
     Backfill(backfill::BackfillArgs),
     /// Benchmarks that need the whole binary (see docs/PERFORMANCE.md).
     Bench {
