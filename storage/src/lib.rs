@@ -5,13 +5,16 @@
 //! - [`writer`]: the single writer with group commit;
 //! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools;
 //! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline;
-//! - [`mst`]: the repository Merkle Search Tree (Sync 1.1 inversion, generated worlds).
+//! - [`mst`]: the repository Merkle Search Tree (Sync 1.1 inversion, generated worlds);
+//! - [`syntax`]: atproto string formats (DID, handle, NSID, record key, TID, AT-URI, …);
+//!   [`data_model`]: ATProto JSON → the data model (the inverse of [`json`]).
 //!
 //! This crate knows nothing of HTTP, WebSockets or ATProto sync.
 
 pub mod blobs;
 pub mod commit;
 pub mod content;
+pub mod data_model;
 pub mod did;
 pub mod error;
 pub mod event;
@@ -20,6 +23,7 @@ pub mod keys;
 pub mod log;
 pub mod mst;
 pub mod records;
+pub mod syntax;
 pub mod revs;
 pub mod writer;
 
