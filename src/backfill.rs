@@ -141,6 +141,7 @@ async fn run_job(
                     }
                 }
                 DidOutcome::AlreadyDone => {}
+                DidOutcome::Unavailable { reason } => bar.println(format!("unavailable: {}: {reason}", report.did)),
                 DidOutcome::Failed { reason } => bar.println(format!("failed: {}: {reason}", report.did)),
             }
         })
@@ -148,13 +149,14 @@ async fn run_job(
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     println!(
-        "backfill: {} accounts in {:.2} s ({:.1}/s): {} checked, {} already done by this job, {} failed; \
-         {} events appended ({} puts, {} deletes){}",
+        "backfill: {} accounts in {:.2} s ({:.1}/s): {} checked, {} already done by this job, {} without a \
+         repository, {} failed; {} events appended ({} puts, {} deletes){}",
         summary.dids,
         elapsed.as_secs_f64(),
         summary.synced as f64 / elapsed.as_secs_f64().max(1e-9),
         summary.synced,
         summary.already_done,
+        summary.unavailable,
         summary.failed,
         summary.puts + summary.deletes,
         summary.puts,

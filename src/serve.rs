@@ -285,6 +285,7 @@ async fn startup_backfill(
         accounts = summary.dids,
         synced = summary.synced,
         already_done = summary.already_done,
+        unavailable = summary.unavailable,
         failed = summary.failed,
         puts = summary.puts,
         deletes = summary.deletes,

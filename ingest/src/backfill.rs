@@ -360,6 +360,20 @@ pub fn diff_events(held: Option<&DidState>, snapshot: &RepoSnapshot, received_at
 // Fetching
 // ------------------------------------------------------------------------------------------------
 
+/// Why a repository could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoFetchError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The PDS says the account has no repository to read now (`RepoNotFound`,
+    /// `RepoDeactivated`, `RepoTakendown`, `RepoSuspended`): nothing to backfill, not a failure.
+    #[error("account has no repository to read: {0}")]
+    Unavailable(String),
+}
+
+/// `getRepo` error names that mean the account has no repository to read now.
+const UNAVAILABLE_ERRORS: [&str; 4] = ["RepoNotFound", "RepoDeactivated", "RepoTakendown", "RepoSuspended"];
+
 /// Where repositories are listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listing {
@@ -379,7 +393,7 @@ pub struct ListingPage {
 /// What backfill fetches. Production uses [`HttpRepoFetcher`]; tests serve from memory.
 pub trait RepoFetcher: Send + Sync + 'static {
     fn did_document(&self, did: &str) -> impl Future<Output = Result<String, FetchError>> + Send;
-    fn get_repo(&self, pds: &str, did: &str) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
+    fn get_repo(&self, pds: &str, did: &str) -> impl Future<Output = Result<Vec<u8>, RepoFetchError>> + Send;
     fn list_page(
         &self,
         listing: &Listing,
@@ -400,6 +414,14 @@ pub struct HttpRepoFetcher {
     operator_client: reqwest::Client,
     policy: UrlPolicy,
     max_repo_bytes: usize,
+}
+
+/// The body of an XRPC error answer.
+#[derive(Deserialize)]
+struct XrpcError {
+    error: String,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -442,7 +464,7 @@ impl HttpRepoFetcher {
         })
     }
 
-    async fn get(&self, url: reqwest::Url, limit: usize, from_data: bool) -> Result<Vec<u8>, FetchError> {
+    async fn get(&self, url: reqwest::Url, limit: usize, from_data: bool) -> Result<Vec<u8>, RepoFetchError> {
         if from_data {
             self.policy.check(url.as_str()).map_err(FetchError::Policy)?;
         }
@@ -450,21 +472,26 @@ impl HttpRepoFetcher {
         let shown = url.to_string();
         let mut response = client.get(url).send().await.map_err(|error| request_error(&shown, error))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(FetchError::NotFound);
+            return Err(FetchError::NotFound.into());
         }
         if !response.status().is_success() {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             let body: String = body.chars().take(300).collect();
-            return Err(FetchError::Http(format!("{shown} answered {status}: {body}")));
+            if let Ok(XrpcError { error, message }) = serde_json::from_str::<XrpcError>(&body)
+                && UNAVAILABLE_ERRORS.contains(&error.as_str())
+            {
+                return Err(RepoFetchError::Unavailable(format!("{error}: {}", message.unwrap_or_default())));
+            }
+            return Err(FetchError::Http(format!("{shown} answered {status}: {body}")).into());
         }
         if response.content_length().is_some_and(|length| length > limit as u64) {
-            return Err(FetchError::TooLarge(limit));
+            return Err(FetchError::TooLarge(limit).into());
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|error| request_error(&shown, error))? {
             if body.len() + chunk.len() > limit {
-                return Err(FetchError::TooLarge(limit));
+                return Err(FetchError::TooLarge(limit).into());
             }
             body.extend_from_slice(&chunk);
         }
@@ -496,9 +523,14 @@ impl RepoFetcher for HttpRepoFetcher {
         Fetcher::did_document(&self.documents, did).await
     }
 
-    async fn get_repo(&self, pds: &str, did: &str) -> Result<Vec<u8>, FetchError> {
+    async fn get_repo(&self, pds: &str, did: &str) -> Result<Vec<u8>, RepoFetchError> {
         let url = xrpc_url(pds, "com.atproto.sync.getRepo", &[("did", did)])?;
-        self.get(url, self.max_repo_bytes, true).await
+        match self.get(url, self.max_repo_bytes, true).await {
+            Err(RepoFetchError::Fetch(FetchError::NotFound)) => {
+                Err(RepoFetchError::Unavailable(format!("{pds} has no repository for {did}")))
+            }
+            other => other,
+        }
     }
 
     async fn list_page(&self, listing: &Listing, cursor: Option<&str>) -> Result<ListingPage, FetchError> {
@@ -518,7 +550,11 @@ impl RepoFetcher for HttpRepoFetcher {
             params.push(("cursor", cursor));
         }
         // The operator named this host (not user data): no policy check, like the upstream URL.
-        let bytes = self.get(xrpc_url(base, method, &params)?, 16 * 1024 * 1024, false).await?;
+        let bytes = match self.get(xrpc_url(base, method, &params)?, 16 * 1024 * 1024, false).await {
+            Ok(bytes) => bytes,
+            Err(RepoFetchError::Fetch(error)) => return Err(error),
+            Err(RepoFetchError::Unavailable(reason)) => return Err(FetchError::Http(reason)),
+        };
         let answer: ListReposAnswer = serde_json::from_slice(&bytes)
             .map_err(|error| FetchError::Http(format!("{method} answered something else than a listing: {error}")))?;
         Ok(ListingPage {
@@ -606,6 +642,9 @@ pub enum DidOutcome {
     AlreadyDone,
     /// Compared; `puts` creates/updates and `deletes` appended (both 0 when the log was right).
     Synced { rev: String, puts: usize, deletes: usize },
+    /// The account has no repository to read now (deleted, deactivated, taken down): nothing
+    /// to compare, and not a failure (the log keeps what it holds; `#account` events say why).
+    Unavailable { reason: String },
     /// Refused or unreachable; quarantined when the repository itself was bad.
     Failed { reason: String },
 }
@@ -623,6 +662,7 @@ pub struct RunSummary {
     pub dids: usize,
     pub already_done: usize,
     pub synced: usize,
+    pub unavailable: usize,
     pub failed: usize,
     pub puts: usize,
     pub deletes: usize,
@@ -698,6 +738,7 @@ impl<F: RepoFetcher> Backfiller<F> {
                     summary.puts += puts;
                     summary.deletes += deletes;
                 }
+                DidOutcome::Unavailable { .. } => summary.unavailable += 1,
                 DidOutcome::Failed { .. } => summary.failed += 1,
             }
             progress(&DidReport { did, outcome });
@@ -715,7 +756,7 @@ impl<F: RepoFetcher> Backfiller<F> {
             return Ok(DidOutcome::AlreadyDone);
         }
         let outcome = self.sync_did(did).await?;
-        if matches!(outcome, DidOutcome::Synced { .. }) {
+        if matches!(outcome, DidOutcome::Synced { .. } | DidOutcome::Unavailable { .. }) {
             // Only after the DID's events are durable and known not to be stale.
             self.writer
                 .append(AppendBatch { checkpoints: vec![(did_key(did), job)], ..AppendBatch::default() })
@@ -738,6 +779,7 @@ impl<F: RepoFetcher> Backfiller<F> {
             };
             let car = match self.fetcher.get_repo(&pds, did).await {
                 Ok(car) => car,
+                Err(RepoFetchError::Unavailable(reason)) => return Ok(DidOutcome::Unavailable { reason }),
                 Err(error) => return Ok(DidOutcome::Failed { reason: format!("getRepo of {did} at {pds}: {error}") }),
             };
             let (owned_did, owned_key) = (did.to_string(), key.clone());

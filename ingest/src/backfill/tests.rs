@@ -254,10 +254,10 @@ impl RepoFetcher for MemoryFetcher {
         self.documents.get(did).cloned().ok_or(FetchError::NotFound)
     }
 
-    async fn get_repo(&self, _pds: &str, did: &str) -> Result<Vec<u8>, FetchError> {
+    async fn get_repo(&self, _pds: &str, did: &str) -> Result<Vec<u8>, RepoFetchError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let mut repos = self.repos.lock().unwrap();
-        let cars = repos.get_mut(did).ok_or(FetchError::NotFound)?;
+        let cars = repos.get_mut(did).ok_or(RepoFetchError::Unavailable("RepoNotFound".into()))?;
         Ok(if cars.len() > 1 { cars.remove(0) } else { cars[0].clone() })
     }
 
@@ -525,15 +525,35 @@ async fn pds_listings_skip_inactive_accounts_and_repositories_are_capped_and_pol
     let dev = UrlPolicy { allow_loopback: true };
     let fetcher = HttpRepoFetcher::new("http://127.0.0.1:9", dev, 1024, Duration::from_secs(5)).unwrap();
     assert_eq!(discover(&fetcher, &Discovery::Pds(pds.clone())).await.unwrap(), ["did:plc:on"]);
-    assert!(matches!(fetcher.get_repo(&pds, "did:plc:big").await, Err(FetchError::TooLarge(1024))));
+    assert!(matches!(
+        fetcher.get_repo(&pds, "did:plc:big").await,
+        Err(RepoFetchError::Fetch(FetchError::TooLarge(1024)))
+    ));
     let error = fetcher.get_repo(&pds, "did:plc:gone").await.unwrap_err();
-    assert!(error.to_string().contains("RepoNotFound"), "{error}");
+    assert!(matches!(&error, RepoFetchError::Unavailable(reason) if reason.contains("RepoNotFound")), "{error}");
     let requests = seen.lock().unwrap().len();
 
     // Without the development flag a PDS endpoint on loopback (from a DID document) is refused
     // before any connection.
     let strict =
         HttpRepoFetcher::new("http://127.0.0.1:9", UrlPolicy::default(), 1024, Duration::from_secs(5)).unwrap();
-    assert!(matches!(strict.get_repo(&pds, "did:plc:big").await, Err(FetchError::Policy(_))));
+    assert!(matches!(strict.get_repo(&pds, "did:plc:big").await, Err(RepoFetchError::Fetch(FetchError::Policy(_)))));
     assert_eq!(seen.lock().unwrap().len(), requests, "the refused fetch sent nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_a_repository_is_unavailable_not_failed() {
+    let (alice, gone) = (Account::new(14, 0), Account::new(14, 1));
+    let fetcher = MemoryFetcher::new(&[&alice, &gone]);
+    let rev = tid(1_700_000_000_000_000, 0);
+    fetcher.serve(&alice.did, vec![repo_car(&alice.did, &alice, &rev, &sample_records()).0]);
+    let directory = tempfile::tempdir().unwrap();
+    let (log, writer, task) = open_log(&directory);
+    let backfiller = Backfiller::new(log.clone(), writer, fetcher);
+    let summary = backfiller.run("dids", vec![alice.did.clone(), gone.did.clone()], 2, false, |_| {}).await.unwrap();
+    assert_eq!((summary.synced, summary.unavailable, summary.failed), (1, 1, 0));
+    assert!(summary.finished, "an unavailable account does not keep the job open");
+    assert_eq!(record_events(&log).len(), 4);
+    drop(backfiller);
+    task.join();
 }
