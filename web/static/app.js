@@ -2,7 +2,10 @@
 // - the theme toggle (the choice is applied before first paint by an inline script in <head>);
 // - "/" focuses the search box;
 // - copy buttons for pull commands and digests;
-// - htmx live search: keep the address bar's query in the nav search box.
+// - htmx live search: keep the address bar's query in the nav search box;
+// - live pages: an event on the page's stream (htmx SSE extension) re-fetches its live region,
+//   at most once a second and always once after the last event; a reconnect re-fetches too
+//   (events may have been missed while the connection was down).
 (function () {
   "use strict";
   var root = document.documentElement;
@@ -79,6 +82,31 @@
     event.preventDefault();
     search.focus();
     search.select();
+  });
+
+  var LIVE_INTERVAL_MS = 1000;
+
+  function refreshLive(container) {
+    var state = container.atcrLive || (container.atcrLive = { last: 0, timer: null });
+    if (state.timer) return; // a refresh is already scheduled: it will show this event too
+    var wait = Math.max(0, state.last + LIVE_INTERVAL_MS - Date.now());
+    state.timer = window.setTimeout(function () {
+      state.timer = null;
+      state.last = Date.now();
+      var region = container.querySelector("#live-region");
+      if (region && window.htmx) window.htmx.trigger(region, "atcr:refresh");
+    }, wait);
+  }
+
+  document.addEventListener("htmx:sseMessage", function (event) {
+    var container = event.target instanceof Element ? event.target.closest("[data-live]") : null;
+    if (container) refreshLive(container);
+  });
+  document.addEventListener("htmx:sseOpen", function (event) {
+    var container = event.target instanceof Element ? event.target.closest("[data-live]") : null;
+    if (!container) return;
+    if (container.atcrLiveOpened) refreshLive(container);
+    container.atcrLiveOpened = true;
   });
 
   if (darkQuery && darkQuery.addEventListener) darkQuery.addEventListener("change", syncToggle);

@@ -2,7 +2,8 @@
 //! subscriber within a second of the views reflecting it (and not before), filtered by owner,
 //! repository and kind (a star by someone else counts for the starred repository); each event's
 //! data equals `/api/v1/log/{offset}`; `Last-Event-ID` / `after` / `from` resume; closing ends
-//! every stream.
+//! every stream. The home and repository pages connect to the stream from the views checkpoint
+//! they were rendered from, through the vendored htmx SSE extension.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use atcr_projections::{ProjectionRunner, Views};
+use atcr_query::browse::Browse;
 use atcr_query::{LogQuery, RegistryQuery};
 use atcr_storage::content::ContentStore;
 use atcr_storage::{AppendBatch, Event, EventBody, EventLog, PutAction, Source};
@@ -116,9 +118,9 @@ async fn fixture() -> Fixture {
     let live = LiveEvents::start(&query, Some(registry.clone()));
     let state = AppState {
         query,
+        browse: Some(Browse::new(registry.clone())),
         registry: Some(registry),
         metrics: None,
-        browse: None,
         search: None,
         live: Some(live.clone()),
     };
@@ -275,4 +277,53 @@ async fn closing_ends_every_stream_and_refuses_new_ones() {
     let (status, body) = get_json(&fixture.app, "/api/v1/events").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "unavailable");
+}
+
+async fn get_text(app: &Router, path: &str) -> (StatusCode, String) {
+    let response =
+        app.clone().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).to_string())
+}
+
+#[tokio::test]
+async fn pages_update_live_from_the_checkpoint_they_were_rendered_from() {
+    let fixture = fixture().await;
+    let (status, home) = get_text(&fixture.app, "/").await;
+    assert_eq!(status, StatusCode::OK, "{home}");
+    for expected in [
+        r#"hx-ext="sse""#,
+        r#"sse-connect="/api/v1/events?kind=record%2Cmanifest_stored&amp;from=5""#,
+        r#"hx-trigger="sse:message""#,
+        r##"id="live-region" hx-get="/" hx-select="#live-region""##,
+        "/static/htmx-ext-sse.",
+    ] {
+        assert!(home.contains(expected), "home page lacks {expected}");
+    }
+    let (status, repository) = get_text(&fixture.app, "/r/alice.test/app").await;
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        r#"sse-connect="/api/v1/events?did=did%3Aplc%3Aalice&amp;repository=app&amp;from=5""#,
+        r#"hx-get="/r/alice.test/app""#,
+        r#"<link rel="alternate" type="application/atom+xml" title="Tag changes of alice.test/app" href="/r/alice.test/app/-/feed.atom">"#,
+    ] {
+        assert!(repository.contains(expected), "repository page lacks {expected}");
+    }
+    // The URL the page names is a working stream that starts where the page left off.
+    let mut stream = subscribe(&fixture.app, &format!("/api/v1/events?did={ALICE}&repository=app&from=5"), None).await;
+    let offset = fixture.append(vec![tag("app", "edge", 'e', "3d0")]);
+    fixture.project();
+    assert_eq!(stream.next(SECOND).await.expect("the page's stream").id, offset);
+    let (_, refreshed) = get_text(&fixture.app, "/r/alice.test/app").await;
+    assert!(refreshed.contains("edge"), "the re-fetched page shows the event that triggered it");
+    let (_, static_js) = get_text(&fixture.app, &home_asset(&home, "/static/htmx-ext-sse.")).await;
+    assert!(static_js.contains("defineExtension(\"sse\""));
+}
+
+/// The first `src`/`href` in `html` starting with `prefix`.
+fn home_asset(html: &str, prefix: &str) -> String {
+    let start = html.find(prefix).expect("asset");
+    let end = html[start..].find('"').expect("end of url") + start;
+    html[start..end].to_string()
 }

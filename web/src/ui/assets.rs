@@ -25,10 +25,16 @@ pub struct Asset {
     pub etag: String,
 }
 
-const SOURCES: [(&str, &str, &[u8]); 4] = [
+const SOURCES: [(&str, &str, &[u8]); 5] = [
     ("app.css", "text/css; charset=utf-8", include_bytes!("../../static/app.css")),
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../static/app.js")),
     ("htmx.min.js", "text/javascript; charset=utf-8", include_bytes!("../../static/vendor/htmx.min.js")),
+    // The htmx SSE extension: the live home and repository pages.
+    (
+        "htmx-ext-sse.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/htmx-ext-sse.min.js"),
+    ),
     ("favicon.svg", "image/svg+xml", include_bytes!("../../static/favicon.svg")),
 ];
 
@@ -111,5 +117,9 @@ mod tests {
         let htmx = std::str::from_utf8(SOURCES[2].2).unwrap();
         assert!(htmx.starts_with("/* htmx 2."), "{}", &htmx[..80]);
         assert!(htmx.contains("Zero-Clause BSD"));
+        let sse = std::str::from_utf8(SOURCES[3].2).unwrap();
+        assert!(sse.starts_with("/* htmx-ext-sse 2."), "{}", &sse[..80]);
+        assert!(sse.contains("Zero-Clause BSD") && sse.contains("defineExtension(\"sse\""));
+        assert!(url("htmx-ext-sse.min.js").ends_with(".min.js"));
     }
 }

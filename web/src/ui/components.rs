@@ -13,12 +13,30 @@ pub struct RenderContext {
     pub host: String,
     /// Relative times are computed against this.
     pub now: OffsetDateTime,
+    /// When set, the page's content re-renders itself on live events (see [`LiveRegion`]).
+    pub live: Option<LiveRegion>,
 }
 
 impl RenderContext {
     pub fn new(host: String) -> Self {
-        RenderContext { host, now: OffsetDateTime::now_utc() }
+        RenderContext { host, now: OffsetDateTime::now_utc(), live: None }
     }
+
+    pub fn with_live(mut self, live: Option<LiveRegion>) -> Self {
+        self.live = live;
+        self
+    }
+}
+
+/// A page region that updates live: the htmx SSE extension listens to `events_url` (an
+/// `/api/v1/events` URL starting at the views checkpoint the page was rendered from), and on an
+/// event `app.js` re-fetches `page_url` and swaps in its `#live-region` (throttled to one
+/// request a second). The stream sends an event only once the views reflect it, so the re-fetched
+/// page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRegion {
+    pub events_url: String,
+    pub page_url: String,
 }
 
 pub fn star_icon() -> Markup {

@@ -178,6 +178,21 @@ pub fn tag_url(owner: &str, repository: &str, tag: &str) -> String {
     format!("{}/-/tag/{}", repository_url(owner, repository), path_segment(tag))
 }
 
+/// The Atom feed of a user's tag changes.
+pub fn user_feed_url(owner: &str) -> String {
+    format!("{}/feed.atom", user_url(owner))
+}
+
+/// The Atom feed of a repository's tag changes.
+pub fn repository_feed_url(owner: &str, repository: &str) -> String {
+    format!("{}/-/feed.atom", repository_url(owner, repository))
+}
+
+/// A README badge of a repository (`latest`, `size` or `tags`).
+pub fn badge_url(owner: &str, repository: &str, kind: &str) -> String {
+    format!("{}/-/badge/{kind}.svg", repository_url(owner, repository))
+}
+
 pub fn manifest_url(owner: &str, repository: &str, digest: &str) -> String {
     format!("{}/-/manifest/{}", repository_url(owner, repository), path_segment(digest))
 }

@@ -5,6 +5,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::assets;
+use super::components::LiveRegion;
 
 /// Which top-level section a page belongs to (marks the nav link `aria-current`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,36 @@ pub fn header_search(query: &str) -> Markup {
     }
 }
 
+/// What some pages add to the shell.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extras<'a> {
+    /// `(title, href)` of the page's Atom feed: `<link rel="alternate">` in `<head>`.
+    pub feed: Option<(&'a str, &'a str)>,
+    /// The content updates live (the htmx SSE extension, `app.js` re-fetches it).
+    pub live: Option<&'a LiveRegion>,
+}
+
 pub fn render(page: Page<'_>) -> Markup {
+    render_with(page, Extras::default())
+}
+
+/// The page content, inside a live region when asked: a hidden listener of the event stream
+/// (`hx-trigger="sse:message"`, nothing to request) and the region `app.js` re-fetches.
+fn live_body(body: Markup, live: Option<&LiveRegion>) -> Markup {
+    match live {
+        None => body,
+        Some(live) => html! {
+            div.live hx-ext="sse" sse-connect=(live.events_url) data-live {
+                span hidden hx-trigger="sse:message" {}
+                div #live-region hx-get=(live.page_url) hx-select="#live-region" hx-target="this" hx-swap="outerHTML" hx-trigger="atcr:refresh" {
+                    (body)
+                }
+            }
+        },
+    }
+}
+
+pub fn render_with(page: Page<'_>, extras: Extras<'_>) -> Markup {
     let full_title = if page.title == SITE_NAME {
         format!("{SITE_NAME} · {TAGLINE}")
     } else {
@@ -96,7 +126,13 @@ pub fn render(page: Page<'_>) -> Markup {
                 script { (PreEscaped(assets::THEME_SCRIPT)) }
                 link rel="icon" href=(assets::url("favicon.svg")) type="image/svg+xml";
                 link rel="stylesheet" href=(assets::url("app.css"));
+                @if let Some((title, href)) = extras.feed {
+                    link rel="alternate" type="application/atom+xml" title=(title) href=(href);
+                }
                 script src=(assets::url("htmx.min.js")) defer {}
+                @if extras.live.is_some() {
+                    script src=(assets::url("htmx-ext-sse.min.js")) defer {}
+                }
                 script src=(assets::url("app.js")) defer {}
             }
             body {
@@ -131,7 +167,7 @@ pub fn render(page: Page<'_>) -> Markup {
                     }
                 }
                 main #main tabindex="-1" {
-                    (page.body)
+                    (live_body(page.body, extras.live))
                 }
                 footer.site-footer {
                     div.container {

@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 
-pub use components::RenderContext;
+pub use components::{LiveRegion, RenderContext};
 
 /// The Content-Security-Policy of every UI page.
 static CONTENT_SECURITY_POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
@@ -146,10 +146,43 @@ fn unavailable(what: &str) -> Response {
     error_page(StatusCode::SERVICE_UNAVAILABLE, &format!("{what} is not available on this server."))
 }
 
+/// The live region of a page: the event stream from the views checkpoint the page is rendered
+/// from (read before the page, so no event between the two is missed), when live events run.
+fn live_region(
+    state: &AppState,
+    checkpoint: Option<u64>,
+    filter: &[(&str, String)],
+    page_url: String,
+) -> Option<LiveRegion> {
+    state.live.as_ref()?;
+    let mut pairs: Vec<(&str, String)> = filter.to_vec();
+    pairs.push(("from", checkpoint?.to_string()));
+    Some(LiveRegion { events_url: format!("/api/v1/events?{}", format::query_string(&pairs)), page_url })
+}
+
+/// The views checkpoint now (`None` without views).
+fn views_checkpoint(state: &AppState) -> impl FnOnce() -> Result<Option<u64>, String> + Send + 'static {
+    let registry = state.registry.clone();
+    move || match registry {
+        Some(registry) => registry.views().checkpoint().map(Some).map_err(|error| error.to_string()),
+        None => Ok(None),
+    }
+}
+
 async fn home_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(browse) = state.browse.clone() else { return unavailable("Browsing") };
-    match read("home", move || browse.home()).await {
-        Ok(page) => html_response(StatusCode::OK, views::home(&page, &RenderContext::new(request_host(&headers)))),
+    let checkpoint = views_checkpoint(&state);
+    let lookup = move || {
+        let checkpoint = checkpoint()?;
+        Ok::<_, String>((checkpoint, browse.home().map_err(|error| error.to_string())?))
+    };
+    match read("home", lookup).await {
+        Ok((checkpoint, page)) => {
+            let filter = [("kind", "record,manifest_stored".to_string())];
+            let live = live_region(&state, checkpoint, &filter, "/".to_string());
+            let context = RenderContext::new(request_host(&headers)).with_live(live);
+            html_response(StatusCode::OK, views::home(&page, &context))
+        }
         Err(response) => response,
     }
 }
@@ -220,7 +253,9 @@ async fn repository_or_manifest_page(
         RepositoryRoute::Repository { repository } => {
             let (lookup_owner, lookup_repository) = (owner.clone(), repository.clone());
             let audit = history::audit_query(&state);
+            let checkpoint = views_checkpoint(&state);
             let lookup = move || {
+                let checkpoint = checkpoint()?;
                 let Some(page) =
                     browse.repository(&lookup_owner, &lookup_repository).map_err(|error| error.to_string())?
                 else {
@@ -234,10 +269,13 @@ async fn repository_or_manifest_page(
                         .unwrap_or_default(),
                     None => Vec::new(),
                 };
-                Ok::<_, String>(Some((page, moves)))
+                Ok::<_, String>(Some((page, moves, checkpoint)))
             };
             match read("repository", lookup).await {
-                Ok(Some((page, moves))) => {
+                Ok(Some((page, moves, checkpoint))) => {
+                    let filter = [("did", page.did.clone()), ("repository", page.repository.clone())];
+                    let page_url = format::repository_url(&owner, &page.repository);
+                    let context = context.with_live(live_region(&state, checkpoint, &filter, page_url));
                     // The newest moves, newest first; the full timeline is one click away.
                     let recent: Vec<_> = moves.into_iter().rev().take(RECENT_TAG_MOVES).collect();
                     let timeline = history::tag_timeline(&recent, &owner, &page.did, &page.repository, &context);

@@ -336,6 +336,7 @@ mod tests {
         RenderContext {
             host: "registry.test".into(),
             now: super::super::format::parse_time("2025-03-04T10:00:00Z").unwrap(),
+            live: None,
         }
     }
 

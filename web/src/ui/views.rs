@@ -11,10 +11,10 @@ use super::components::{
     RenderContext, copy_button, digest_with_copy, link_icon, platform_badges, pull_box, repo_card,
 };
 use super::format::{
-    client_label, human_size, identicon, manifest_url, owner_name, repository_url, short_digest, tag_url, thousands,
-    time_element, user_url,
+    client_label, human_size, identicon, manifest_url, owner_name, repository_feed_url, repository_url, short_digest,
+    tag_url, thousands, time_element, user_feed_url, user_url,
 };
-use super::layout::{self, Page, Section, search_icon};
+use super::layout::{self, Extras, Page, Section, search_icon};
 use super::markdown::{is_web_url, render_readme};
 
 fn cards(repositories: &[RepoCard], context: &RenderContext, show_owner: bool) -> Markup {
@@ -76,13 +76,10 @@ pub fn home(page: &HomePage, context: &RenderContext) -> Markup {
         thousands(stats.repositories),
         thousands(stats.manifests)
     );
-    layout::render(Page {
-        title: layout::SITE_NAME,
-        description: &description,
-        section: Section::Home,
-        query: "",
-        body,
-    })
+    layout::render_with(
+        Page { title: layout::SITE_NAME, description: &description, section: Section::Home, query: "", body },
+        Extras { feed: None, live: context.live.as_ref() },
+    )
 }
 
 pub fn user(page: &UserPage, context: &RenderContext) -> Markup {
@@ -134,7 +131,12 @@ pub fn user(page: &UserPage, context: &RenderContext) -> Markup {
         thousands(page.image_count),
         thousands(page.stars_received)
     );
-    layout::render(Page { title: name, description: &description, section: Section::Other, query: "", body })
+    let feed = user_feed_url(name);
+    let feed_title = format!("Tag changes of {name}");
+    layout::render_with(
+        Page { title: name, description: &description, section: Section::Other, query: "", body },
+        Extras { feed: Some((&feed_title, &feed)), live: None },
+    )
 }
 
 /// The tag a repository page offers to pull: `latest` when there is one, else the first listed.
@@ -313,7 +315,12 @@ pub fn repository_with_history(page: &RepositoryPage, context: &RenderContext, h
         Some(text) => text.chars().take(200).collect(),
         None => format!("{title}: {} tags, {} stars on atcr.", page.tags.len(), page.stars),
     };
-    layout::render(Page { title: &title, description: &description, section: Section::Other, query: "", body })
+    let feed = repository_feed_url(owner, &page.repository);
+    let feed_title = format!("Tag changes of {title}");
+    layout::render_with(
+        Page { title: &title, description: &description, section: Section::Other, query: "", body },
+        Extras { feed: Some((&feed_title, &feed)), live: context.live.as_ref() },
+    )
 }
 
 fn layer_rows(layers: &[LayerEntry]) -> Markup {
@@ -699,6 +706,7 @@ mod tests {
         RenderContext {
             host: "registry.example:8080".into(),
             now: super::super::format::parse_time("2025-03-04T10:00:00Z").expect("time"),
+            live: None,
         }
     }
 
