@@ -254,6 +254,12 @@ async fn handle_scenario(pds_url: &str) -> Result<()> {
     ensure!(status == 200 && page.contains("handle not verified"), "the user page must flag the handle: HTTP {status}");
     let (_, page) = honest.get(&format!("/u/{did}")).await?;
     ensure!(!page.contains("handle not verified"), "a verified handle is not flagged");
+    // repository pages name and link the owner by a verified handle only
+    let repository_page = format!("/r/{did}/{REPOSITORY}");
+    let (status, page) = lied_to.get(&repository_page).await?;
+    ensure!(status == 200 && !page.contains(&bob.handle), "{repository_page} shows the refuted handle: HTTP {status}");
+    let (status, page) = honest.get(&repository_page).await?;
+    ensure!(status == 200 && page.contains(&bob.handle), "{repository_page} lacks the verified handle: HTTP {status}");
     ensure!(liar.load(std::sync::atomic::Ordering::SeqCst) > 0, "the refuting atcr asked the lying resolver");
 
     honest.terminate(Duration::from_secs(20)).await?;

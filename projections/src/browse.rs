@@ -7,7 +7,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use serde::{Deserialize, Serialize};
 
 use crate::views::{
-    ACTIVITY, ActivityRow, FIRST_SEEN, IDENTITIES, MANIFESTS, ManifestRow, PROFILES, PageRow, ProfileRow,
+    ACTIVITY, ActivityRow, FIRST_SEEN, HANDLES, IDENTITIES, MANIFESTS, ManifestRow, PROFILES, PageRow, ProfileRow,
     RECORD_HISTORY, REPO_MANIFESTS, REPO_PAGES, REPOS_BY_FIRST, REPOS_BY_PUSH, REPOS_BY_STARS, REPOSITORIES,
     RecordVersionRow, RepositoryRow, STAR_COUNTS, STARS, TAG_HISTORY, TAGS, TagMoveRow, TagRow, decode, key,
 };
@@ -306,6 +306,12 @@ impl Views {
             .map(|bytes| decode::<crate::IdentityRow>("identities", bytes.value()))
             .transpose()?
             .and_then(|identity| identity.handle);
+        // Cards show, link and search by a handle only while it verifies (names this DID).
+        let handles = read.open_table(HANDLES)?;
+        let handle = match handle {
+            Some(handle) if handles.get(handle.as_str())?.is_some_and(|owner| owner.value() == did) => Some(handle),
+            _ => None,
+        };
         let page = read
             .open_table(REPO_PAGES)?
             .get(key(&[did, repository]).as_str())?

@@ -292,7 +292,7 @@ impl Browse {
         let link = |name: &str| facts.annotations.get(name).filter(|url| is_http_url(url)).cloned();
         Ok(Some(RepositoryPage {
             pull_name: format!("{}/{repository}", pull_owner(&views, &did, identity.handle.as_deref())?),
-            handle: identity.handle,
+            handle: verified_handle(&views, &did, identity.handle)?,
             repository: repository.to_string(),
             description,
             readme,
@@ -385,7 +385,7 @@ impl Browse {
         let profile = views.profile(&did)?.unwrap_or_default();
         Ok(Some(ManifestPage {
             pull_name: format!("{}/{repository}", pull_owner(&views, &did, identity.handle.as_deref())?),
-            handle: identity.handle,
+            handle: verified_handle(&views, &did, identity.handle)?,
             repository: repository.to_string(),
             reference_tag,
             size: Some(if manifest.children.is_empty() {
@@ -447,6 +447,12 @@ fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, Brows
 
 /// True when the handle the DID document claims maps back to this DID in our handle index.
 /// (Verifying the handle's own DNS/HTTPS resolution is issue 6's identity work.)
+/// The handle to show and link an owner by on repository and manifest pages: only one that
+/// verifies (the user page shows a claimed one, flagged).
+fn verified_handle(views: &Views, did: &str, handle: Option<String>) -> Result<Option<String>, BrowseError> {
+    Ok(if handle_is_consistent(views, did, handle.as_deref())? { handle } else { None })
+}
+
 /// What a pull command names the owner by: the handle while it verifies (it then resolves to
 /// the DID in `/v2`), the DID otherwise.
 fn pull_owner<'a>(views: &Views, did: &'a str, handle: Option<&'a str>) -> Result<&'a str, BrowseError> {
