@@ -239,7 +239,12 @@ async fn scenario(pds_url: &str) -> Result<()> {
         }
     }
     // --- backfill inside serve, while live ingest runs and the users keep writing --------------
-    let mut serving = Atcr::new("bf-serve", pds_url, &plc, None)?;
+    // Live ingest resumes where the "live" dir stopped (nothing of our users happened since), so
+    // the writes below reach it however long its connection takes; the backfill runs meanwhile.
+    let resume_at = EventLog::open_read_only(&live.data_dir.join("log.redb"))?
+        .cursor(pds_url)?
+        .with_context(|| format!("the live dir has no cursor for {pds_url}"))?;
+    let mut serving = Atcr::new("bf-serve", pds_url, &plc, Some(resume_at))?;
     serving.extra_args = vec!["--backfill-pds".into(), pds_url.to_string()];
     serving.start(Duration::from_secs(30)).await?;
     for user in &users {
