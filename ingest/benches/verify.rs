@@ -94,6 +94,8 @@ fn bench(criterion: &mut Criterion) {
     let commits = decoded.len();
     assert_eq!(verify_all(&queues, &keys, 2), commits, "every commit of the corpus verifies");
 
+    cpu_time_report(&queues, &keys, commits);
+
     let mut group = criterion.benchmark_group("verify");
     group.throughput(Throughput::Elements(commits as u64));
     group.sample_size(20);
@@ -132,6 +134,39 @@ fn bench(criterion: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Wall time and CPU time of 20 two-thread passes: on a shared machine the wall-clock rate
+/// depends on what else runs, the CPU cost per commit does not; two free cores verify
+/// 2 / (CPU per commit) commits per second.
+fn cpu_time_report(queues: &[Vec<&[u8]>], keys: &HashMap<String, PublicKey>, commits: usize) {
+    let passes = 20;
+    let (Some(cpu_before), started) = (cpu_seconds(), std::time::Instant::now()) else {
+        return;
+    };
+    for _ in 0..passes {
+        black_box(verify_all(queues, keys, 2));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let Some(cpu_after) = cpu_seconds() else { return };
+    let verified = (passes * commits) as f64;
+    let cpu_per_commit = (cpu_after - cpu_before) / verified;
+    println!(
+        "verify: {passes} passes x {commits} commits on 2 threads: {:.0} commits/s wall clock; \
+         {:.1} µs CPU per commit, so {:.0} commits/s on two free cores",
+        verified / wall,
+        cpu_per_commit * 1e6,
+        2.0 / cpu_per_commit
+    );
 }
 
 criterion_group!(benches, bench);
