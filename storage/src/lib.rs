@@ -23,8 +23,8 @@ pub mod keys;
 pub mod log;
 pub mod mst;
 pub mod records;
-pub mod syntax;
 pub mod revs;
+pub mod syntax;
 pub mod writer;
 
 pub use commit::{CommitError, SignedCommit};
