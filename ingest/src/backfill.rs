@@ -12,11 +12,12 @@
 //!
 //! No event is applied twice, with live ingest running at the same time:
 //! - "what the log holds" ([`LogState`]) is derived from the log with the projection runner's own
-//!   rule: a record event whose commit rev is older than the newest rev already seen for its DID
-//!   is skipped. A backfill diff is computed and appended under one lock, against the log up to
-//!   its head, so a second run finds nothing to append;
-//! - backfill events carry the repository's rev R. Live commits older than R that arrive later
-//!   are skipped by the runner (R already contains them); live commits newer than R apply on top;
+//!   rule ([`atcr_storage::revs`]): a record event whose commit rev is older than the newest rev
+//!   already applied for its DID is skipped. A backfill diff is computed and appended under one
+//!   lock, against the log up to its head, so a second run finds nothing to append;
+//! - backfill events carry the repository's rev R. Live commits at or older than R that arrive
+//!   later are skipped by the runner (R already contains them); live commits newer than R apply
+//!   on top;
 //! - if a live commit newer than R landed between the diff and the append, the runner skips the
 //!   backfill events as stale: this is detected right after the append and the DID is fetched
 //!   again (its repository now includes that commit), so the repair is never lost.
