@@ -112,7 +112,7 @@ async fn scenario(pds_url: &str) -> Result<()> {
         let path = format!("/r/{}/{repository}/-/manifest/{digest}", owner.did);
         let page = wait_for_page(&strict, &path, "hold-unreachable", Duration::from_secs(30))
             .await
-            .with_context(|| format!("{}", strict.output_tail(30)))?;
+            .with_context(|| strict.output_tail(30))?;
         ensure!(page.contains(hold.as_str()), "the manifest page names the hold {hold}");
         ensure!(
             page.contains("outbound URL policy") || page.contains("malformed did:web"),
