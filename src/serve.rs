@@ -266,6 +266,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut running = start(&config, firehose, fetcher).await?;
     if config.upstream.is_some() {
         running.spawn_backfill(&config)?;
+    } else if config.backfill_pds.is_some() || config.backfill_relay.is_some() || !config.backfill_dids.is_empty() {
+        tracing::warn!("--backfill-* needs --upstream (backfill runs beside live ingest); use `atcr backfill` instead");
     }
     running.run_until_stopped().await
 }
