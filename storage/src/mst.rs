@@ -892,6 +892,65 @@ mod tests {
         assert_eq!(invert(&partial, after, &ops, before), Err(MstError::MissingBlock(after)));
     }
 
+    /// Random trees and random commits (creates, updates, deletes; keys of every layer, so
+    /// roots grow and shrink): inverting from only the new nodes and the covering proofs of the
+    /// op keys, as a PDS ships them, always gives the previous root.
+    #[test]
+    fn random_commits_invert_from_their_proofs() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200u32 {
+            let mut tree = Tree::new();
+            let mut live: BTreeMap<String, Cid> = BTreeMap::new();
+            let size = next() % 300;
+            for index in 0..size {
+                let key = format!("io.atcr.tag/k{}", next() % 1000);
+                tree.insert(&key, value(index as u32), &NoBlocks).unwrap();
+                live.insert(key, value(index as u32));
+            }
+            let before = tree.root_cid();
+            let mut ops: Vec<(String, Option<Cid>, Option<Cid>)> = Vec::new();
+            for op_index in 0..(1 + next() % 6) {
+                let key = format!("io.atcr.tag/k{}", next() % 1000);
+                if ops.iter().any(|(done, _, _)| *done == key) {
+                    continue;
+                }
+                let previous = live.get(&key).copied();
+                let now = if previous.is_some() && next() % 2 == 0 {
+                    None
+                } else {
+                    Some(value(10_000 + op_index as u32 + round))
+                };
+                match now {
+                    Some(cid) => {
+                        tree.insert(&key, cid, &NoBlocks).unwrap();
+                        live.insert(key.clone(), cid);
+                    }
+                    None => {
+                        tree.remove(&key, &NoBlocks).unwrap();
+                        live.remove(&key);
+                    }
+                }
+                ops.push((key, now, previous));
+            }
+            let mut shipped: HashMap<Cid, Vec<u8>> = HashMap::new();
+            let after = tree.root_cid_with(&mut |cid, bytes| {
+                shipped.insert(cid, bytes.to_vec());
+            });
+            for (key, _, _) in &ops {
+                shipped.extend(tree.covering_proof(key, &NoBlocks).unwrap());
+            }
+            let invert_ops: Vec<InvertOp> =
+                ops.iter().map(|(key, now, before)| InvertOp { key, now: *now, before: *before }).collect();
+            assert_eq!(invert(&shipped, after, &invert_ops, before), Ok(()), "round {round}: {ops:?}");
+        }
+    }
+
     #[test]
     fn the_written_node_encoding_is_what_serde_ipld_dagcbor_gives() {
         let long_key = vec![b'k'; 300];
