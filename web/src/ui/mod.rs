@@ -12,7 +12,9 @@
 //! and view models to markup through the pure renderers in [`views`] and [`search`].
 
 pub mod assets;
+pub mod badges;
 mod components;
+pub mod feeds;
 pub mod format;
 pub mod history;
 mod layout;
@@ -53,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(home_page))
         .route("/search", get(search_page))
         .route("/u/{owner}", get(user_page))
+        .route("/u/{owner}/feed.atom", get(feeds::user_feed))
         .route("/r/{owner}", get(owner_redirect))
         .route("/r/{owner}/", get(owner_redirect))
         .route("/r/{owner}/{*rest}", get(repository_or_manifest_page))
@@ -204,16 +207,18 @@ async fn owner_redirect(Path(owner): Path<String>) -> Response {
     axum::response::Redirect::to(&format::user_url(&owner)).into_response()
 }
 
-/// What `/r/{owner}/{rest}` names: a repository, or a tag or manifest of one.
+/// What `/r/{owner}/{rest}` names: a repository, a tag or manifest of one, its feed or a badge.
 #[derive(Debug, PartialEq, Eq)]
 enum RepositoryRoute {
     Repository { repository: String },
     Tag { repository: String, tag: String },
     Manifest { repository: String, digest: String },
+    Feed { repository: String },
+    Badge { repository: String, kind: badges::BadgeKind },
 }
 
 /// `web/nginx-mini` → repository; `web/nginx-mini/-/tag/1.27` → tag; `…/-/manifest/sha256:…`
-/// → manifest. `-` alone is never a name component, so `/-/` cannot be part of a name.
+/// → manifest; `…/-/feed.atom` → its Atom feed; `…/-/badge/latest.svg` → a badge. `-` alone is never a name component, so `/-/` cannot be part of a name.
 fn parse_repository_route(rest: &str) -> Option<RepositoryRoute> {
     let rest = rest.trim_end_matches('/');
     let (repository, sub) = match rest.split_once("/-/") {
@@ -232,6 +237,10 @@ fn parse_repository_route(rest: &str) -> Option<RepositoryRoute> {
         Some(Some(("manifest", digest))) if !digest.is_empty() && !digest.contains('/') => {
             Some(RepositoryRoute::Manifest { repository, digest: digest.to_string() })
         }
+        Some(Some(("badge", file))) => {
+            badges::BadgeKind::from_file_name(file).map(|kind| RepositoryRoute::Badge { repository, kind })
+        }
+        Some(None) if sub == Some("feed.atom") => Some(RepositoryRoute::Feed { repository }),
         Some(_) => None,
     }
 }
@@ -244,13 +253,17 @@ async fn repository_or_manifest_page(
     Path((owner, rest)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(browse) = state.browse.clone() else { return unavailable("Browsing") };
-    let context = RenderContext::new(request_host(&headers));
     let Some(route) = parse_repository_route(&rest) else {
         return not_found_page("There is no page at this address.");
     };
+    let context = RenderContext::new(request_host(&headers));
     match route {
+        RepositoryRoute::Feed { repository } => feeds::repository_feed(&state, owner, repository, &headers).await,
+        RepositoryRoute::Badge { repository, kind } => {
+            badges::repository_badge(&state, owner, repository, kind, &headers).await
+        }
         RepositoryRoute::Repository { repository } => {
+            let Some(browse) = state.browse.clone() else { return unavailable("Browsing") };
             let (lookup_owner, lookup_repository) = (owner.clone(), repository.clone());
             let audit = history::audit_query(&state);
             let checkpoint = views_checkpoint(&state);
@@ -287,6 +300,7 @@ async fn repository_or_manifest_page(
         }
         RepositoryRoute::Tag { repository, tag: reference }
         | RepositoryRoute::Manifest { repository, digest: reference } => {
+            let Some(browse) = state.browse.clone() else { return unavailable("Browsing") };
             let (lookup_owner, lookup_repository, lookup_reference) =
                 (owner.clone(), repository.clone(), reference.clone());
             match read("manifest", move || browse.manifest(&lookup_owner, &lookup_repository, &lookup_reference)).await
@@ -357,6 +371,17 @@ mod tests {
         assert_eq!(parse_repository_route("hello/-/tag/"), None);
         assert_eq!(parse_repository_route("hello/-/tag/a/b"), None);
         assert_eq!(parse_repository_route("a//b"), None);
+        assert_eq!(
+            parse_repository_route("web/nginx-mini/-/feed.atom"),
+            Some(RepositoryRoute::Feed { repository: "web/nginx-mini".into() })
+        );
+        assert_eq!(
+            parse_repository_route("a/b/-/badge/size.svg"),
+            Some(RepositoryRoute::Badge { repository: "a/b".into(), kind: badges::BadgeKind::Size })
+        );
+        assert_eq!(parse_repository_route("a/-/badge/pulls.svg"), None, "no pulls badge: no pull counts yet");
+        assert_eq!(parse_repository_route("a/-/badge/latest.svg/x"), None);
+        assert_eq!(parse_repository_route("a/-/feed.rss"), None);
         assert_eq!(parse_repository_route(""), None);
     }
 }
