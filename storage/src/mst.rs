@@ -648,6 +648,16 @@ impl Tree {
         proof_for_right_sibling(root, key, blocks, &mut proof)?;
         Ok(proof)
     }
+    /// Every key starting with `prefix` and its value, in key order, reading only the nodes
+    /// whose range can hold such keys (e.g. `io.atcr.` in a whole repository's CAR).
+    pub fn list_prefix(&mut self, prefix: &str, blocks: &dyn BlockSource) -> Result<Vec<(String, Cid)>, MstError> {
+        let prefix = prefix.as_bytes();
+        let mut out = Vec::new();
+        let root = load(&mut self.root, blocks)?;
+        list_prefix(root, prefix, None, None, blocks, &mut out, 0)?;
+        Ok(out)
+    }
+
     /// Every node whose key range, bounds included, holds one of `keys`: the nodes changes to
     /// those keys may have rewritten (a producer ships them, changed or not, as the generator
     /// always has). A node's range is bounded by the keys next to it in its parents. Call after
@@ -661,6 +671,54 @@ impl Tree {
         nodes_touching(root, None, None, &keys, blocks, &mut out)?;
         Ok(out)
     }
+}
+
+/// Whether keys strictly between `lo` and `hi` (open ends: `None`) can start with `prefix`.
+fn range_may_hold_prefix(prefix: &[u8], lo: Option<&[u8]>, hi: Option<&[u8]>) -> bool {
+    // Keys with the prefix lie in [prefix, prefix + 0xff…): the range must end after the prefix
+    // starts and start before the prefixed keys end.
+    let ends_after_start = hi.is_none_or(|hi| hi > prefix);
+    let starts_before_end = lo.is_none_or(|lo| lo < prefix || lo.starts_with(prefix));
+    ends_after_start && starts_before_end
+}
+
+fn list_prefix(
+    node: &mut Node,
+    prefix: &[u8],
+    lo: Option<&[u8]>,
+    hi: Option<&[u8]>,
+    blocks: &dyn BlockSource,
+    out: &mut Vec<(String, Cid)>,
+    depth: u32,
+) -> Result<(), MstError> {
+    if depth > MAX_DEPTH {
+        return Err(MstError::TooDeep);
+    }
+    for index in 0..node.entries.len() {
+        let leaf_key = |entry: &Entry| match entry {
+            Entry::Leaf { key, .. } => Some(key.clone()),
+            Entry::Tree(_) => None,
+        };
+        match &node.entries[index] {
+            Entry::Leaf { key, value } => {
+                if key.starts_with(prefix) {
+                    out.push((String::from_utf8_lossy(key).into_owned(), *value));
+                }
+            }
+            Entry::Tree(_) => {
+                let below = index.checked_sub(1).and_then(|left| leaf_key(&node.entries[left]));
+                let above = node.entries.get(index + 1).and_then(leaf_key);
+                let below = below.as_deref().or(lo);
+                let above = above.as_deref().or(hi);
+                if range_may_hold_prefix(prefix, below, above) {
+                    let (below, above) = (below.map(<[u8]>::to_vec), above.map(<[u8]>::to_vec));
+                    let child = tree_at(node, index, blocks)?;
+                    list_prefix(child, prefix, below.as_deref(), above.as_deref(), blocks, out, depth + 1)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The bounds of a node's key range (`None`: open).
@@ -949,6 +1007,40 @@ mod tests {
                 ops.iter().map(|(key, now, before)| InvertOp { key, now: *now, before: *before }).collect();
             assert_eq!(invert(&shipped, after, &invert_ops, before), Ok(()), "round {round}: {ops:?}");
         }
+    }
+
+    #[test]
+    fn lists_a_prefix_reading_only_the_nodes_that_can_hold_it() {
+        let mut tree = Tree::new();
+        let mut live = BTreeMap::new();
+        for index in 0..2000u32 {
+            let collection = ["app.bsky.feed.like", "io.atcr.manifest", "io.atcr.tag", "io.atcrx.other", "zz.last"]
+                [index as usize % 5];
+            let key = format!("{collection}/{:08x}", index.wrapping_mul(2_654_435_761));
+            tree.insert(&key, value(index), &NoBlocks).unwrap();
+            live.insert(key, value(index));
+        }
+        let mut blocks: HashMap<Cid, Vec<u8>> = HashMap::new();
+        let root = tree.root_cid_with(&mut |cid, bytes| {
+            blocks.insert(cid, bytes.to_vec());
+        });
+        for prefix in ["io.atcr.", "io.atcr.tag/", "app.", "zz.", "nothing/", ""] {
+            let expected: Vec<(String, Cid)> =
+                live.iter().filter(|(key, _)| key.starts_with(prefix)).map(|(key, cid)| (key.clone(), *cid)).collect();
+            let mut reader = Tree::load(root);
+            assert_eq!(reader.list_prefix(prefix, &blocks).unwrap(), expected, "{prefix:?}");
+        }
+        // Only the nodes on the way to io.atcr.* keys are read.
+        struct Counting<'a>(&'a HashMap<Cid, Vec<u8>>, std::cell::Cell<usize>);
+        impl BlockSource for Counting<'_> {
+            fn block(&self, cid: &Cid) -> Option<&[u8]> {
+                self.1.set(self.1.get() + 1);
+                self.0.block(cid)
+            }
+        }
+        let counting = Counting(&blocks, std::cell::Cell::new(0));
+        Tree::load(root).list_prefix("io.atcr.tag/", &counting).unwrap();
+        assert!(counting.1.get() < blocks.len() / 2, "read {} of {} nodes", counting.1.get(), blocks.len());
     }
 
     #[test]
