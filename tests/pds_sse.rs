@@ -1,8 +1,9 @@
 //! Live updates end to end against the reference PDS: a client subscribed to `atcr serve`'s
 //! `/api/v1/events` sees each tag a user writes to their PDS within a second of the write,
 //! filtered to that user's repository, with the same JSON as `/api/v1/log/{offset}`; the
-//! repository page already shows the tag when the event arrives (events wait for the views);
-//! SIGTERM ends the open stream and atcr exits cleanly.
+//! repository page already shows the tag when the event arrives (events wait for the views); in
+//! headless Chromium (when installed), the open repository page shows a newly written tag without
+//! a reload (htmx SSE extension + app.js); SIGTERM ends the open stream and atcr exits cleanly.
 
 mod support;
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use support::{Atcr, Pds, image_manifest, manifest_record, tag_record};
+use support::{Account, Atcr, Pds, image_manifest, manifest_record, tag_record};
 
 /// Nothing listens on port 9: hold resolution fails quietly in the background.
 const HOLD: &str = "did:web:localhost%3A9";
@@ -149,8 +150,107 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
         latencies[ROUNDS - 1]
     );
 
+    browser_page_updates_live(&pds, &alice, atcr, &page, &manifest.hex).await?;
+
     let status = atcr.terminate(Duration::from_secs(15)).await?;
     ensure!(status.success(), "atcr exited with {status} after SIGTERM with a stream open");
-    ensure!(stream.next(Duration::from_secs(5)).await?.is_none(), "the stream did not end at shutdown");
+    // The browser part's tag is still in the stream; then it ends.
+    while let Some(event) = stream.next(Duration::from_secs(5)).await? {
+        ensure!(
+            event.data["rkey"] == "live_sse-in-the-browser",
+            "an unexpected event after the rounds: {}",
+            event.data
+        );
+    }
+    Ok(())
+}
+
+/// The repository page open in Chromium (fixtures/browser/ui-test.mjs with `ATCR_UI_LIVE_PATH`):
+/// once its stream is connected, a tag written to the PDS appears in the page without a reload.
+async fn browser_page_updates_live(
+    pds: &Pds,
+    alice: &Account,
+    atcr: &Atcr,
+    page: &str,
+    manifest_hex: &str,
+) -> Result<()> {
+    use std::io::BufRead;
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        println!("SKIP: the browser part (no chromium at {chromium})");
+        return Ok(());
+    }
+    let tag = "sse-in-the-browser";
+    let screenshots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-output/screenshots/live");
+    std::fs::create_dir_all(&screenshots)?;
+    let mut child = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/browser/run.sh"))
+        .env("ATCR_UI_URL", atcr.base_url())
+        .env("ATCR_UI_SCREENSHOTS", &screenshots)
+        .env("ATCR_UI_DEMO", "0")
+        .env("ATCR_UI_LIVE_PATH", page)
+        .env("ATCR_UI_LIVE_EXPECT", tag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running fixtures/browser/run.sh")?;
+    let stdout = child.stdout.take().context("the script's stdout")?;
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut output = Vec::new();
+    let connected = loop {
+        let Ok(line) = received.recv_timeout(Duration::from_secs(60)) else { break false };
+        println!("browser: {line}");
+        output.push(line.clone());
+        if line == "live: connected" {
+            break true;
+        }
+        if line.starts_with("SKIP") {
+            let _ = child.wait();
+            println!("SKIP: the browser part ({line})");
+            return Ok(());
+        }
+    };
+    if !connected {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("the page never connected its event stream:\n{}", output.join("\n"));
+    }
+    let writing = Instant::now();
+    pds.put_record(
+        alice,
+        "io.atcr.tag",
+        &format!("{REPOSITORY}_{tag}"),
+        &tag_record(&alice.did, REPOSITORY, tag, manifest_hex),
+    )
+    .await?;
+    let written = writing.elapsed();
+    let status = tokio::task::spawn_blocking(move || {
+        for line in received.iter() {
+            println!("browser: {line}");
+            output.push(line);
+        }
+        (child.wait(), output)
+    })
+    .await?;
+    let (status, output) = (status.0?, status.1);
+    ensure!(
+        status.success() && output.iter().any(|line| line == "1 passed, 0 failed"),
+        "the live page check failed ({status}):\n{}",
+        output.join("\n")
+    );
+    let updated_ms: u64 = output
+        .iter()
+        .find_map(|line| line.strip_prefix("live: updated ")?.split(' ').next()?.parse().ok())
+        .context("no `live: updated N ms` line")?;
+    // From the script's `connected` line: our read of it, the PDS write, ingest, views, the event,
+    // app.js's re-fetch and the swap.
+    ensure!(updated_ms < 2500, "the page took {updated_ms} ms to show the tag");
+    println!("browser: the PDS write took {written:?}; the page showed the tag {updated_ms} ms after it connected");
     Ok(())
 }
