@@ -205,6 +205,15 @@ async fn badges_name_the_newest_tag_and_the_tag_count_with_cache_headers() {
     let unknown_owner = get(&app, "/r/nobody.test/app/-/badge/tags.svg", None).await;
     assert_eq!(unknown_owner.status, StatusCode::NOT_FOUND);
 
+    let page = get(&app, "/r/alice.test/app", None).await;
+    for expected in [
+        r#"<img src="/r/alice.test/app/-/badge/latest.svg" alt="Badge: latest tag v1" height="20">"#,
+        "[![latest](https://registry.test/r/alice.test/app/-/badge/latest.svg)](https://registry.test/r/alice.test/app)",
+        r#"href="/r/alice.test/app/-/feed.atom""#,
+    ] {
+        assert!(page.body.contains(expected), "the repository page lacks {expected}");
+    }
+
     let pulls = get(&app, "/r/alice.test/app/-/badge/pulls.svg", None).await;
     assert_eq!(pulls.status, StatusCode::NOT_FOUND, "no pulls badge without pull counts");
     assert!(pulls.header(header::CONTENT_TYPE).starts_with("text/html"));

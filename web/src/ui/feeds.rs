@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 
 use atcr_query::audit::{ActivityEntry, TagMove};
 
-use super::format::{owner_name, path_segment, repository_feed_url, repository_url, tag_url, user_feed_url, user_url};
+use super::format::{
+    owner_name, path_segment, repository_feed_url, repository_url, site_base_for_host, tag_url, user_feed_url, user_url,
+};
 use super::{not_found_page, read, request_host, unavailable};
 use crate::AppState;
 
@@ -114,21 +116,10 @@ pub fn render_feed(feed: &Feed) -> Result<String, String> {
 pub fn site_base(headers: &HeaderMap) -> String {
     let host = request_host(headers);
     let forwarded = headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()).map(str::trim);
-    let scheme = match forwarded {
-        Some("http") => "http",
-        Some("https") => "https",
-        _ if is_loopback_host(&host) => "http",
-        _ => "https",
-    };
-    format!("{scheme}://{host}")
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name == "localhost" || name.ends_with(".localhost") || name.starts_with("127.") || name == "::1"
+    match forwarded {
+        Some(scheme @ ("http" | "https")) => format!("{scheme}://{host}"),
+        _ => site_base_for_host(&host),
+    }
 }
 
 /// The id of the change at `offset` of the tag record `rkey`.

@@ -178,6 +178,17 @@ pub fn tag_url(owner: &str, repository: &str, tag: &str) -> String {
     format!("{}/-/tag/{}", repository_url(owner, repository), path_segment(tag))
 }
 
+/// `scheme://host` for absolute links to this registry: plain http for loopback names (a
+/// development server), https otherwise.
+pub fn site_base_for_host(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name == "localhost" || name.ends_with(".localhost") || name.starts_with("127.") || name == "::1";
+    format!("{}://{host}", if loopback { "http" } else { "https" })
+}
+
 /// The Atom feed of a user's tag changes.
 pub fn user_feed_url(owner: &str) -> String {
     format!("{}/feed.atom", user_url(owner))

@@ -11,8 +11,8 @@ use super::components::{
     RenderContext, copy_button, digest_with_copy, link_icon, platform_badges, pull_box, repo_card,
 };
 use super::format::{
-    client_label, human_size, identicon, manifest_url, owner_name, repository_feed_url, repository_url, short_digest,
-    tag_url, thousands, time_element, user_feed_url, user_url,
+    badge_url, client_label, human_size, identicon, manifest_url, owner_name, repository_feed_url, repository_url,
+    short_digest, site_base_for_host, tag_url, thousands, time_element, user_feed_url, user_url,
 };
 use super::layout::{self, Extras, Page, Section, search_icon};
 use super::markdown::{is_web_url, render_readme};
@@ -137,6 +137,29 @@ pub fn user(page: &UserPage, context: &RenderContext) -> Markup {
         Page { title: name, description: &description, section: Section::Other, query: "", body },
         Extras { feed: Some((&feed_title, &feed)), live: None },
     )
+}
+
+/// The repository's Atom feed and its README badge, with the badge's Markdown to copy.
+fn follow_panel(owner: &str, repository: &str, newest_tag: Option<&str>, context: &RenderContext) -> Markup {
+    let base = site_base_for_host(&context.host);
+    let page = format!("{base}{}", repository_url(owner, repository));
+    let badge = badge_url(owner, repository, "latest");
+    let markdown = format!("[![latest]({base}{badge})]({page})");
+    let alt = match newest_tag {
+        Some(tag) => format!("Badge: latest tag {tag}"),
+        None => "Badge: no tags yet".to_string(),
+    };
+    html! {
+        section.panel aria-labelledby="follow-title" {
+            h2 #follow-title { "Follow and embed" }
+            p { a href=(repository_feed_url(owner, repository)) type="application/atom+xml" { "Atom feed of tag changes" } }
+            p { img src=(badge) alt=(alt) height="20"; }
+            div.pull {
+                code.break { (markdown) }
+                (copy_button(&markdown, "badge Markdown", true))
+            }
+        }
+    }
 }
 
 /// The tag a repository page offers to pull: `latest` when there is one, else the first listed.
@@ -297,6 +320,7 @@ pub fn repository_with_history(page: &RepositoryPage, context: &RenderContext, h
                         @if let Some(at) = &page.last_push { dt { "Last push" } dd { (time_element(at, context.now)) } }
                     }
                 }
+                (follow_panel(owner, &page.repository, page.tags.first().map(|tag| tag.name.as_str()), context))
                 @if !links.is_empty() {
                     section.panel aria-labelledby="links-title" {
                         h2 #links-title { "Links" }
