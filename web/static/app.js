@@ -4,8 +4,8 @@
 // - copy buttons for pull commands and digests;
 // - htmx live search: keep the address bar's query in the nav search box;
 // - live pages: an event on the page's stream (htmx SSE extension) re-fetches its live region,
-//   at most once a second and always once after the last event; a reconnect re-fetches too
-//   (events may have been missed while the connection was down).
+//   at most once a second and always once after the last event (later while a field in it has
+//   focus); a reconnect re-fetches too (events may have been missed while it was down).
 (function () {
   "use strict";
   var root = document.documentElement;
@@ -92,9 +92,18 @@
     var wait = Math.max(0, state.last + LIVE_INTERVAL_MS - Date.now());
     state.timer = window.setTimeout(function () {
       state.timer = null;
-      state.last = Date.now();
       var region = container.querySelector("#live-region");
-      if (region && window.htmx) window.htmx.trigger(region, "atcr:refresh");
+      if (!region || !window.htmx) return;
+      // Someone typing in a field of the region (the home page's search box) would lose the
+      // text: try again later.
+      var active = document.activeElement;
+      if (active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) {
+        state.last = Date.now();
+        refreshLive(container);
+        return;
+      }
+      state.last = Date.now();
+      window.htmx.trigger(region, "atcr:refresh");
     }, wait);
   }
 
