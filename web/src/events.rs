@@ -10,7 +10,7 @@
 //! - where to start: `Last-Event-ID` (what browsers send when they reconnect) or `?after=N`
 //!   resume after offset N, `?from=N` starts at offset N, neither starts at the log's head;
 //! - a `:keep-alive` comment every 15 s; at most [`SCAN_CHUNK`] events read ahead per
-//!   connection (the socket's backpressure does the rest);
+//!   connection (the socket's backpressure does the rest), at most [`MAX_STREAMS`] connections;
 //! - [`LiveEvents::close`] ends every stream, so a graceful shutdown does not wait for them.
 //!
 //! One tracker task per process follows the log's head and the views' checkpoint and publishes
@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -44,6 +45,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What browsers wait before reconnecting after the stream ends.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// Streams one server keeps open at most (each holds up to [`SCAN_CHUNK`] events); more get 503.
+pub const MAX_STREAMS: usize = 1024;
+/// After this long behind, the tracker polls the views less often (a rebuild can take minutes).
+const LONG_BEHIND: Duration = Duration::from_secs(2);
+const LONG_BEHIND_POLL: Duration = Duration::from_millis(250);
+
 /// The live event streams of one server: the tracker of the visible offset and the switch that
 /// ends them all.
 #[derive(Clone)]
@@ -51,6 +58,17 @@ pub struct LiveEvents {
     tail: LogTail,
     visible: watch::Receiver<u64>,
     closing: Arc<watch::Sender<bool>>,
+    open_streams: Arc<AtomicUsize>,
+    max_streams: usize,
+}
+
+/// Counts one open stream while it lives.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LiveEvents {
@@ -62,7 +80,21 @@ impl LiveEvents {
         let (visible_sender, visible) = watch::channel(initial);
         let closing = Arc::new(watch::Sender::new(false));
         tokio::spawn(track_visible(tail.clone(), visible_sender, closing.subscribe()));
-        LiveEvents { tail, visible, closing }
+        LiveEvents { tail, visible, closing, open_streams: Arc::new(AtomicUsize::new(0)), max_streams: MAX_STREAMS }
+    }
+
+    /// The same, with another limit on open streams.
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// A slot for one more stream, if the limit allows.
+    fn take_slot(&self) -> Option<StreamSlot> {
+        let taken = self
+            .open_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < self.max_streams).then_some(open + 1));
+        taken.ok().map(|_| StreamSlot(self.open_streams.clone()))
     }
 
     /// Ends every stream and the tracker; new connections get 503.
@@ -78,6 +110,7 @@ impl LiveEvents {
 /// Publishes `min(log head, views checkpoint)` whenever it moves, until closed.
 async fn track_visible(tail: LogTail, visible: watch::Sender<u64>, mut closing: watch::Receiver<bool>) {
     let mut head = tail.subscribe();
+    let mut behind_since: Option<tokio::time::Instant> = None;
     loop {
         let reader = tail.clone();
         let positions =
@@ -100,7 +133,17 @@ async fn track_visible(tail: LogTail, visible: watch::Sender<u64>, mut closing: 
                 false
             }
         };
-        let wait = if behind { CATCH_UP_POLL } else { IDLE_POLL };
+        let wait = match (behind, behind_since) {
+            (false, _) => {
+                behind_since = None;
+                IDLE_POLL
+            }
+            (true, Some(since)) if since.elapsed() > LONG_BEHIND => LONG_BEHIND_POLL,
+            (true, since) => {
+                behind_since = since.or(Some(tokio::time::Instant::now()));
+                CATCH_UP_POLL
+            }
+        };
         tokio::select! {
             _ = closing.wait_for(|closed| *closed) => return,
             changed = head.changed(), if !behind => if changed.is_err() { return },
@@ -160,6 +203,9 @@ pub(crate) async fn api_events(
         return Err(ApiError::unavailable("repository filters need the registry views"));
     }
     let start = start_offset(&params, &headers)?;
+    let Some(slot) = live.take_slot() else {
+        return Err(ApiError::unavailable(format!("too many open event streams (at most {})", live.max_streams)));
+    };
     let tail = live.tail.clone();
     let owner = params.did.clone().filter(|did| !did.is_empty());
     let (did, head) = crate::blocking(move || {
@@ -184,6 +230,7 @@ pub(crate) async fn api_events(
         visible: live.visible.clone(),
         closing: live.closing.subscribe(),
         retry_sent: false,
+        _slot: slot,
     };
     let stream = events_stream(subscriber);
     let mut response =
@@ -204,6 +251,8 @@ struct Subscriber {
     visible: watch::Receiver<u64>,
     closing: watch::Receiver<bool>,
     retry_sent: bool,
+    /// Released when the stream is dropped (the client went away, or the stream ended).
+    _slot: StreamSlot,
 }
 
 fn events_stream(subscriber: Subscriber) -> impl Stream<Item = Result<SseEvent, Infallible>> {

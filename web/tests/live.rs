@@ -269,6 +269,26 @@ async fn bad_parameters_are_clear_errors() {
 }
 
 #[tokio::test]
+async fn streams_beyond_the_limit_get_503_until_one_closes() {
+    let fixture = fixture().await;
+    let limited = AppState {
+        query: LogQuery::new(fixture.log.clone()),
+        browse: None,
+        registry: None,
+        metrics: None,
+        search: None,
+        live: Some(fixture.live.clone().with_max_streams(1)),
+    };
+    let app = router(limited);
+    let first = subscribe(&app, "/api/v1/events", None).await;
+    let (status, body) = get_json(&app, "/api/v1/events").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("at most 1"), "{body}");
+    drop(first);
+    let _second = subscribe(&app, "/api/v1/events", None).await;
+}
+
+#[tokio::test]
 async fn closing_ends_every_stream_and_refuses_new_ones() {
     let fixture = fixture().await;
     let mut stream = subscribe(&fixture.app, "/api/v1/events", None).await;
