@@ -1043,6 +1043,49 @@ mod tests {
         assert!(counting.1.get() < blocks.len() / 2, "read {} of {} nodes", counting.1.get(), blocks.len());
     }
 
+    /// Hostile trees (their blocks match their CIDs, their content is wrong) give errors, never
+    /// a panic or a wrong success.
+    #[test]
+    fn malformed_trees_are_errors() {
+        let mut blocks: HashMap<Cid, Vec<u8>> = HashMap::new();
+        let mut put = |left: Option<Cid>, entries: &[EntryData]| {
+            let bytes = encode_node(left.as_ref(), entries);
+            let cid = node_cid(&bytes);
+            blocks.insert(cid, bytes);
+            cid
+        };
+        let entry = |p: usize, k: &'static [u8], t: Option<Cid>| EntryData { p, k, v: value(1), t };
+        // A prefix longer than the previous key; keys out of order.
+        let long_prefix = put(None, &[entry(0, b"a/1", None), entry(9, b"x", None)]);
+        let unordered = put(None, &[entry(0, b"b/1", None), entry(0, b"a/1", None)]);
+        // A chain of empty intermediate nodes deeper than any real tree.
+        let mut deep = put(None, &[entry(0, b"a/1", None)]);
+        for _ in 0..200 {
+            deep = put(Some(deep), &[]);
+        }
+        // Subtrees below layer 0 (a leaf at layer 0 with a child).
+        let leaf_layer_zero = put(None, &[entry(0, b"a/1", None)]);
+        let below_zero = put(None, &[entry(0, b"a/4", Some(leaf_layer_zero))]);
+        // Not a node at all.
+        let garbage = {
+            let bytes = serde_ipld_dagcbor::to_vec(&"not a node").unwrap();
+            let cid = node_cid(&bytes);
+            blocks.insert(cid, bytes);
+            cid
+        };
+        assert_eq!(key_layer(b"a/4"), 0);
+        assert_eq!(key_layer(b"a/5"), 0);
+        let lookup = [InvertOp { key: "a/0", now: Some(value(1)), before: None }];
+        let malformed = |outcome: Result<(), MstError>| matches!(outcome, Err(MstError::Malformed { .. }));
+        assert!(malformed(invert(&blocks, long_prefix, &lookup, long_prefix)));
+        assert!(malformed(invert(&blocks, unordered, &lookup, unordered)));
+        assert!(malformed(invert(&blocks, garbage, &lookup, garbage)));
+        assert_eq!(invert(&blocks, deep, &lookup, deep), Err(MstError::TooDeep));
+        // Undoing a delete of a/5 inserts it at layer 0, beside the impossible subtree.
+        let undelete = [InvertOp { key: "a/5", now: None, before: Some(value(1)) }];
+        assert_eq!(invert(&blocks, below_zero, &undelete, below_zero), Err(MstError::TooDeep));
+    }
+
     #[test]
     fn the_written_node_encoding_is_what_serde_ipld_dagcbor_gives() {
         let long_key = vec![b'k'; 300];
