@@ -68,8 +68,13 @@ impl TailFilter {
                 },
             }
         }
-        kinds.dedup();
-        Ok(kinds)
+        let mut distinct = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            if !distinct.contains(&kind) {
+                distinct.push(kind);
+            }
+        }
+        Ok(distinct)
     }
 
     fn wants_kind(&self, kind: &str) -> bool {
@@ -221,5 +226,6 @@ mod tests {
         assert_eq!(TailFilter::parse_kinds("record"), Ok(vec!["record_put", "record_deleted"]));
         assert_eq!(TailFilter::parse_kinds("record_put, manifest_stored"), Ok(vec!["record_put", "manifest_stored"]));
         assert!(TailFilter::parse_kinds("record,bogus").unwrap_err().contains("bogus"));
+        assert_eq!(TailFilter::parse_kinds("record,record_put"), Ok(vec!["record_put", "record_deleted"]));
     }
 }

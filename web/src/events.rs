@@ -300,7 +300,8 @@ impl Subscriber {
             }
             tokio::select! {
                 changed = self.visible.changed() => if changed.is_err() { return None },
-                _ = self.closing.changed() => {}
+                // The switch itself gone (the server was dropped) ends the stream too.
+                changed = self.closing.changed() => if changed.is_err() { return None },
             }
         }
     }
