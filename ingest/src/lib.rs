@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod verify;
+pub mod webhooks;
 
 pub use firehose::{FirehoseConfig, IngestError, run_firehose};

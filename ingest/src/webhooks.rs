@@ -1,0 +1,1092 @@
+//! Webhooks: registry events (`manifest.pushed`, `tag.created`, `tag.moved`, `tag.deleted`,
+//! `repo.starred`) delivered to operator-configured HTTP endpoints, signed with HMAC-SHA256.
+//!
+//! Why it exists: CI/CD pipelines want to hear about pushes and tag moves. It is one more
+//! network-facing log consumer (like enrichment), and nothing it does feeds back into the log or
+//! the projections.
+//!
+//! Two stages, both resumable from `<data_dir>/webhooks.redb` (owned by this module):
+//! 1. The **classifier** reads the log in order and turns record events into webhook events with
+//!    the pure function [`classify`]. Telling `tag.moved` from `tag.created` (and naming what a
+//!    tag delete removed) needs each tag's previous target; the classifier keeps that small state
+//!    itself (`tags`: did + rkey → repository, tag, digest). The events, the state and the
+//!    classifier's log offset are committed in **one** transaction, so the outbox is always the
+//!    deterministic image of a log prefix. Outbox keys are log offsets.
+//! 2. One **delivery worker** per subscription reads the outbox from its own checkpoint, strictly
+//!    in order: an event is retried (exponential backoff) until it is delivered or its attempts
+//!    run out (dead letter); only then does the worker go on. The delivery record and the
+//!    checkpoint past it are committed in one transaction *after* the attempt ends, so a crash
+//!    (kill -9) at any point re-sends at most the event in flight, with the same delivery id
+//!    `<subscription>-<offset>`: at-least-once, in order.
+//!
+//! Checkpoints live beside the delivery history in `webhooks.redb` rather than in the log's
+//! `consumer_checkpoints`: they must commit atomically with the delivery record, and a log write
+//! per delivery and subscription would make the log's fsyncs scale with fan-out.
+//!
+//! Subscriptions come from the config file (`[[webhooks]]`) and from `<data_dir>/webhooks.json`
+//! (managed by `atcr webhooks add|remove`); the supervisor re-reads them every few seconds.
+//! Every URL must pass [`UrlPolicy::check`], and requests resolve through the policy's DNS gate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use atcr_storage::records::{self, ManifestRecord, StarRecord, TagRecord};
+use atcr_storage::{EventBody, EventLog, PutAction, StoredEvent};
+
+use crate::policy::{PolicyRefused, UrlPolicy};
+
+/// Every event type a subscription can ask for. (`scan.completed` is not offered: atcr has no
+/// scan data yet.)
+pub const EVENT_TYPES: [&str; 5] = ["manifest.pushed", "tag.created", "tag.moved", "tag.deleted", "repo.starred"];
+/// The signature header: `sha256=<hex HMAC-SHA256 of the body with the subscription's secret>`.
+pub const SIGNATURE_HEADER: &str = "X-Atcr-Signature";
+/// The delivery id header (also the body's `id`): `<subscription>-<log offset>`.
+pub const DELIVERY_HEADER: &str = "X-Atcr-Delivery";
+pub const EVENT_HEADER: &str = "X-Atcr-Event";
+
+const OUTBOX: TableDefinition<u64, &str> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
+const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+/// `<subscription>\0<offset, 20 digits>` → [`DeliveryRecord`] JSON.
+const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
+const CLASSIFIED: &str = "classified";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook store: {0}")]
+    Store(String),
+    #[error("event log: {0}")]
+    Log(#[from] atcr_storage::StorageError),
+    #[error("invalid subscription: {0}")]
+    Invalid(String),
+    #[error("subscriptions file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+fn store_error(error: impl std::fmt::Display) -> WebhookError {
+    WebhookError::Store(error.to_string())
+}
+
+/// One operator-configured subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub url: String,
+    pub secret: String,
+    /// Event types wanted ([`EVENT_TYPES`]); empty: all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only events about this DID or handle (for `repo.starred`: the starred repository's owner).
+    #[serde(default)]
+    pub did: Option<String>,
+    /// Only events about a repository of this name.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// A new subscription starts with the whole history instead of events from now on.
+    #[serde(default)]
+    pub from_beginning: bool,
+}
+
+impl Subscription {
+    /// Checks the id, the event types and the URL (by the outbound policy).
+    pub fn validate(&self, policy: &UrlPolicy) -> Result<(), WebhookError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self.id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !id_ok {
+            return Err(WebhookError::Invalid(format!("id {:?}: use 1-64 of A-Z a-z 0-9 - _", self.id)));
+        }
+        if self.secret.is_empty() {
+            return Err(WebhookError::Invalid(format!("{}: empty secret", self.id)));
+        }
+        if let Some(unknown) = self.events.iter().find(|event| !EVENT_TYPES.contains(&event.as_str())) {
+            return Err(WebhookError::Invalid(format!(
+                "{}: unknown event type {unknown:?}: use {}",
+                self.id,
+                EVENT_TYPES.join(", ")
+            )));
+        }
+        policy.check(&self.url).map_err(|reason| WebhookError::Invalid(format!("{}: url refused: {reason}", self.id)))
+    }
+
+    /// Whether this subscription wants `event` (type, DID-or-handle and repository filters).
+    pub fn wants(&self, event: &WebhookEvent) -> bool {
+        if !self.events.is_empty() && !self.events.contains(&event.event_type) {
+            return false;
+        }
+        if let Some(owner) = &self.did
+            && *owner != event.did
+            && event.handle.as_deref() != Some(owner.as_str())
+        {
+            return false;
+        }
+        self.repository.as_ref().is_none_or(|repository| *repository == event.repository)
+    }
+}
+
+/// What a webhook tells: one registry event, derived from one log event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The log offset of the event it came from.
+    pub offset: u64,
+    /// The repository owner.
+    pub did: String,
+    /// The owner's handle, when a verified one was known at that point of the log.
+    pub handle: Option<String>,
+    pub repository: String,
+    pub tag: Option<String>,
+    /// The manifest pushed, or the tag's target (for `tag.deleted`: the target it had).
+    pub digest: Option<String>,
+    /// `tag.moved`: the target before the move.
+    pub previous_digest: Option<String>,
+    /// Who did it (the starrer for `repo.starred`, else the owner).
+    pub actor: String,
+    /// When atcr received the event (RFC 3339 is left to the receiver: microseconds since epoch).
+    pub received_at_us: i64,
+}
+
+/// A tag's target as the classifier last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagTarget {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}
+
+/// What one log event means for webhooks, and how the classifier state changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Classified {
+    pub event: Option<WebhookEvent>,
+    /// `(did\0rkey, new target)`; `None` removes the tag.
+    pub tag_change: Option<(String, Option<TagTarget>)>,
+    /// `(did, verified handle)`; `None` forgets the DID's handle.
+    pub handle_change: Option<(String, Option<String>)>,
+}
+
+pub fn tag_key(did: &str, rkey: &str) -> String {
+    format!("{did}\0{rkey}")
+}
+
+/// Classifies one log event. Pure: `previous_tag` is the target the tag record at the event's
+/// `did` + `rkey` had (from the classifier's state), `handle` the owner's verified handle.
+pub fn classify(stored: &StoredEvent, previous_tag: Option<&TagTarget>, handle: Option<&str>) -> Classified {
+    let event = &stored.event;
+    let make = |event_type: &str, repository: String| WebhookEvent {
+        event_type: event_type.to_string(),
+        offset: stored.offset,
+        did: event.did.clone(),
+        handle: handle.map(str::to_string),
+        repository,
+        tag: None,
+        digest: None,
+        previous_digest: None,
+        actor: event.did.clone(),
+        received_at_us: event.received_at_us,
+    };
+    match &event.body {
+        EventBody::RecordPut { collection, rkey, record, .. } if collection == records::TAG => {
+            let Ok(tag) = TagRecord::decode(record) else { return Classified::default() };
+            let target = TagTarget { repository: tag.repository.clone(), tag: tag.tag.clone(), digest: tag.digest };
+            let event_type = match previous_tag {
+                Some(previous) if previous.repository == target.repository && previous.tag == target.tag => {
+                    (previous.digest != target.digest).then_some("tag.moved")
+                }
+                _ => Some("tag.created"),
+            };
+            let webhook = event_type.map(|event_type| WebhookEvent {
+                tag: Some(target.tag.clone()),
+                digest: Some(target.digest.clone()),
+                previous_digest: (event_type == "tag.moved").then(|| previous_tag.map(|p| p.digest.clone())).flatten(),
+                ..make(event_type, target.repository.clone())
+            });
+            Classified {
+                event: webhook,
+                tag_change: Some((tag_key(&event.did, rkey), Some(target))),
+                handle_change: None,
+            }
+        }
+        EventBody::RecordDeleted { collection, rkey, .. } if collection == records::TAG => {
+            let Some(previous) = previous_tag else { return Classified::default() };
+            Classified {
+                event: Some(WebhookEvent {
+                    tag: Some(previous.tag.clone()),
+                    digest: Some(previous.digest.clone()),
+                    ..make("tag.deleted", previous.repository.clone())
+                }),
+                tag_change: Some((tag_key(&event.did, rkey), None)),
+                handle_change: None,
+            }
+        }
+        EventBody::RecordPut { collection, action: PutAction::Create, record, .. }
+            if collection == records::MANIFEST =>
+        {
+            let Ok(manifest) = ManifestRecord::decode(record) else { return Classified::default() };
+            Classified {
+                event: Some(WebhookEvent {
+                    digest: Some(manifest.digest),
+                    ..make("manifest.pushed", manifest.repository)
+                }),
+                ..Classified::default()
+            }
+        }
+        EventBody::RecordPut { collection, action: PutAction::Create, record, .. } if collection == records::STAR => {
+            let Ok(star) = StarRecord::decode(record) else { return Classified::default() };
+            // About the starred repository: its owner is the event's `did`, the starrer the actor.
+            // (The subject's handle is not looked up here; a handle filter matches the DID's.)
+            Classified {
+                event: Some(WebhookEvent {
+                    did: star.subject_did,
+                    handle: None,
+                    actor: event.did.clone(),
+                    ..make("repo.starred", star.subject_repository)
+                }),
+                ..Classified::default()
+            }
+        }
+        EventBody::HandleChecked { handle, verified, .. } => Classified {
+            handle_change: Some((event.did.clone(), verified.then(|| handle.clone()))),
+            ..Classified::default()
+        },
+        _ => Classified::default(),
+    }
+}
+
+/// `sha256=<hex>` of HMAC-SHA256(`body`, key `secret`).
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("hmac accepts keys of any length"),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Checks a signature header as a receiver would (constant-time comparison).
+pub fn verify_signature(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_part) = header.strip_prefix("sha256=") else { return false };
+    let Ok(expected) = hex::decode(hex_part) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// Timeouts, backoff and the retry limit of deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryConfig {
+    /// Per request.
+    pub timeout: Duration,
+    /// Wait after the first failure; doubled after each further one…
+    pub backoff_base: Duration,
+    /// …up to this.
+    pub backoff_max: Duration,
+    /// Attempts before the delivery is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for DeliveryConfig {
+    /// 10 s timeout; waits 1, 2, 4, 8, 16, 32, 60, 60, 60 s: ten attempts over about four
+    /// minutes, so a receiver down for 30 s loses nothing.
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            max_attempts: 10,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+    }
+}
+
+/// How a delivery ended, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub delivery_id: String,
+    pub offset: u64,
+    pub event_type: String,
+    /// `delivered` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    /// The last attempt's HTTP status, when there was a response.
+    pub response_code: Option<u16>,
+    /// The last attempt's latency.
+    pub latency_ms: u64,
+    /// From the event's arrival in the log to the end of the delivery.
+    pub end_to_end_ms: u64,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub finished_at_ms: u64,
+}
+
+/// The classifier's state in memory: tag targets by `did\0rkey`, verified handles by DID.
+type ClassifierState = (HashMap<String, TagTarget>, HashMap<String, String>);
+
+/// The module's own state: outbox, classifier state, checkpoints, delivery history.
+pub struct WebhookStore {
+    db: Database,
+    /// The outbox's next key (the classifier's log offset), published after each commit.
+    outbox_head: watch::Sender<u64>,
+}
+
+impl WebhookStore {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("webhooks.redb")
+    }
+
+    pub fn open(data_dir: &Path) -> Result<Self, WebhookError> {
+        std::fs::create_dir_all(data_dir).map_err(store_error)?;
+        let db = Database::create(Self::path(data_dir)).map_err(store_error)?;
+        let write = db.begin_write().map_err(store_error)?;
+        {
+            write.open_table(OUTBOX).map_err(store_error)?;
+            write.open_table(META).map_err(store_error)?;
+            write.open_table(TAGS).map_err(store_error)?;
+            write.open_table(HANDLES).map_err(store_error)?;
+            write.open_table(CHECKPOINTS).map_err(store_error)?;
+            write.open_table(DELIVERIES).map_err(store_error)?;
+        }
+        write.commit().map_err(store_error)?;
+        let store = WebhookStore { db, outbox_head: watch::Sender::new(0) };
+        let classified = store.classified()?;
+        store.outbox_head.send_replace(classified);
+        Ok(store)
+    }
+
+    /// The next log offset the classifier reads (= the outbox's logical head).
+    pub fn classified(&self) -> Result<u64, WebhookError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let meta = read.open_table(META).map_err(store_error)?;
+        Ok(meta.get(CLASSIFIED).map_err(store_error)?.map(|value| value.value()).unwrap_or(0))
+    }
+
+    fn load_state(&self) -> Result<ClassifierState, WebhookError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let mut tags = HashMap::new();
+        for entry in read.open_table(TAGS).map_err(store_error)?.iter().map_err(store_error)? {
+            let (key, value) = entry.map_err(store_error)?;
+            let target: TagTarget = serde_json::from_str(value.value()).map_err(store_error)?;
+            tags.insert(key.value().to_string(), target);
+        }
+        let mut handles = HashMap::new();
+        for entry in read.open_table(HANDLES).map_err(store_error)?.iter().map_err(store_error)? {
+            let (key, value) = entry.map_err(store_error)?;
+            handles.insert(key.value().to_string(), value.value().to_string());
+        }
+        Ok((tags, handles))
+    }
+
+    /// Commits one classified chunk: its events, the state changes and the new log offset.
+    fn commit_classified(
+        &self,
+        events: &[WebhookEvent],
+        tags: &BTreeMap<String, Option<TagTarget>>,
+        handles: &BTreeMap<String, Option<String>>,
+        next: u64,
+    ) -> Result<(), WebhookError> {
+        let mut write = self.db.begin_write().map_err(store_error)?;
+        write.set_durability(Durability::Immediate).map_err(store_error)?;
+        {
+            let mut outbox = write.open_table(OUTBOX).map_err(store_error)?;
+            for event in events {
+                let json = serde_json::to_string(event).map_err(store_error)?;
+                outbox.insert(event.offset, json.as_str()).map_err(store_error)?;
+            }
+            let mut tag_table = write.open_table(TAGS).map_err(store_error)?;
+            for (key, target) in tags {
+                match target {
+                    Some(target) => {
+                        let json = serde_json::to_string(target).map_err(store_error)?;
+                        tag_table.insert(key.as_str(), json.as_str()).map_err(store_error)?;
+                    }
+                    None => {
+                        tag_table.remove(key.as_str()).map_err(store_error)?;
+                    }
+                }
+            }
+            let mut handle_table = write.open_table(HANDLES).map_err(store_error)?;
+            for (did, handle) in handles {
+                match handle {
+                    Some(handle) => {
+                        handle_table.insert(did.as_str(), handle.as_str()).map_err(store_error)?;
+                    }
+                    None => {
+                        handle_table.remove(did.as_str()).map_err(store_error)?;
+                    }
+                }
+            }
+            write.open_table(META).map_err(store_error)?.insert(CLASSIFIED, next).map_err(store_error)?;
+        }
+        write.commit().map_err(store_error)?;
+        self.outbox_head.send_replace(next);
+        Ok(())
+    }
+
+    /// Up to `limit` outbox events at or after `from`.
+    pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<WebhookEvent>, WebhookError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let outbox = read.open_table(OUTBOX).map_err(store_error)?;
+        let mut out = Vec::new();
+        for entry in outbox.range(from..).map_err(store_error)?.take(limit) {
+            let (_, value) = entry.map_err(store_error)?;
+            out.push(serde_json::from_str(value.value()).map_err(store_error)?);
+        }
+        Ok(out)
+    }
+
+    pub fn checkpoint(&self, subscription: &str) -> Result<Option<u64>, WebhookError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let table = read.open_table(CHECKPOINTS).map_err(store_error)?;
+        Ok(table.get(subscription).map_err(store_error)?.map(|value| value.value()))
+    }
+
+    /// Records how a delivery ended (if any) and moves the subscription's checkpoint, together.
+    pub fn commit_progress(
+        &self,
+        subscription: &str,
+        record: Option<&DeliveryRecord>,
+        checkpoint: u64,
+    ) -> Result<(), WebhookError> {
+        let mut write = self.db.begin_write().map_err(store_error)?;
+        write.set_durability(Durability::Immediate).map_err(store_error)?;
+        {
+            if let Some(record) = record {
+                let key = format!("{subscription}\0{:020}", record.offset);
+                let json = serde_json::to_string(record).map_err(store_error)?;
+                write
+                    .open_table(DELIVERIES)
+                    .map_err(store_error)?
+                    .insert(key.as_str(), json.as_str())
+                    .map_err(store_error)?;
+            }
+            write
+                .open_table(CHECKPOINTS)
+                .map_err(store_error)?
+                .insert(subscription, checkpoint)
+                .map_err(store_error)?;
+        }
+        write.commit().map_err(store_error)
+    }
+
+    /// A subscription's delivery history, newest first.
+    pub fn deliveries(&self, subscription: &str, limit: usize) -> Result<Vec<DeliveryRecord>, WebhookError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let table = read.open_table(DELIVERIES).map_err(store_error)?;
+        let start = format!("{subscription}\0");
+        let end = format!("{subscription}\u{1}");
+        let mut out = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str()).map_err(store_error)?.rev().take(limit) {
+            let (_, value) = entry.map_err(store_error)?;
+            out.push(serde_json::from_str(value.value()).map_err(store_error)?);
+        }
+        Ok(out)
+    }
+
+    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
+        self.outbox_head.subscribe()
+    }
+}
+
+/// Classifies the log into the outbox until `shutdown`. Polls every second besides waking on
+/// appends, so it also follows a log written by another process.
+pub async fn run_classifier(
+    log: Arc<EventLog>,
+    store: Arc<WebhookStore>,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
+    let (mut tags, mut handles) = store.load_state()?;
+    let mut head = log.subscribe();
+    let mut next = store.classified()?;
+    loop {
+        let chunk = log.read_from(next, 1024)?;
+        if chunk.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = head.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let mut events = Vec::new();
+        let mut tag_changes = BTreeMap::new();
+        let mut handle_changes = BTreeMap::new();
+        for stored in &chunk {
+            let previous = match &stored.event.body {
+                EventBody::RecordPut { collection, rkey, .. } | EventBody::RecordDeleted { collection, rkey, .. }
+                    if collection == records::TAG =>
+                {
+                    tags.get(&tag_key(&stored.event.did, rkey)).cloned()
+                }
+                _ => None,
+            };
+            let handle = handles.get(&stored.event.did).cloned();
+            let classified = classify(stored, previous.as_ref(), handle.as_deref());
+            if let Some((key, target)) = classified.tag_change {
+                match &target {
+                    Some(target) => tags.insert(key.clone(), target.clone()),
+                    None => tags.remove(&key),
+                };
+                tag_changes.insert(key, target);
+            }
+            if let Some((did, handle)) = classified.handle_change {
+                match &handle {
+                    Some(handle) => handles.insert(did.clone(), handle.clone()),
+                    None => handles.remove(&did),
+                };
+                handle_changes.insert(did, handle);
+            }
+            events.extend(classified.event);
+            next = stored.offset + 1;
+        }
+        store.commit_classified(&events, &tag_changes, &handle_changes, next)?;
+        tracing::debug!(next, events = events.len(), "webhook events classified");
+    }
+}
+
+/// Sends deliveries: signed JSON POSTs through the outbound policy.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    policy: UrlPolicy,
+    config: DeliveryConfig,
+}
+
+/// One attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub response_code: Option<u16>,
+    pub latency: Duration,
+    /// `None`: delivered (2xx).
+    pub error: Option<String>,
+    /// Trying again cannot help (the policy refuses the URL).
+    pub final_failure: bool,
+}
+
+impl Sender {
+    pub fn new(policy: UrlPolicy, config: DeliveryConfig) -> Result<Self, WebhookError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(policy.resolver())
+            .user_agent(concat!("atcr-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(store_error)?;
+        Ok(Sender { client, policy, config })
+    }
+
+    pub fn config(&self) -> DeliveryConfig {
+        self.config
+    }
+
+    /// The body of a delivery: the same bytes for every attempt.
+    pub fn body(subscription: &Subscription, event: &WebhookEvent) -> Vec<u8> {
+        let delivery_id = format!("{}-{}", subscription.id, event.offset);
+        let body = serde_json::json!({ "id": delivery_id, "subscription": subscription.id, "event": event });
+        body.to_string().into_bytes()
+    }
+
+    /// One POST of `body`.
+    pub async fn attempt(
+        &self,
+        subscription: &Subscription,
+        delivery_id: &str,
+        event_type: &str,
+        body: &[u8],
+    ) -> Attempt {
+        let started = Instant::now();
+        if let Err(reason) = self.policy.check(&subscription.url) {
+            return Attempt {
+                response_code: None,
+                latency: started.elapsed(),
+                error: Some(format!("refused by the outbound URL policy: {reason}")),
+                final_failure: true,
+            };
+        }
+        let result = self
+            .client
+            .post(&subscription.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature(&subscription.secret, body))
+            .header(DELIVERY_HEADER, delivery_id)
+            .header(EVENT_HEADER, event_type)
+            .body(body.to_vec())
+            .send()
+            .await;
+        let latency = started.elapsed();
+        match result {
+            Ok(response) if response.status().is_success() => {
+                Attempt { response_code: Some(response.status().as_u16()), latency, error: None, final_failure: false }
+            }
+            Ok(response) => Attempt {
+                response_code: Some(response.status().as_u16()),
+                latency,
+                error: Some(format!("answered {}", response.status())),
+                final_failure: false,
+            },
+            Err(error) => {
+                let refused = refused_by_policy(&error);
+                Attempt {
+                    response_code: None,
+                    latency,
+                    final_failure: refused.is_some(),
+                    error: Some(refused.unwrap_or_else(|| error.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Delivers `event`, retrying with backoff, until delivered or dead; `None` when `shutdown`
+    /// came first (nothing is recorded: the event is sent again after a restart).
+    pub async fn deliver(
+        &self,
+        subscription: &Subscription,
+        event: &WebhookEvent,
+        shutdown: &CancellationToken,
+    ) -> Option<DeliveryRecord> {
+        let delivery_id = format!("{}-{}", subscription.id, event.offset);
+        let body = Self::body(subscription, event);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                attempt = self.attempt(subscription, &delivery_id, &event.event_type, &body) => attempt,
+            };
+            let delivered = attempt.error.is_none();
+            if delivered || attempt.final_failure || attempts >= self.config.max_attempts {
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let received_ms = u64::try_from(event.received_at_us / 1000).unwrap_or(0);
+                if !delivered {
+                    tracing::warn!(subscription = %subscription.id, delivery = %delivery_id, attempts, error = ?attempt.error, "webhook delivery dead-lettered");
+                }
+                return Some(DeliveryRecord {
+                    delivery_id,
+                    offset: event.offset,
+                    event_type: event.event_type.clone(),
+                    status: if delivered { "delivered" } else { "dead" }.to_string(),
+                    attempts,
+                    response_code: attempt.response_code,
+                    latency_ms: attempt.latency.as_millis() as u64,
+                    end_to_end_ms: now_ms.saturating_sub(received_ms),
+                    error: attempt.error,
+                    finished_at_ms: now_ms,
+                });
+            }
+            let wait = self.config.backoff(attempts);
+            tracing::info!(subscription = %subscription.id, delivery = %delivery_id, attempts, error = ?attempt.error, wait_ms = wait.as_millis() as u64, "webhook delivery failed, retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn refused_by_policy(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<PolicyRefused>() {
+            return Some(format!("refused by the outbound URL policy: {}", refused.0));
+        }
+        source = current.source();
+    }
+    None
+}
+
+/// Delivers one subscription's events in order until `shutdown`.
+pub async fn run_subscription(
+    subscription: Subscription,
+    store: Arc<WebhookStore>,
+    sender: Sender,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
+    let mut head = store.subscribe_outbox();
+    let mut next = match store.checkpoint(&subscription.id)? {
+        Some(checkpoint) => checkpoint,
+        None => {
+            let start = if subscription.from_beginning { 0 } else { store.classified()? };
+            store.commit_progress(&subscription.id, None, start)?;
+            start
+        }
+    };
+    tracing::info!(subscription = %subscription.id, from = next, "webhook deliveries started");
+    loop {
+        let events = store.outbox_from(next, 256)?;
+        if events.is_empty() {
+            // Skipped events (filters) are passed for good: remember how far.
+            let head_now = *head.borrow_and_update();
+            if head_now > next {
+                next = head_now;
+                store.commit_progress(&subscription.id, None, next)?;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = head.changed() => if changed.is_err() { return Ok(()) },
+            }
+            continue;
+        }
+        for event in events {
+            if !subscription.wants(&event) {
+                next = event.offset + 1;
+                continue;
+            }
+            let Some(record) = sender.deliver(&subscription, &event, &shutdown).await else { return Ok(()) };
+            next = event.offset + 1;
+            store.commit_progress(&subscription.id, Some(&record), next)?;
+        }
+    }
+}
+
+/// Where the subscriptions `atcr webhooks add|remove` manage live: `<data_dir>/webhooks.json`.
+pub struct SubscriptionFile {
+    path: PathBuf,
+}
+
+impl SubscriptionFile {
+    pub fn new(data_dir: &Path) -> Self {
+        SubscriptionFile { path: data_dir.join("webhooks.json") }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> WebhookError {
+        WebhookError::File { path: self.path.display().to_string(), message: message.to_string() }
+    }
+
+    pub fn load(&self) -> Result<Vec<Subscription>, WebhookError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| self.error(error)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(error) => Err(self.error(error)),
+        }
+    }
+
+    fn save(&self, subscriptions: &[Subscription]) -> Result<(), WebhookError> {
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| self.error(error))?;
+        }
+        let json = serde_json::to_vec_pretty(subscriptions).map_err(|error| self.error(error))?;
+        let temporary = self.path.with_extension("json.tmp");
+        std::fs::write(&temporary, json).map_err(|error| self.error(error))?;
+        std::fs::rename(&temporary, &self.path).map_err(|error| self.error(error))
+    }
+
+    /// Adds a validated subscription; its id must be new.
+    pub fn add(&self, subscription: Subscription, policy: &UrlPolicy) -> Result<(), WebhookError> {
+        subscription.validate(policy)?;
+        let mut subscriptions = self.load()?;
+        if subscriptions.iter().any(|existing| existing.id == subscription.id) {
+            return Err(WebhookError::Invalid(format!("a subscription {:?} exists", subscription.id)));
+        }
+        subscriptions.push(subscription);
+        self.save(&subscriptions)
+    }
+
+    /// Removes a subscription; false when there was none with that id.
+    pub fn remove(&self, id: &str) -> Result<bool, WebhookError> {
+        let mut subscriptions = self.load()?;
+        let before = subscriptions.len();
+        subscriptions.retain(|subscription| subscription.id != id);
+        if subscriptions.len() == before {
+            return Ok(false);
+        }
+        self.save(&subscriptions)?;
+        Ok(true)
+    }
+}
+
+/// Runs the classifier and one worker per subscription until `shutdown`. `subscriptions` is
+/// asked again every two seconds; a changed or removed subscription's worker is restarted or
+/// stopped (its checkpoint stays).
+pub async fn run<F>(
+    log: Arc<EventLog>,
+    store: Arc<WebhookStore>,
+    sender: Sender,
+    subscriptions: F,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError>
+where
+    F: Fn() -> Result<Vec<Subscription>, WebhookError> + Send + 'static,
+{
+    let classifier = tokio::spawn(run_classifier(log, store.clone(), shutdown.clone()));
+    let mut workers: HashMap<String, (Subscription, CancellationToken)> = HashMap::new();
+    loop {
+        match subscriptions() {
+            Ok(wanted) => {
+                workers.retain(|id, (subscription, token)| {
+                    let keep = wanted.iter().any(|w| w == subscription);
+                    if !keep {
+                        tracing::info!(subscription = %id, "webhook subscription stopped");
+                        token.cancel();
+                    }
+                    keep
+                });
+                for subscription in wanted {
+                    if workers.contains_key(&subscription.id) {
+                        continue;
+                    }
+                    if let Err(error) = subscription.validate(&sender.policy) {
+                        tracing::warn!(%error, "webhook subscription skipped");
+                        continue;
+                    }
+                    let token = shutdown.child_token();
+                    let task = run_subscription(subscription.clone(), store.clone(), sender.clone(), token.clone());
+                    let id = subscription.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = task.await {
+                            tracing::error!(subscription = %id, %error, "webhook deliveries stopped");
+                        }
+                    });
+                    workers.insert(subscription.id.clone(), (subscription, token));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "webhook subscriptions not reloaded"),
+        }
+        if classifier.is_finished() {
+            return match classifier.await {
+                Ok(result) => result,
+                Err(error) => Err(WebhookError::Store(format!("classifier task: {error}"))),
+            };
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atcr_storage::{Event, Source};
+
+    fn put(
+        offset: u64,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        action: PutAction,
+        record: serde_json::Value,
+    ) -> StoredEvent {
+        let record = serde_ipld_dagcbor::to_vec(&record).expect("cbor");
+        StoredEvent {
+            offset,
+            event: Event {
+                source: Source::Firehose,
+                upstream_seq: None,
+                did: did.into(),
+                rev: None,
+                upstream_time: None,
+                received_at_us: 0,
+                commit_cid: None,
+                body: EventBody::RecordPut {
+                    collection: collection.into(),
+                    rkey: rkey.into(),
+                    cid: "bafy".into(),
+                    action,
+                    record,
+                },
+            },
+        }
+    }
+
+    fn digest(byte: char) -> String {
+        format!("sha256:{}", byte.to_string().repeat(64))
+    }
+
+    fn tag_record(tag: &str, target: &str) -> serde_json::Value {
+        serde_json::json!({"$type": "io.atcr.tag", "repository": "app", "tag": tag, "manifestDigest": target, "createdAt": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn tags_are_created_moved_and_deleted_by_their_previous_target() {
+        let created =
+            put(1, "did:plc:a", records::TAG, "app_latest", PutAction::Create, tag_record("latest", &digest('a')));
+        let first = classify(&created, None, Some("alice.test"));
+        let event = first.event.expect("created");
+        assert_eq!(event.event_type, "tag.created");
+        assert_eq!(event.handle.as_deref(), Some("alice.test"));
+        let (_, target) = first.tag_change.expect("state");
+        let target = target.expect("target");
+
+        let moved =
+            put(2, "did:plc:a", records::TAG, "app_latest", PutAction::Update, tag_record("latest", &digest('b')));
+        let second = classify(&moved, Some(&target), None).event.expect("moved");
+        assert_eq!(second.event_type, "tag.moved");
+        assert_eq!(second.previous_digest, Some(digest('a')));
+        assert_eq!(second.digest, Some(digest('b')));
+
+        // Rewritten with the same target: nothing moved, nothing sent.
+        let same =
+            put(3, "did:plc:a", records::TAG, "app_latest", PutAction::Update, tag_record("latest", &digest('a')));
+        assert_eq!(classify(&same, Some(&target), None).event, None);
+
+        let deleted = StoredEvent {
+            offset: 4,
+            event: Event {
+                body: EventBody::RecordDeleted {
+                    collection: records::TAG.into(),
+                    rkey: "app_latest".into(),
+                    prev_cid: None,
+                },
+                ..created.event.clone()
+            },
+        };
+        let gone = classify(&deleted, Some(&target), None);
+        assert_eq!(gone.event.as_ref().map(|event| event.event_type.as_str()), Some("tag.deleted"));
+        assert_eq!(gone.event.and_then(|event| event.tag), Some("latest".into()));
+        assert_eq!(gone.tag_change, Some((tag_key("did:plc:a", "app_latest"), None)));
+        // A delete of a tag the classifier never saw names nothing: no event.
+        assert_eq!(classify(&deleted, None, None).event, None);
+    }
+
+    #[test]
+    fn manifests_and_stars_are_classified_on_create_only() {
+        let manifest = serde_json::json!({"$type": "io.atcr.manifest", "repository": "app", "digest": digest('c'), "mediaType": "application/vnd.oci.image.manifest.v1+json"});
+        let pushed = put(5, "did:plc:a", records::MANIFEST, "c", PutAction::Create, manifest.clone());
+        let event = classify(&pushed, None, None).event.expect("pushed");
+        assert_eq!((event.event_type.as_str(), event.repository.as_str()), ("manifest.pushed", "app"));
+        assert_eq!(
+            classify(&put(6, "did:plc:a", records::MANIFEST, "c", PutAction::Update, manifest), None, None).event,
+            None
+        );
+
+        let star = serde_json::json!({"$type": "io.atcr.sailor.star", "subject": {"did": "did:plc:a", "repository": "app"}, "createdAt": "2026-01-01T00:00:00Z"});
+        let starred = classify(&put(7, "did:plc:b", records::STAR, "s1", PutAction::Create, star), None, None)
+            .event
+            .expect("starred");
+        assert_eq!(starred.event_type, "repo.starred");
+        assert_eq!((starred.did.as_str(), starred.actor.as_str()), ("did:plc:a", "did:plc:b"));
+        // Garbage records classify to nothing instead of failing.
+        let garbage = put(8, "did:plc:a", records::TAG, "x", PutAction::Create, serde_json::json!({"nope": 1}));
+        assert_eq!(classify(&garbage, None, None), Classified::default());
+    }
+
+    fn subscription() -> Subscription {
+        Subscription {
+            id: "ci".into(),
+            url: "https://hooks.example.com/atcr".into(),
+            secret: "s3cret".into(),
+            events: Vec::new(),
+            did: None,
+            repository: None,
+            from_beginning: false,
+        }
+    }
+
+    fn event(event_type: &str, did: &str, handle: Option<&str>, repository: &str) -> WebhookEvent {
+        WebhookEvent {
+            event_type: event_type.into(),
+            offset: 0,
+            did: did.into(),
+            handle: handle.map(str::to_string),
+            repository: repository.into(),
+            tag: None,
+            digest: None,
+            previous_digest: None,
+            actor: did.into(),
+            received_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn filters_match_type_did_or_handle_and_repository() {
+        let all = subscription();
+        assert!(all.wants(&event("tag.moved", "did:plc:a", None, "app")));
+        let typed = Subscription { events: vec!["tag.created".into()], ..subscription() };
+        assert!(typed.wants(&event("tag.created", "did:plc:a", None, "app")));
+        assert!(!typed.wants(&event("tag.moved", "did:plc:a", None, "app")));
+        let by_handle = Subscription { did: Some("alice.test".into()), ..subscription() };
+        assert!(by_handle.wants(&event("tag.created", "did:plc:a", Some("alice.test"), "app")));
+        assert!(!by_handle.wants(&event("tag.created", "did:plc:a", None, "app")));
+        let by_did = Subscription { did: Some("did:plc:a".into()), repository: Some("app".into()), ..subscription() };
+        assert!(by_did.wants(&event("manifest.pushed", "did:plc:a", None, "app")));
+        assert!(!by_did.wants(&event("manifest.pushed", "did:plc:a", None, "other")));
+        assert!(!by_did.wants(&event("manifest.pushed", "did:plc:b", None, "app")));
+    }
+
+    #[test]
+    fn subscriptions_are_validated_with_the_url_policy() {
+        let strict = UrlPolicy::default();
+        assert!(subscription().validate(&strict).is_ok());
+        let loopback = Subscription { url: "http://127.0.0.1:9/hook".into(), ..subscription() };
+        assert!(loopback.validate(&strict).is_err());
+        assert!(loopback.validate(&UrlPolicy { allow_loopback: true }).is_ok());
+        let private = Subscription { url: "https://10.0.0.1/hook".into(), ..subscription() };
+        assert!(private.validate(&UrlPolicy { allow_loopback: true }).is_err());
+        assert!(Subscription { id: "a b".into(), ..subscription() }.validate(&strict).is_err());
+        assert!(Subscription { secret: String::new(), ..subscription() }.validate(&strict).is_err());
+        let unknown = Subscription { events: vec!["scan.completed".into()], ..subscription() };
+        assert!(unknown.validate(&strict).unwrap_err().to_string().contains("scan.completed"));
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        let signed = signature("Jefe", b"what do ya want for nothing?");
+        assert_eq!(signed, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert!(verify_signature("Jefe", b"what do ya want for nothing?", &signed));
+        assert!(!verify_signature("Jefe", b"what do ya want for nothing!", &signed));
+        assert!(!verify_signature("other", b"what do ya want for nothing?", &signed));
+        assert!(!verify_signature("Jefe", b"x", "md5=00"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let config = DeliveryConfig::default();
+        let waits: Vec<u64> = (1..=9).map(|attempt| config.backoff(attempt).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(config.backoff(200), Duration::from_secs(60));
+        // Ten attempts span more than the 30 s outage the acceptance test names.
+        assert!(
+            (1..config.max_attempts).map(|attempt| config.backoff(attempt)).sum::<Duration>() > Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn the_store_keeps_outbox_checkpoints_and_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("open");
+        let events = vec![event("tag.created", "did:plc:a", None, "app")];
+        store.commit_classified(&events, &BTreeMap::new(), &BTreeMap::new(), 5).expect("commit");
+        assert_eq!(store.classified().expect("classified"), 5);
+        assert_eq!(store.outbox_from(0, 10).expect("outbox"), events);
+        let record = DeliveryRecord {
+            delivery_id: "ci-0".into(),
+            offset: 0,
+            event_type: "tag.created".into(),
+            status: "delivered".into(),
+            attempts: 1,
+            response_code: Some(200),
+            latency_ms: 1,
+            end_to_end_ms: 2,
+            error: None,
+            finished_at_ms: 3,
+        };
+        store.commit_progress("ci", Some(&record), 1).expect("progress");
+        store
+            .commit_progress("cid", Some(&DeliveryRecord { delivery_id: "cid-0".into(), ..record.clone() }), 1)
+            .expect("other");
+        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(1));
+        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![record]);
+    }
+}
