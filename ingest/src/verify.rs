@@ -12,6 +12,10 @@
 //! Fetching the key (DID resolution, caching, refresh on failure), rev ordering per DID and
 //! quarantining belong to the caller: this module only says yes, or why not, in words fit for a
 //! quarantine entry.
+//!
+//! It trusts what [`crate::frame`] established while decoding: every block of `blocks` matches
+//! its CID ([`crate::car::CarBlocks`]) and `commit_block` is the block of `commit_cid`. A caller
+//! that builds a [`CommitFacts`] by hand must keep those two true.
 
 use ipld_core::cid::Cid;
 
