@@ -15,6 +15,7 @@
 pub mod events;
 mod oci;
 pub mod ui;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -22,6 +22,7 @@ pub mod markdown;
 mod search;
 mod status;
 mod views;
+pub mod webhooks;
 
 use std::sync::LazyLock;
 
