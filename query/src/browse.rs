@@ -8,11 +8,12 @@ use atcr_projections::browse::{RepositoryFacts, SearchDoc, summary_line};
 use atcr_projections::{ManifestRow, ProjectionError, Views};
 use atcr_storage::records::is_sha256_digest;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::registry::RegistryQuery;
 
 /// A repository as listed on the home, user and search pages.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RepoCard {
     pub did: String,
     /// The owner's handle, when its DID document names one.
@@ -30,7 +31,7 @@ pub struct RepoCard {
 }
 
 /// Counts over the whole registry.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct NetworkStats {
     pub users: u64,
     pub repositories: u64,
@@ -39,7 +40,7 @@ pub struct NetworkStats {
     pub stars: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HomePage {
     pub stats: NetworkStats,
     /// Newest pushes first.
@@ -50,7 +51,7 @@ pub struct HomePage {
     pub new_repositories: Vec<RepoCard>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct UserPage {
     pub did: String,
     pub handle: Option<String>,
@@ -73,7 +74,7 @@ pub struct UserPage {
 }
 
 /// One tag on the repository page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TagSummary {
     pub name: String,
     pub digest: String,
@@ -85,7 +86,7 @@ pub struct TagSummary {
     pub updated_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RepositoryPage {
     pub did: String,
     pub handle: Option<String>,
@@ -108,14 +109,14 @@ pub struct RepositoryPage {
     pub last_push: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LayerEntry {
     pub digest: String,
     pub media_type: Option<String>,
     pub size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PlatformEntry {
     pub platform: Option<String>,
     pub digest: String,
@@ -123,7 +124,7 @@ pub struct PlatformEntry {
     pub size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReferrerEntry {
     pub digest: String,
     pub media_type: String,
@@ -132,7 +133,7 @@ pub struct ReferrerEntry {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ManifestKind {
     /// A multi-platform index: every platform with its own manifest.
@@ -141,7 +142,7 @@ pub enum ManifestKind {
     Image { config: Option<LayerEntry>, layers: Vec<LayerEntry> },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ManifestPage {
     pub did: String,
     pub handle: Option<String>,
@@ -411,8 +412,27 @@ impl Browse {
     }
 }
 
+impl Browse {
+    /// Who starred a repository (starrer DID, the star's `createdAt`), with the owner's DID;
+    /// `None` when the repository is unknown.
+    #[allow(clippy::type_complexity)]
+    pub fn stargazers(
+        &self,
+        owner: &str,
+        repository: &str,
+    ) -> Result<Option<(String, Vec<(String, String)>)>, BrowseError> {
+        let views = self.views();
+        let Some(did) = owner_did(&views, owner)? else { return Ok(None) };
+        if views.repository(&did, repository)?.is_none() {
+            return Ok(None);
+        }
+        let stars = views.stargazers(&did, repository)?;
+        Ok(Some((did, stars)))
+    }
+}
+
 /// What atcr knows about reaching a hold, from the log's resolution events (never the network).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum HoldStatus {
     /// The hold's DID document names this service endpoint.

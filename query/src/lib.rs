@@ -50,15 +50,17 @@ impl EventFilter {
 }
 
 /// A page of matching events and where to continue.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
+    /// Log events as JSON (`offset`, `did`, `kind`, the record…).
+    #[schema(value_type = Vec<Object>)]
     pub events: Vec<Value>,
     /// The offset to pass as `from` for the next page.
     pub next: u64,
 }
 
 /// One quarantined input, without its raw bytes (which can be large).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QuarantineSummary {
     pub id: u64,
     pub received_at_us: i64,

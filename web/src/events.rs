@@ -183,6 +183,19 @@ fn start_offset(params: &EventParams, headers: &HeaderMap) -> Result<Option<u64>
 }
 
 /// `GET /api/v1/events`.
+#[utoipa::path(get, path = "/api/v1/events", tag = "log",
+    params(
+        ("did" = Option<String>, Query, description = "Only this DID's events"),
+        ("repository" = Option<String>, Query, description = "Only events of this repository"),
+        ("kind" = Option<String>, Query, description = "Comma-separated event kinds (`record`, `manifest_stored`, …)"),
+        ("after" = Option<String>, Query, description = "Resume after this offset (as `Last-Event-ID` does)"),
+        ("from" = Option<String>, Query, description = "Start at this offset"),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: one log event per `data:` line, its offset as `id`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad parameter", body = crate::api::ErrorBody),
+        (status = 503, description = "Live events are not configured or too many streams are open", body = crate::api::ErrorBody),
+    ))]
 pub(crate) async fn api_events(
     State(state): State<AppState>,
     Query(params): Query<EventParams>,

@@ -5,6 +5,8 @@
 //! - `/healthz`, `/metrics` (Prometheus text);
 //! - `/api/v1/status`, `/api/v1/log`, `/api/v1/log/{offset}`, `/api/v1/quarantine` (JSON);
 //! - `/api/v1/events`: the log tail as server-sent events ([`events`]);
+//! - `/api/openapi.json` (the OpenAPI 3.1 document), users, repositories, manifests, stars and
+//!   `/api/v1/export/{did}` ([`api`], which also adds ETags and CORS to all of `/api`);
 //! - `/v2/…`: the OCI Distribution pull API ([`oci`]).
 //!
 //! Handlers only translate between HTTP and `atcr-query`; every error becomes a response
@@ -12,6 +14,7 @@
 //! the UI). The UI and the JSON API are compressed (gzip/br); `/v2` never is: blob bodies are
 //! already compressed and must keep their exact length.
 
+pub mod api;
 pub mod events;
 mod oci;
 pub mod ui;
@@ -64,8 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/log/{offset}", get(api_log_event))
         .route("/api/v1/quarantine", get(api_quarantine))
         .route("/api/v1/search", get(api_search))
+        .merge(api::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), ui::history::repository_history_layer))
+        .layer(axum::middleware::from_fn(api::etag_layer))
         .layer(CompressionLayer::new());
     Router::new()
         // Never compressed: a compressor would hold events back until its buffer fills.
@@ -74,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", get(oci::base))
         .route("/v2/{*path}", axum::routing::any(oci::dispatch))
         .merge(compressed)
+        .layer(axum::middleware::from_fn(api::cors_layer))
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .with_state(state)
@@ -95,6 +101,10 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
     }
+
+    fn internal(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: message.into() }
+    }
 }
 
 impl From<QueryError> for ApiError {
@@ -106,7 +116,8 @@ impl From<QueryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        // `error` repeats `code` for clients of the first API version ([`api::ErrorBody`]).
+        let body = serde_json::json!({ "code": self.code, "message": self.message, "error": self.code });
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -136,22 +147,39 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
 }
 
+/// `GET /api/v1/status`: the log's counts, recent events and quarantine, stream notes.
+#[utoipa::path(get, path = "/api/v1/status", tag = "log",
+    responses(
+        (status = 200, description = "Log statistics, the 25 newest events and quarantined inputs, stream notes", body = Object),
+        (status = 500, description = "The log could not be read", body = api::ErrorBody),
+    ))]
 async fn api_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let query = state.query.clone();
     let report = blocking(move || query.status(25)).await?;
     Ok(axum::Json(report).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogParams {
+    /// First offset to consider (default 0); pass the previous page's `next`.
     from: Option<u64>,
+    /// Most events to return, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// Only this DID's events.
     did: Option<String>,
+    /// An exact collection NSID, or a prefix ending in `.` or `*` (`io.atcr.sailor.*`).
     collection: Option<String>,
 }
 
 const MAX_PAGE: usize = 1000;
 
+/// `GET /api/v1/log`: a page of log events, oldest first (the log's offset is its cursor).
+#[utoipa::path(get, path = "/api/v1/log", tag = "log", params(LogParams),
+    responses(
+        (status = 200, description = "A page of events and the `from` of the next page", body = atcr_query::EventPage),
+        (status = 400, description = "A bad parameter", body = api::ErrorBody),
+    ))]
 async fn api_log(State(state): State<AppState>, Query(params): Query<LogParams>) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
@@ -163,6 +191,14 @@ async fn api_log(State(state): State<AppState>, Query(params): Query<LogParams>)
     Ok(axum::Json(page).into_response())
 }
 
+/// `GET /api/v1/log/{offset}`: one log event.
+#[utoipa::path(get, path = "/api/v1/log/{offset}", tag = "log",
+    params(("offset" = String, Path, description = "The event's offset in the log (a non-negative integer)")),
+    responses(
+        (status = 200, description = "The event as JSON", body = Object),
+        (status = 400, description = "The offset is not a non-negative integer", body = api::ErrorBody),
+        (status = 404, description = "No event at that offset", body = api::ErrorBody),
+    ))]
 async fn api_log_event(State(state): State<AppState>, Path(offset): Path<String>) -> Result<Response, ApiError> {
     let offset: u64 = offset.parse().map_err(|_| ApiError::bad_request("offset must be a non-negative integer"))?;
     let query = state.query.clone();
@@ -172,12 +208,21 @@ async fn api_log_event(State(state): State<AppState>, Path(offset): Path<String>
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct QuarantineParams {
+    /// First quarantine id to list (default 0).
     from: Option<u64>,
+    /// Most entries, clamped to 1..1000 (default 100).
     limit: Option<usize>,
 }
 
+/// `GET /api/v1/quarantine`: inputs atcr could not ingest, without their raw bytes.
+#[utoipa::path(get, path = "/api/v1/quarantine", tag = "log", params(QuarantineParams),
+    responses(
+        (status = 200, description = "Quarantined inputs, by id", body = Vec<atcr_query::QuarantineSummary>),
+        (status = 400, description = "A bad parameter", body = api::ErrorBody),
+    ))]
 async fn api_quarantine(
     State(state): State<AppState>,
     Query(params): Query<QuarantineParams>,
@@ -190,6 +235,18 @@ async fn api_quarantine(
 }
 
 /// `GET /api/v1/search?q=&sort=&page=&per_page=`: the search page's results as JSON.
+#[utoipa::path(get, path = "/api/v1/search", tag = "registry",
+    params(
+        ("q" = Option<String>, Query, description = "Search text with `owner:`, `tag:`, `platform:`, `pushed:`, `sort:` filters"),
+        ("sort" = Option<String>, Query, description = "relevance, recent, stars, size or name (`sort:` in `q` wins)"),
+        ("page" = Option<u32>, Query, description = "1-based page number"),
+        ("per_page" = Option<u32>, Query, description = "Results per page"),
+    ),
+    responses(
+        (status = 200, description = "A page of repository cards and how the query was understood", body = Object),
+        (status = 400, description = "A bad parameter", body = api::ErrorBody),
+        (status = 503, description = "Search is not configured or its index is being built", body = api::ErrorBody),
+    ))]
 async fn api_search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Result<Response, ApiError> {
     let Some(service) = state.search.clone() else {
         return Err(ApiError {

@@ -526,6 +526,17 @@ struct TagHistoryParams {
 }
 
 /// `GET /api/v1/tag-history/{owner}/{repository…}[?tag=]`: a [`TagTimeline`].
+#[utoipa::path(get, path = "/api/v1/tag-history/{owner}/{repository}", tag = "history",
+    params(
+        ("owner" = String, Path, description = "A handle or a DID"),
+        ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
+        ("tag" = Option<String>, Query, description = "Only this tag's moves"),
+    ),
+    responses(
+        (status = 200, description = "The repository's tag moves, newest first", body = Object),
+        (status = 404, description = "No such repository", body = crate::api::ErrorBody),
+        (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
+    ))]
 async fn api_tag_history(
     State(state): State<AppState>,
     Path((owner, repository)): Path<(String, String)>,
@@ -543,6 +554,19 @@ async fn api_tag_history(
 
 /// `GET /api/v1/records/{did}/{collection}/{rkey}[?diff=A..B]`: a [`RecordView`], plus `diff`
 /// when asked.
+#[utoipa::path(get, path = "/api/v1/records/{did}/{collection}/{rkey}", tag = "history",
+    params(
+        ("did" = String, Path, description = "The record's repository DID"),
+        ("collection" = String, Path, description = "The record's collection NSID"),
+        ("rkey" = String, Path, description = "The record key"),
+        ("diff" = Option<String>, Query, description = "`FROM_OFFSET..TO_OFFSET`: add a line diff between two versions"),
+    ),
+    responses(
+        (status = 200, description = "Every version of the record atcr holds, from the log", body = Object),
+        (status = 400, description = "A bad `diff`", body = crate::api::ErrorBody),
+        (status = 404, description = "No version of that record", body = crate::api::ErrorBody),
+        (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
+    ))]
 async fn api_record(
     State(state): State<AppState>,
     Path((did, collection, rkey)): Path<(String, String, String)>,
@@ -570,6 +594,18 @@ async fn api_record(
 }
 
 /// `GET /api/v1/users/{owner}/activity[?before=&limit=]`: an [`ActivityPage`].
+#[utoipa::path(get, path = "/api/v1/users/{owner}/activity", tag = "history",
+    params(
+        ("owner" = String, Path, description = "A handle or a DID"),
+        ("before" = Option<String>, Query, description = "The previous page's `next_before` (a log offset)"),
+        ("limit" = Option<String>, Query, description = "Entries per page (clamped to 1..200)"),
+    ),
+    responses(
+        (status = 200, description = "The user's record changes, newest first", body = Object),
+        (status = 400, description = "A bad parameter", body = crate::api::ErrorBody),
+        (status = 404, description = "No such user", body = crate::api::ErrorBody),
+        (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
+    ))]
 async fn api_activity(
     State(state): State<AppState>,
     Path(owner): Path<String>,
