@@ -30,26 +30,23 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
 
-use atrium_repo::blockstore::{AsyncBlockStoreRead, CarStore};
-use atrium_repo::mst::Tree;
-use futures_util::{StreamExt, TryStreamExt};
-use ipld_core::cid::Cid;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::did::parse_did_document;
+use atcr_storage::mst::Tree;
 use atcr_storage::revs::{next_newest_rev, remembered_rev};
 use atcr_storage::{
     AppendBatch, AppendReceipt, Event, EventBody, EventLog, LogWriter, PublicKey, PutAction, QuarantineEntry,
     SignedCommit, Source, StorageError, StoredEvent, now_micros,
 };
 
+use crate::car::CarBlocks;
 use crate::enrich::{FetchError, Fetcher, HttpFetcher};
 use crate::frame::ATCR_NSID_PREFIX;
 use crate::policy::{PolicyRefused, UrlPolicy};
@@ -122,32 +119,24 @@ pub struct RepoSnapshot {
     pub records: BTreeMap<(String, String), RepoRecord>,
 }
 
-/// Reads a `getRepo` CAR: framing and every block's sha256 checked, the root is a signed commit
-/// of `did` whose signature verifies with `key`, then the MST is walked for `io.atcr.*` keys and
+/// Reads a `getRepo` CAR: framing and every block's sha256 checked (`car.rs`), the root is a
+/// signed commit of `did` whose signature verifies with `key`, then the MST is walked for
+/// `io.atcr.*` keys (`atcr_storage::mst`, the same tree code the live verification uses) and
 /// their record blocks read. Any failure is the reason the repository is refused.
 pub fn read_repo_car(car: &[u8], did: &str, key: &PublicKey) -> Result<RepoSnapshot, String> {
-    check_car_framing(car)?;
-    poll_ready(read_repo_car_async(car, did, key))
-}
-
-async fn read_repo_car_async(car: &[u8], did: &str, key: &PublicKey) -> Result<RepoSnapshot, String> {
-    let mut store = CarStore::open(std::io::Cursor::new(car)).await.map_err(|error| format!("invalid CAR: {error}"))?;
-    let roots: Vec<Cid> = store.roots().collect();
-    let [root] = roots[..] else {
+    let blocks = CarBlocks::parse(car).map_err(|error| format!("invalid CAR: {error}"))?;
+    let [root] = blocks.roots()[..] else {
         return Err("a repository CAR must have exactly one root (the commit)".into());
     };
-    let commit_block =
-        store.read_block(root).await.map_err(|error| format!("commit block {root} missing from CAR: {error}"))?;
+    let commit_block = blocks.get(&root).ok_or_else(|| format!("commit block {root} missing from CAR"))?.to_vec();
     let commit = SignedCommit::decode(&commit_block).map_err(|error| format!("CAR root is not a commit: {error}"))?;
     if commit.did != did {
         return Err(format!("commit is for {}, not {did}", commit.did));
     }
     commit.verify(key).map_err(|error| format!("commit signature: {error}"))?;
 
-    let entries: Vec<(String, Cid)> = Tree::open(&mut store, commit.data)
-        .entries_prefixed(ATCR_NSID_PREFIX)
-        .try_collect()
-        .await
+    let entries = Tree::load(commit.data)
+        .list_prefix(ATCR_NSID_PREFIX, &blocks)
         .map_err(|error| format!("walking the MST: {error}"))?;
     let mut records = BTreeMap::new();
     for (path, cid) in entries {
@@ -160,59 +149,10 @@ async fn read_repo_car_async(car: &[u8], did: &str, key: &PublicKey) -> Result<R
         if rkey.is_empty() || rkey.contains('/') {
             return Err(format!("MST key {path:?} has an invalid record key"));
         }
-        let bytes =
-            store.read_block(cid).await.map_err(|error| format!("record {cid} of {path} missing from CAR: {error}"))?;
+        let bytes = blocks.get(&cid).ok_or_else(|| format!("record {cid} of {path} missing from CAR"))?.to_vec();
         records.insert((collection.to_string(), rkey.to_string()), RepoRecord { cid: cid.to_string(), bytes });
     }
     Ok(RepoSnapshot { did: did.to_string(), rev: commit.rev, commit_cid: root.to_string(), commit_block, records })
-}
-
-/// Checks the CAR's section framing before atrium-repo reads it: every length fits in what is
-/// left, every section starts with a CID that fits in it, and every CID is sha256 (the only hash
-/// atproto allows, and the one whose block hash atrium-repo checks).
-fn check_car_framing(car: &[u8]) -> Result<(), String> {
-    let mut rest = car;
-    let header_len = read_varint(&mut rest).ok_or("CAR header length is not a varint")?;
-    if header_len == 0 || header_len > rest.len() as u64 {
-        return Err("CAR header length is out of bounds".into());
-    }
-    rest = &rest[header_len as usize..];
-    while !rest.is_empty() {
-        let length = read_varint(&mut rest).ok_or("CAR section length is not a varint")?;
-        if length == 0 || length > rest.len() as u64 {
-            return Err(format!("CAR section of {length} bytes with {} left", rest.len()));
-        }
-        let (section, next) = rest.split_at(length as usize);
-        let mut cursor = section;
-        let cid = Cid::read_bytes(&mut cursor).map_err(|error| format!("CAR section without a CID: {error}"))?;
-        if cid.hash().code() != 0x12 {
-            return Err(format!("block {cid} is not sha256-addressed"));
-        }
-        rest = next;
-    }
-    Ok(())
-}
-
-fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let (&byte, tail) = bytes.split_first()?;
-        *bytes = tail;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// Drives a future over in-memory data (which never waits) to completion without a runtime.
-fn poll_ready<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-    let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output,
-        Poll::Pending => Err("in-memory CAR read did not complete synchronously".into()),
-    }
 }
 
 /// The time a TID names (53 bits of microseconds since the epoch), as RFC 3339 with
