@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use atcr_gen::Account;
 use atcr_gen::encoding::{DAG_CBOR, car_v1, cid_of, tid};
 use atcr_gen::mst::RepoTree;
-use ipld_core::ipld::Ipld;
 use ipld_core::cid::Cid;
+use ipld_core::ipld::Ipld;
 
 use super::*;
 
