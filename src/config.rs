@@ -48,6 +48,45 @@ pub struct Config {
     /// Where `atcr replay snapshot --to-s3` puts view snapshots and `restore --from-s3` finds
     /// them (`[snapshot_s3]`, same fields as an S3 hold; objects under `<key_prefix>snapshots/`).
     pub snapshot_s3: Option<S3HoldConfig>,
+    /// Webhook subscriptions (`[[webhooks]]`: id, url, secret, events, did, repository,
+    /// from_beginning); `atcr webhooks add` keeps more in `<data_dir>/webhooks.json`.
+    pub webhooks: Vec<atcr_ingest::webhooks::Subscription>,
+    /// Webhook delivery timeouts, backoff and retry limit (`[webhook_delivery]`).
+    pub webhook_delivery: WebhookDeliveryConfig,
+}
+
+/// `[webhook_delivery]`: milliseconds, so a test can shorten the backoff.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookDeliveryConfig {
+    pub timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        let defaults = atcr_ingest::webhooks::DeliveryConfig::default();
+        WebhookDeliveryConfig {
+            timeout_ms: defaults.timeout.as_millis() as u64,
+            backoff_base_ms: defaults.backoff_base.as_millis() as u64,
+            backoff_max_ms: defaults.backoff_max.as_millis() as u64,
+            max_attempts: defaults.max_attempts,
+        }
+    }
+}
+
+impl WebhookDeliveryConfig {
+    pub fn to_delivery(self) -> atcr_ingest::webhooks::DeliveryConfig {
+        use std::time::Duration;
+        atcr_ingest::webhooks::DeliveryConfig {
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            max_attempts: self.max_attempts.max(1),
+        }
+    }
 }
 
 /// `[s3_holds."did:web:hold.example"]` (and `[snapshot_s3]`) in the config file.
@@ -121,6 +160,8 @@ impl Default for Config {
             local_holds: BTreeMap::new(),
             s3_holds: BTreeMap::new(),
             snapshot_s3: None,
+            webhooks: Vec::new(),
+            webhook_delivery: WebhookDeliveryConfig::default(),
         }
     }
 }

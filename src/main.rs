@@ -13,6 +13,7 @@ mod logcmd;
 mod replay;
 mod serve;
 mod snapshot_remote;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -63,6 +64,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Webhook subscriptions: `add`, `list`, `remove`, `test` (delivery runs inside `serve`).
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => runtime.block_on(backfill::run(config, args)),
         Command::Bench { command } => runtime.block_on(bench::run(command)),
         Command::Dev { command } => devgen::run(&config, command),
+        Command::Webhooks(args) => runtime.block_on(webhooks::run(&config, args)),
         Command::Audit { command } => match command {
             AuditCommand::Verify { did } => audit_verify::run(&config, did),
             AuditCommand::Record(args) => audit::record(&config, args),

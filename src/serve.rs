@@ -1,5 +1,5 @@
-//! `atcr serve`: the log and its single writer, firehose ingest, enrichment, the projection
-//! runner and the HTTP server, started together and stopped together.
+//! `atcr serve`: the log and its single writer, firehose ingest, enrichment, webhook delivery,
+//! the projection runner and the HTTP server, started together and stopped together.
 //!
 //! Shutdown order matters: cancel every task (ingest appends what it already holds first),
 //! wait for them, then drop the last writer handle and join the writer thread so the final
@@ -89,6 +89,10 @@ pub async fn start<F: Fetcher>(
         search: Some(atcr_query::search::SearchService::live(views.clone())),
         live: Some(live.clone()),
     });
+    // Webhook delivery: a log consumer of its own; its history is served beside the rest.
+    let (webhook_task, webhook_routes) = crate::webhooks::start(config, log.clone(), shutdown.clone())?;
+    tasks.push(("webhooks", webhook_task));
+    let app = app.merge(webhook_routes);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -650,7 +650,7 @@ impl Sender {
                     response_code: None,
                     latency,
                     final_failure: refused.is_some(),
-                    error: Some(refused.unwrap_or_else(|| error.to_string())),
+                    error: Some(refused.unwrap_or_else(|| error_chain(&error))),
                 }
             }
         }
@@ -701,6 +701,18 @@ impl Sender {
             }
         }
     }
+}
+
+/// An error with its causes (reqwest's own message hides them: "error sending request").
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn refused_by_policy(error: &reqwest::Error) -> Option<String> {
