@@ -23,7 +23,7 @@ pub mod webhooks;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -165,6 +165,7 @@ struct LogParams {
     /// First offset to consider (default 0); pass the previous page's `next`.
     from: Option<u64>,
     /// Most events to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only this DID's events.
     did: Option<String>,
@@ -180,7 +181,10 @@ const MAX_PAGE: usize = 1000;
         (status = 200, description = "A page of events and the `from` of the next page", body = atcr_query::EventPage),
         (status = 400, description = "A bad parameter", body = api::ErrorBody),
     ))]
-async fn api_log(State(state): State<AppState>, Query(params): Query<LogParams>) -> Result<Response, ApiError> {
+async fn api_log(
+    State(state): State<AppState>,
+    api::ApiQuery(params): api::ApiQuery<LogParams>,
+) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}")));
@@ -193,13 +197,16 @@ async fn api_log(State(state): State<AppState>, Query(params): Query<LogParams>)
 
 /// `GET /api/v1/log/{offset}`: one log event.
 #[utoipa::path(get, path = "/api/v1/log/{offset}", tag = "log",
-    params(("offset" = String, Path, description = "The event's offset in the log (a non-negative integer)")),
+    params(("offset" = u64, Path, description = "The event's offset in the log")),
     responses(
         (status = 200, description = "The event as JSON", body = Object),
         (status = 400, description = "The offset is not a non-negative integer", body = api::ErrorBody),
         (status = 404, description = "No event at that offset", body = api::ErrorBody),
     ))]
-async fn api_log_event(State(state): State<AppState>, Path(offset): Path<String>) -> Result<Response, ApiError> {
+async fn api_log_event(
+    State(state): State<AppState>,
+    api::ApiPath(offset): api::ApiPath<String>,
+) -> Result<Response, ApiError> {
     let offset: u64 = offset.parse().map_err(|_| ApiError::bad_request("offset must be a non-negative integer"))?;
     let query = state.query.clone();
     match blocking(move || query.event(offset)).await? {
@@ -225,7 +232,7 @@ struct QuarantineParams {
     ))]
 async fn api_quarantine(
     State(state): State<AppState>,
-    Query(params): Query<QuarantineParams>,
+    api::ApiQuery(params): api::ApiQuery<QuarantineParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let from = params.from.unwrap_or(0);
@@ -239,15 +246,18 @@ async fn api_quarantine(
     params(
         ("q" = Option<String>, Query, description = "Search text with `owner:`, `tag:`, `platform:`, `pushed:`, `sort:` filters"),
         ("sort" = Option<String>, Query, description = "relevance, recent, stars, size or name (`sort:` in `q` wins)"),
-        ("page" = Option<u32>, Query, description = "1-based page number"),
-        ("per_page" = Option<u32>, Query, description = "Results per page"),
+        ("page" = Option<u64>, Query, description = "1-based page number"),
+        ("per_page" = Option<u64>, Query, description = "Results per page (capped by the server)"),
     ),
     responses(
         (status = 200, description = "A page of repository cards and how the query was understood", body = Object),
         (status = 400, description = "A bad parameter", body = api::ErrorBody),
         (status = 503, description = "Search is not configured or its index is being built", body = api::ErrorBody),
     ))]
-async fn api_search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Result<Response, ApiError> {
+async fn api_search(
+    State(state): State<AppState>,
+    api::ApiQuery(params): api::ApiQuery<SearchParams>,
+) -> Result<Response, ApiError> {
     let Some(service) = state.search.clone() else {
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,

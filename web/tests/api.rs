@@ -315,3 +315,43 @@ async fn the_document_is_served_and_names_its_schemas() {
         Some(true)
     );
 }
+
+#[tokio::test]
+async fn the_install_page_names_this_host_for_every_client() {
+    let (_dir, app) = app();
+    let page = get(&app, "/install").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.header("content-security-policy").contains("default-src 'self'"));
+    let html = String::from_utf8_lossy(&page.body);
+    for command in [
+        "docker pull registry.test/OWNER/REPOSITORY:TAG",
+        "podman pull registry.test/",
+        "nerdctl pull registry.test/",
+        "skopeo copy docker://registry.test/",
+        "crane pull registry.test/",
+    ] {
+        assert!(html.contains(command), "{command} missing");
+    }
+}
+
+#[tokio::test]
+async fn the_explorer_is_served_from_this_server_only() {
+    let (_dir, app) = app();
+    let page = get(&app, "/api/docs").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let policy = page.header("content-security-policy").to_string();
+    assert!(policy.contains("script-src 'self';") && policy.contains("connect-src 'self'"), "{policy}");
+    let html = String::from_utf8_lossy(&page.body).to_string();
+    assert!(html.contains("spec-url=\"/api/openapi.json\""), "{html}");
+    let script = html
+        .split("src=\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|src| src.starts_with("/static/rapidoc-min."))
+        .expect("the vendored RapiDoc, hashed")
+        .to_string();
+    assert!(!html.contains("https://") && !html.contains("http://"), "nothing from elsewhere: {html}");
+    let asset = get(&app, &script).await;
+    assert_eq!(asset.status, StatusCode::OK, "{script}");
+    assert!(asset.header("content-type").starts_with("text/javascript"));
+    assert!(asset.body.starts_with(b"/*! RapiDoc 9.3.8"));
+}

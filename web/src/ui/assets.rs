@@ -25,7 +25,7 @@ pub struct Asset {
     pub etag: String,
 }
 
-const SOURCES: [(&str, &str, &[u8]); 5] = [
+const SOURCES: [(&str, &str, &[u8]); 6] = [
     ("app.css", "text/css; charset=utf-8", include_bytes!("../../static/app.css")),
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../static/app.js")),
     ("htmx.min.js", "text/javascript; charset=utf-8", include_bytes!("../../static/vendor/htmx.min.js")),
@@ -36,6 +36,8 @@ const SOURCES: [(&str, &str, &[u8]); 5] = [
         include_bytes!("../../static/vendor/htmx-ext-sse.min.js"),
     ),
     ("favicon.svg", "image/svg+xml", include_bytes!("../../static/favicon.svg")),
+    // RapiDoc: the API explorer at `/api/docs` (web/src/api.rs).
+    ("rapidoc-min.js", "text/javascript; charset=utf-8", include_bytes!("../../static/vendor/rapidoc-min.js")),
 ];
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {

@@ -540,7 +540,7 @@ struct TagHistoryParams {
 async fn api_tag_history(
     State(state): State<AppState>,
     Path((owner, repository)): Path<(String, String)>,
-    Query(params): Query<TagHistoryParams>,
+    crate::api::ApiQuery(params): crate::api::ApiQuery<TagHistoryParams>,
 ) -> Result<Response, ApiError> {
     let audit = api_audit(&state)?;
     let repository = repository.trim_end_matches('/').to_string();
@@ -559,7 +559,7 @@ async fn api_tag_history(
         ("did" = String, Path, description = "The record's repository DID"),
         ("collection" = String, Path, description = "The record's collection NSID"),
         ("rkey" = String, Path, description = "The record key"),
-        ("diff" = Option<String>, Query, description = "`FROM_OFFSET..TO_OFFSET`: add a line diff between two versions"),
+        ("diff" = Option<String>, Query, pattern = r"^[0-9]+\.\.[0-9]+$", description = "`FROM_OFFSET..TO_OFFSET`: add a line diff between two versions"),
     ),
     responses(
         (status = 200, description = "Every version of the record atcr holds, from the log", body = Object),
@@ -570,7 +570,7 @@ async fn api_tag_history(
 async fn api_record(
     State(state): State<AppState>,
     Path((did, collection, rkey)): Path<(String, String, String)>,
-    Query(params): Query<RecordParams>,
+    crate::api::ApiQuery(params): crate::api::ApiQuery<RecordParams>,
 ) -> Result<Response, ApiError> {
     let audit = api_audit(&state)?;
     let range = match params.diff.as_deref() {
@@ -597,8 +597,8 @@ async fn api_record(
 #[utoipa::path(get, path = "/api/v1/users/{owner}/activity", tag = "history",
     params(
         ("owner" = String, Path, description = "A handle or a DID"),
-        ("before" = Option<String>, Query, description = "The previous page's `next_before` (a log offset)"),
-        ("limit" = Option<String>, Query, description = "Entries per page (clamped to 1..200)"),
+        ("before" = Option<u64>, Query, description = "The previous page's `next_before` (a log offset)"),
+        ("limit" = Option<u64>, Query, description = "Entries per page (clamped to 1..200)"),
     ),
     responses(
         (status = 200, description = "The user's record changes, newest first", body = Object),
@@ -609,7 +609,7 @@ async fn api_record(
 async fn api_activity(
     State(state): State<AppState>,
     Path(owner): Path<String>,
-    Query(params): Query<ActivityParams>,
+    crate::api::ApiQuery(params): crate::api::ApiQuery<ActivityParams>,
 ) -> Result<Response, ApiError> {
     let audit = api_audit(&state)?;
     let number = |name: &str, text: Option<&str>| -> Result<Option<u64>, ApiError> {

@@ -17,6 +17,7 @@ mod components;
 pub mod feeds;
 pub mod format;
 pub mod history;
+mod install;
 mod layout;
 pub mod markdown;
 mod search;
@@ -61,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/r/{owner}/", get(owner_redirect))
         .route("/r/{owner}/{*rest}", get(repository_or_manifest_page))
         .route("/status", get(status_page))
+        .route("/install", get(install::install_page))
         .route("/static/{file}", get(assets::serve))
         .layer(axum::middleware::from_fn(security_headers))
 }
