@@ -456,13 +456,22 @@ from_beginning = true
     let moves = wait_for(&receiver, "moves", &moves_expected, &mut serve, Duration::from_secs(60)).await?;
     ensure!(moves == moves_expected, "subscription moves: not exactly its filtered slice");
 
-    // The history names the first delivery as retried.
-    let history: Value = client
-        .get(format!("http://127.0.0.1:{}/api/v1/webhooks/all/deliveries?limit=1000", serve.port))
-        .send()
-        .await?
-        .json()
-        .await?;
+    // The history names the first delivery as retried (progress is group-committed: it may
+    // trail the receiver by a moment).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let history = loop {
+        let history: Value = client
+            .get(format!("http://127.0.0.1:{}/api/v1/webhooks/all/deliveries?limit=1000", serve.port))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let recorded = history["deliveries"].as_array().map_or(0, Vec::len);
+        if recorded >= expected.len() || Instant::now() >= deadline {
+            break history;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let records = history["deliveries"].as_array().context("no deliveries array")?;
     ensure!(records.len() == expected.len(), "history has {} records, not {}", records.len(), expected.len());
     ensure!(records.iter().all(|record| record["status"] == "delivered"), "a delivery is not recorded as delivered");

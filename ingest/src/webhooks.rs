@@ -36,7 +36,7 @@ use hmac::{Hmac, Mac};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::records::{self, ManifestRecord, StarRecord, TagRecord};
@@ -488,6 +488,25 @@ impl WebhookStore {
         write.commit().map_err(store_error)
     }
 
+    /// Commits the progress of many deliveries (any subscriptions) in one durable transaction.
+    pub fn commit_group(&self, group: &[Progress]) -> Result<(), WebhookError> {
+        let mut write = self.db.begin_write().map_err(store_error)?;
+        write.set_durability(Durability::Immediate).map_err(store_error)?;
+        {
+            let mut deliveries = write.open_table(DELIVERIES).map_err(store_error)?;
+            let mut checkpoints = write.open_table(CHECKPOINTS).map_err(store_error)?;
+            for progress in group {
+                if let Some(record) = &progress.record {
+                    let key = format!("{}\0{:020}", progress.subscription, record.offset);
+                    let json = serde_json::to_string(record).map_err(store_error)?;
+                    deliveries.insert(key.as_str(), json.as_str()).map_err(store_error)?;
+                }
+                checkpoints.insert(progress.subscription.as_str(), progress.checkpoint).map_err(store_error)?;
+            }
+        }
+        write.commit().map_err(store_error)
+    }
+
     /// A subscription's delivery history, newest first.
     pub fn deliveries(&self, subscription: &str, limit: usize) -> Result<Vec<DeliveryRecord>, WebhookError> {
         let read = self.db.begin_read().map_err(store_error)?;
@@ -726,13 +745,52 @@ fn refused_by_policy(error: &reqwest::Error) -> Option<String> {
     None
 }
 
-/// Delivers one subscription's events in order until `shutdown`.
+/// One delivery's progress: its record (none for events a filter skipped) and the checkpoint
+/// past it, on its way to the group committer.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub subscription: String,
+    pub record: Option<DeliveryRecord>,
+    pub checkpoint: u64,
+}
+
+/// Commits the progress the workers send in groups: whatever queued while the last
+/// transaction committed goes into the next one, so fan-out to many subscriptions costs a few
+/// fsyncs per second, not one per delivery. A worker never waits for it: a crash before the
+/// commit only means the event is sent again, with the same delivery id (at-least-once).
+pub async fn run_progress_committer(
+    store: Arc<WebhookStore>,
+    mut progress: mpsc::UnboundedReceiver<Progress>,
+) -> Result<(), WebhookError> {
+    while let Some(first) = progress.recv().await {
+        let mut group = vec![first];
+        while group.len() < 8192 {
+            match progress.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.commit_group(&group))
+            .await
+            .map_err(|error| WebhookError::Store(format!("progress commit task: {error}")))??;
+    }
+    Ok(())
+}
+
+/// Delivers one subscription's events in order until `shutdown`; progress goes to the
+/// committer ([`run_progress_committer`]).
 pub async fn run_subscription(
     subscription: Subscription,
     store: Arc<WebhookStore>,
     sender: Sender,
+    progress: mpsc::UnboundedSender<Progress>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
+    let report = |record: Option<DeliveryRecord>, checkpoint: u64| {
+        let sent = progress.send(Progress { subscription: subscription.id.clone(), record, checkpoint });
+        sent.map_err(|_| WebhookError::Store("the progress committer stopped".into()))
+    };
     let mut head = store.subscribe_outbox();
     let mut next = match store.checkpoint(&subscription.id)? {
         Some(checkpoint) => checkpoint,
@@ -750,7 +808,7 @@ pub async fn run_subscription(
             let head_now = *head.borrow_and_update();
             if head_now > next {
                 next = head_now;
-                store.commit_progress(&subscription.id, None, next)?;
+                report(None, next)?;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -765,7 +823,7 @@ pub async fn run_subscription(
             }
             let Some(record) = sender.deliver(&subscription, &event, &shutdown).await else { return Ok(()) };
             next = event.offset + 1;
-            store.commit_progress(&subscription.id, Some(&record), next)?;
+            report(Some(record), next)?;
         }
     }
 }
@@ -840,6 +898,8 @@ where
     F: Fn() -> Result<Vec<Subscription>, WebhookError> + Send + 'static,
 {
     let classifier = tokio::spawn(run_classifier(log, store.clone(), shutdown.clone()));
+    let (progress, progress_receiver) = mpsc::unbounded_channel();
+    let mut committer = tokio::spawn(run_progress_committer(store.clone(), progress_receiver));
     let mut workers: HashMap<String, (Subscription, CancellationToken)> = HashMap::new();
     loop {
         match subscriptions() {
@@ -861,7 +921,13 @@ where
                         continue;
                     }
                     let token = shutdown.child_token();
-                    let task = run_subscription(subscription.clone(), store.clone(), sender.clone(), token.clone());
+                    let task = run_subscription(
+                        subscription.clone(),
+                        store.clone(),
+                        sender.clone(),
+                        progress.clone(),
+                        token.clone(),
+                    );
                     let id = subscription.id.clone();
                     tokio::spawn(async move {
                         if let Err(error) = task.await {
@@ -880,8 +946,24 @@ where
             };
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
+            result = &mut committer => return match result {
+                Ok(Ok(())) => Err(WebhookError::Store("the progress committer stopped".into())),
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(WebhookError::Store(format!("progress commit task: {error}"))),
+            },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    // The workers stop with `shutdown` and drop their senders; the committer then commits what
+    // they reported and ends (bounded: a worker mid-request stops at once on cancellation).
+    drop(progress);
+    match tokio::time::timeout(Duration::from_secs(10), committer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => Err(WebhookError::Store(format!("progress commit task: {error}"))),
+        Err(_) => {
+            tracing::warn!("webhook progress not committed within 10 s of shutdown: those events are sent again");
+            Ok(())
         }
     }
 }
