@@ -22,6 +22,9 @@ use atcr_storage::{EventLog, LogWriter};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Webhook fan-out on loopback: N subscriptions, events appended at a fixed rate; report
+    /// delivery latency from append to receipt (p50/p99/max).
+    Webhooks(crate::bench_webhooks::WebhooksBenchArgs),
     /// Replay a recorded firehose over a loopback WebSocket into a fresh log; report frames/s.
     Ingest {
         /// Recorded frames ([u32 LE length][frame]…).
@@ -57,6 +60,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || bench_replay(&log_from, runs)).await?
         }
         BenchCommand::Freshness(args) => crate::bench_freshness::bench_freshness(args).await,
+        BenchCommand::Webhooks(args) => crate::bench_webhooks::bench_webhooks(args).await,
     }
 }
 

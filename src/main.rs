@@ -6,6 +6,7 @@ mod audit_verify;
 mod backfill;
 mod bench;
 mod bench_freshness;
+mod bench_webhooks;
 mod config;
 mod demo;
 mod devgen;
