@@ -113,7 +113,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// `GET /api/openapi.json`: this API's OpenAPI 3.1 document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", summary = "This OpenAPI 3.1 document",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 async fn openapi_json() -> Response {
     axum::Json(openapi_document()).into_response()
@@ -333,8 +333,8 @@ async fn browse_blocking<T: Send + 'static>(
 }
 
 /// `GET /api/v1/users/{owner}`: a user (by handle or DID) and a page of their repositories.
-#[utoipa::path(get, path = "/api/v1/users/{owner}", tag = "registry",
-    params(("owner" = String, Path, description = "A handle or a DID"), PageParams),
+#[utoipa::path(get, path = "/api/v1/users/{owner}", tag = "registry", summary = "A user and their repositories",
+    params(("owner" = String, Path, example = "alice.test", description = "A handle or a DID"), PageParams),
     responses(
         (status = 200, description = "The user and a page of their repositories, newest push first", body = UserResponse),
         (status = 400, description = "A bad `limit` or `cursor`", body = ErrorBody),
@@ -359,10 +359,10 @@ async fn api_user(
 }
 
 /// `GET /api/v1/repositories/{owner}/{repository…}`: a repository and a page of its tags.
-#[utoipa::path(get, path = "/api/v1/repositories/{owner}/{repository}", tag = "registry",
+#[utoipa::path(get, path = "/api/v1/repositories/{owner}/{repository}", tag = "registry", summary = "A repository and its tags",
     params(
-        ("owner" = String, Path, description = "A handle or a DID"),
-        ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
+        ("owner" = String, Path, example = "alice.test", description = "A handle or a DID"),
+        ("repository" = String, Path, example = "hello", description = "The repository name; may contain `/` (sent unescaped)"),
         PageParams,
     ),
     responses(
@@ -390,11 +390,11 @@ async fn api_repository(
 }
 
 /// `GET /api/v1/manifests/{owner}/{repository…}/{reference}`: a manifest by digest or tag.
-#[utoipa::path(get, path = "/api/v1/manifests/{owner}/{repository}/{reference}", tag = "registry",
+#[utoipa::path(get, path = "/api/v1/manifests/{owner}/{repository}/{reference}", tag = "registry", summary = "A manifest by digest or tag",
     params(
-        ("owner" = String, Path, description = "A handle or a DID"),
-        ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
-        ("reference" = String, Path, description = "A digest (`sha256:…`) or a tag"),
+        ("owner" = String, Path, example = "alice.test", description = "A handle or a DID"),
+        ("repository" = String, Path, example = "hello", description = "The repository name; may contain `/` (sent unescaped)"),
+        ("reference" = String, Path, example = "latest", description = "A digest (`sha256:…`) or a tag"),
     ),
     responses(
         (status = 200, description = "The manifest: its layers or platforms, tags and referrers", body = ManifestPage),
@@ -421,10 +421,10 @@ async fn api_manifest(
 }
 
 /// `GET /api/v1/stars/{owner}/{repository…}`: who starred a repository.
-#[utoipa::path(get, path = "/api/v1/stars/{owner}/{repository}", tag = "registry",
+#[utoipa::path(get, path = "/api/v1/stars/{owner}/{repository}", tag = "registry", summary = "Who starred a repository",
     params(
-        ("owner" = String, Path, description = "A handle or a DID"),
-        ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
+        ("owner" = String, Path, example = "alice.test", description = "A handle or a DID"),
+        ("repository" = String, Path, example = "hello", description = "The repository name; may contain `/` (sent unescaped)"),
         PageParams,
     ),
     responses(
@@ -481,7 +481,7 @@ pub struct Export {
 }
 
 /// `GET /api/v1/export/{did}`: everything atcr holds about an identity, as a JSON download.
-#[utoipa::path(get, path = "/api/v1/export/{did}", tag = "registry",
+#[utoipa::path(get, path = "/api/v1/export/{did}", tag = "registry", summary = "Everything atcr holds about an identity",
     params(("did" = String, Path, description = "The identity's DID (a handle is resolved to it)")),
     responses(
         (status = 200, description = "The export, as an attachment", body = Export,

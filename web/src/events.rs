@@ -183,7 +183,7 @@ fn start_offset(params: &EventParams, headers: &HeaderMap) -> Result<Option<u64>
 }
 
 /// `GET /api/v1/events`.
-#[utoipa::path(get, path = "/api/v1/events", tag = "log",
+#[utoipa::path(get, path = "/api/v1/events", tag = "log", summary = "The log tail as server-sent events",
     params(
         ("did" = Option<String>, Query, description = "Only this DID's events"),
         ("repository" = Option<String>, Query, description = "Only events of this repository"),

@@ -148,7 +148,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/status`: the log's counts, recent events and quarantine, stream notes.
-#[utoipa::path(get, path = "/api/v1/status", tag = "log",
+#[utoipa::path(get, path = "/api/v1/status", tag = "log", summary = "Log statistics, recent events and quarantine",
     responses(
         (status = 200, description = "Log statistics, the 25 newest events and quarantined inputs, stream notes", body = Object),
         (status = 500, description = "The log could not be read", body = api::ErrorBody),
@@ -176,7 +176,7 @@ struct LogParams {
 const MAX_PAGE: usize = 1000;
 
 /// `GET /api/v1/log`: a page of log events, oldest first (the log's offset is its cursor).
-#[utoipa::path(get, path = "/api/v1/log", tag = "log", params(LogParams),
+#[utoipa::path(get, path = "/api/v1/log", tag = "log", summary = "A page of log events", params(LogParams),
     responses(
         (status = 200, description = "A page of events and the `from` of the next page", body = atcr_query::EventPage),
         (status = 400, description = "A bad parameter", body = api::ErrorBody),
@@ -196,7 +196,7 @@ async fn api_log(
 }
 
 /// `GET /api/v1/log/{offset}`: one log event.
-#[utoipa::path(get, path = "/api/v1/log/{offset}", tag = "log",
+#[utoipa::path(get, path = "/api/v1/log/{offset}", tag = "log", summary = "One log event",
     params(("offset" = u64, Path, description = "The event's offset in the log")),
     responses(
         (status = 200, description = "The event as JSON", body = Object),
@@ -225,7 +225,7 @@ struct QuarantineParams {
 }
 
 /// `GET /api/v1/quarantine`: inputs atcr could not ingest, without their raw bytes.
-#[utoipa::path(get, path = "/api/v1/quarantine", tag = "log", params(QuarantineParams),
+#[utoipa::path(get, path = "/api/v1/quarantine", tag = "log", summary = "Inputs atcr could not ingest", params(QuarantineParams),
     responses(
         (status = 200, description = "Quarantined inputs, by id", body = Vec<atcr_query::QuarantineSummary>),
         (status = 400, description = "A bad parameter", body = api::ErrorBody),
@@ -242,7 +242,7 @@ async fn api_quarantine(
 }
 
 /// `GET /api/v1/search?q=&sort=&page=&per_page=`: the search page's results as JSON.
-#[utoipa::path(get, path = "/api/v1/search", tag = "registry",
+#[utoipa::path(get, path = "/api/v1/search", tag = "registry", summary = "Search repositories",
     params(
         ("q" = Option<String>, Query, description = "Search text with `owner:`, `tag:`, `platform:`, `pushed:`, `sort:` filters"),
         ("sort" = Option<String>, Query, description = "relevance, recent, stars, size or name (`sort:` in `q` wins)"),

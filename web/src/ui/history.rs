@@ -526,7 +526,7 @@ struct TagHistoryParams {
 }
 
 /// `GET /api/v1/tag-history/{owner}/{repository…}[?tag=]`: a [`TagTimeline`].
-#[utoipa::path(get, path = "/api/v1/tag-history/{owner}/{repository}", tag = "history",
+#[utoipa::path(get, path = "/api/v1/tag-history/{owner}/{repository}", tag = "history", summary = "A repository's tag moves",
     params(
         ("owner" = String, Path, description = "A handle or a DID"),
         ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
@@ -554,7 +554,7 @@ async fn api_tag_history(
 
 /// `GET /api/v1/records/{did}/{collection}/{rkey}[?diff=A..B]`: a [`RecordView`], plus `diff`
 /// when asked.
-#[utoipa::path(get, path = "/api/v1/records/{did}/{collection}/{rkey}", tag = "history",
+#[utoipa::path(get, path = "/api/v1/records/{did}/{collection}/{rkey}", tag = "history", summary = "Every version of a record",
     params(
         ("did" = String, Path, description = "The record's repository DID"),
         ("collection" = String, Path, description = "The record's collection NSID"),
@@ -594,7 +594,7 @@ async fn api_record(
 }
 
 /// `GET /api/v1/users/{owner}/activity[?before=&limit=]`: an [`ActivityPage`].
-#[utoipa::path(get, path = "/api/v1/users/{owner}/activity", tag = "history",
+#[utoipa::path(get, path = "/api/v1/users/{owner}/activity", tag = "history", summary = "A user's record changes",
     params(
         ("owner" = String, Path, description = "A handle or a DID"),
         ("before" = Option<u64>, Query, description = "The previous page's `next_before` (a log offset)"),
