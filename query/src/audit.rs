@@ -62,7 +62,7 @@ impl AsOf {
 }
 
 /// One version of a record: the event at `offset` created, updated or deleted it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RecordVersion {
     pub offset: u64,
     /// `create`, `update` or `delete`.
@@ -75,6 +75,7 @@ pub struct RecordVersion {
     pub commit_cid: Option<String>,
     /// The record as ATProto JSON (puts only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub record: Option<Value>,
 }
 
@@ -94,11 +95,12 @@ impl From<RecordVersionRow> for RecordVersion {
 }
 
 /// One change of a tag: created (`from` empty), moved, or deleted (`to` empty).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TagMove {
     pub tag: String,
     pub offset: u64,
     /// `create`, `move` or `delete`.
+    #[schema(value_type = String)]
     pub change: &'static str,
     pub from: Option<String>,
     pub to: Option<String>,
@@ -648,14 +650,14 @@ pub fn json_line_diff(old: Option<&Value>, new: Option<&Value>) -> Vec<DiffLine>
 }
 
 /// A DID and the handle the views know for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Owner {
     pub did: String,
     pub handle: Option<String>,
 }
 
 /// A repository's tag moves, for the timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TagTimeline {
     pub owner: Owner,
     pub repository: String,
@@ -665,13 +667,14 @@ pub struct TagTimeline {
 }
 
 /// A record and all its versions, for the record viewer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RecordView {
     pub owner: Owner,
     pub collection: String,
     pub rkey: String,
     pub uri: String,
     /// The newest version's JSON; `None` when the record is deleted now.
+    #[schema(value_type = Option<Object>)]
     pub current: Option<Value>,
     /// Oldest first, each with its JSON (puts).
     pub versions: Vec<RecordVersion>,

@@ -528,12 +528,12 @@ struct TagHistoryParams {
 /// `GET /api/v1/tag-history/{owner}/{repository…}[?tag=]`: a [`TagTimeline`].
 #[utoipa::path(get, path = "/api/v1/tag-history/{owner}/{repository}", tag = "history", summary = "A repository's tag moves",
     params(
-        ("owner" = String, Path, description = "A handle or a DID"),
-        ("repository" = String, Path, description = "The repository name; may contain `/` (sent unescaped)"),
+        ("owner" = String, Path, example = "alice.test", description = "A handle or a DID"),
+        ("repository" = String, Path, example = "hello", description = "The repository name; may contain `/` (sent unescaped)"),
         ("tag" = Option<String>, Query, description = "Only this tag's moves"),
     ),
     responses(
-        (status = 200, description = "The repository's tag moves, newest first", body = Object),
+        (status = 200, description = "The repository's tag moves, newest first", body = atcr_query::audit::TagTimeline),
         (status = 404, description = "No such repository", body = crate::api::ErrorBody),
         (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
     ))]
@@ -562,7 +562,7 @@ async fn api_tag_history(
         ("diff" = Option<String>, Query, pattern = r"^[0-9]+\.\.[0-9]+$", description = "`FROM_OFFSET..TO_OFFSET`: add a line diff between two versions"),
     ),
     responses(
-        (status = 200, description = "Every version of the record atcr holds, from the log", body = Object),
+        (status = 200, description = "Every version of the record atcr holds, from the log (with `diff` when asked)", body = atcr_query::audit::RecordView),
         (status = 400, description = "A bad `diff`", body = crate::api::ErrorBody),
         (status = 404, description = "No version of that record", body = crate::api::ErrorBody),
         (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
@@ -596,7 +596,7 @@ async fn api_record(
 /// `GET /api/v1/users/{owner}/activity[?before=&limit=]`: an [`ActivityPage`].
 #[utoipa::path(get, path = "/api/v1/users/{owner}/activity", tag = "history", summary = "A user's record changes",
     params(
-        ("owner" = String, Path, description = "A handle or a DID"),
+        ("owner" = String, Path, example = "alice.test", description = "A handle or a DID"),
         ("before" = Option<u64>, Query, description = "The previous page's `next_before` (a log offset)"),
         ("limit" = Option<u64>, Query, description = "Entries per page (clamped to 1..200)"),
     ),
