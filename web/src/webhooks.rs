@@ -53,7 +53,8 @@ struct LimitParams {
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+    // The body every /api error has (`crate::api::ErrorBody`): `code`, `message`, and `error` = `code`.
+    (status, axum::Json(serde_json::json!({ "code": code, "message": message, "error": code }))).into_response()
 }
 
 async fn api_subscriptions(State(history): State<Arc<dyn WebhookHistory>>) -> Response {
