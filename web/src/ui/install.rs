@@ -54,34 +54,36 @@ pub fn guides(host: &str, reference: &str) -> Vec<ClientGuide> {
 pub fn install(host: &str) -> Markup {
     let reference = format!("{host}/OWNER/REPOSITORY:TAG");
     let body = html! {
-        h1 { "Pull from this registry" }
-        p {
-            "atcr serves every image its users pushed to the AT Protocol through the standard OCI "
-            "Distribution API at " code { (host) } ". Pulls are anonymous: no login is needed. Name an "
-            "image as " code { (reference) } ", where " code { "OWNER" } " is a handle (" code { "alice.example.com" }
-            ") or a DID (" code { "did:plc:…" } "), " code { "REPOSITORY" } " may contain slashes, and "
-            code { ":TAG" } " may be " code { "@sha256:…" } " to pull by digest. Every repository page shows "
-            "its own pull command; " a href="/search" { "search" } " finds repositories."
-        }
-        @for guide in guides(host, &reference) {
-            section.section aria-labelledby=(format!("client-{}", guide.client)) {
-                h2 #(format!("client-{}", guide.client)) { (guide.client) }
-                div.pull {
-                    code { (guide.pull) }
-                    (copy_button(&guide.pull, &format!("{} command", guide.client), false))
-                }
-                details {
-                    summary { "When the registry is served over plain HTTP" }
-                    pre { code { (guide.plain_http) } }
+        div.container.page.install {
+            h1 { "Pull from this registry" }
+            p {
+                "atcr serves every image its users pushed to the AT Protocol through the standard OCI "
+                "Distribution API at " code { (host) } ". Pulls are anonymous: no login is needed. Name an "
+                "image as " code { (reference) } ", where " code { "OWNER" } " is a handle (" code { "alice.example.com" }
+                ") or a DID (" code { "did:plc:…" } "), " code { "REPOSITORY" } " may contain slashes, and "
+                code { ":TAG" } " may be " code { "@sha256:…" } " to pull by digest. Every repository page shows "
+                "its own pull command; " a href="/search" { "search" } " finds repositories."
+            }
+            @for guide in guides(host, &reference) {
+                section.section aria-labelledby=(format!("client-{}", guide.client)) {
+                    h2 #(format!("client-{}", guide.client)) { (guide.client) }
+                    div.pull {
+                        code { (guide.pull) }
+                        (copy_button(&guide.pull, &format!("{} command", guide.client), false))
+                    }
+                    details {
+                        summary { "When the registry is served over plain HTTP" }
+                        pre { code { (guide.plain_http) } }
+                    }
                 }
             }
-        }
-        section.section aria-labelledby="api" {
-            h2 #api { "API" }
-            p {
-                "What the pages show is also JSON: " a href="/api/docs" { "the API explorer" } " and "
-                a href="/api/openapi.json" { "its OpenAPI document" } ". "
-                code { "/api/v1/export/DID" } " downloads everything atcr holds about an identity."
+            section.section aria-labelledby="api" {
+                h2 #api { "API" }
+                p {
+                    "What the pages show is also JSON: " a href="/api/docs" { "the API explorer" } " and "
+                    a href="/api/openapi.json" { "its OpenAPI document" } ". "
+                    code { "/api/v1/export/DID" } " downloads everything atcr holds about an identity."
+                }
             }
         }
     };

@@ -175,7 +175,8 @@ pub fn render_with(page: Page<'_>, extras: Extras<'_>) -> Markup {
                         nav aria-label="Footer" {
                             ul {
                                 li { a href="/status" { "Ingest status" } }
-                                li { a href="/api/v1/status" { "JSON API" } }
+                                li { a href="/install" { "Pull with your client" } }
+                                li { a href="/api/docs" { "JSON API" } }
                                 li { a href="/v2/_catalog" { "OCI catalog" } }
                                 li { a href="/metrics" { "Metrics" } }
                             }
