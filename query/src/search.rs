@@ -26,7 +26,7 @@ pub const MAX_QUERY_CHARS: usize = 512;
 pub const MAX_TERMS: usize = 32;
 pub const DEFAULT_PER_PAGE: usize = 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueryProblem {
     /// The part of the input the problem is about.
     pub fragment: String,
@@ -521,7 +521,7 @@ pub struct SearchParams {
 }
 
 /// A page of results, with how the query was understood.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub query: String,
     pub sort: SearchSort,

@@ -250,7 +250,7 @@ async fn api_quarantine(
         ("per_page" = Option<u64>, Query, description = "Results per page (capped by the server)"),
     ),
     responses(
-        (status = 200, description = "A page of repository cards and how the query was understood", body = Object),
+        (status = 200, description = "A page of repository cards and how the query was understood", body = atcr_query::search::SearchResponse),
         (status = 400, description = "A bad parameter", body = api::ErrorBody),
         (status = 503, description = "Search is not configured or its index is being built", body = api::ErrorBody),
     ))]

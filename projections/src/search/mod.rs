@@ -70,7 +70,7 @@ pub enum SearchError {
 }
 
 /// Result order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchSort {
     /// Best match first: exact names, then name words, then the other fields.
@@ -118,7 +118,7 @@ impl FromStr for SearchSort {
 }
 
 /// A filter every result must pass (or, negated, must not).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "filter", rename_all = "snake_case")]
 pub enum SearchFilter {
     /// A DID, a whole handle, a handle's first label (`alice` → `alice.*`) or a handle prefix
@@ -167,7 +167,7 @@ pub enum SearchFilter {
     MultiArch,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FilterClause {
     #[serde(flatten)]
     pub filter: SearchFilter,
@@ -224,7 +224,7 @@ impl SearchRequest {
 }
 
 /// One repository in the results: everything a results row shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub did: String,
     pub handle: Option<String>,
