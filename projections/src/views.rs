@@ -203,7 +203,7 @@ pub struct RecordVersionRow {
 }
 
 /// One entry of a user's activity feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActivityRow {
     pub offset: u64,
     /// `create`, `update` or `delete`.

@@ -690,7 +690,7 @@ pub struct RecordDiff {
 }
 
 /// One entry of a user's activity feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ActivityEntry {
     #[serde(flatten)]
     pub row: ActivityRow,
@@ -699,7 +699,7 @@ pub struct ActivityEntry {
 }
 
 /// A page of a user's activity, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ActivityPage {
     pub owner: Owner,
     pub entries: Vec<ActivityEntry>,

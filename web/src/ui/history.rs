@@ -601,7 +601,7 @@ async fn api_record(
         ("limit" = Option<u64>, Query, description = "Entries per page (clamped to 1..200)"),
     ),
     responses(
-        (status = 200, description = "The user's record changes, newest first", body = Object),
+        (status = 200, description = "The user's record changes, newest first", body = atcr_query::audit::ActivityPage),
         (status = 400, description = "A bad parameter", body = crate::api::ErrorBody),
         (status = 404, description = "No such user", body = crate::api::ErrorBody),
         (status = 503, description = "History is not configured", body = crate::api::ErrorBody),
