@@ -601,12 +601,18 @@ pub async fn etag_layer(request: Request, next: Next) -> Response {
     if response.status() != StatusCode::OK || !is_json || response.headers().contains_key(header::ETAG) {
         return response;
     }
+    // Only bodies known to be small enough are hashed; anything else (an export of a long
+    // history) goes out as it is, without an ETag.
+    let known_size = axum::body::HttpBody::size_hint(response.body()).upper();
+    if known_size.is_none_or(|size| size > ETAG_BODY_LIMIT as u64) {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     let bytes = match axum::body::to_bytes(body, ETAG_BODY_LIMIT).await {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::warn!(%error, "json body not hashed for an etag");
-            return ApiError::internal("the answer was too large to send").into_response();
+            return ApiError::internal(format!("the answer could not be read: {error}")).into_response();
         }
     };
     let etag = weak_etag(&bytes);
@@ -699,6 +705,38 @@ mod tests {
             assert!(etag_matches(&HeaderValue::from_str(&header).expect("header"), &etag), "{header}");
         }
         assert!(!etag_matches(&HeaderValue::from_static("W/\"other\""), &etag));
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_size_pass_without_an_etag() {
+        use axum::routing::get;
+        let stream = || async {
+            let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes_of("{\"a\":")), Ok(bytes_of("1}"))]);
+            ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(chunks))
+        };
+        let small = || async { axum::Json(serde_json::json!({ "a": 1 })) };
+        let app = Router::new()
+            .route("/api/stream", get(stream))
+            .route("/api/small", get(small))
+            .layer(axum::middleware::from_fn(etag_layer));
+        let call = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = axum::http::Request::get(path).body(Body::empty()).expect("request");
+                let response = app.oneshot(request).await.expect("response");
+                let etag = response.headers().get(header::ETAG).cloned();
+                let body = axum::body::to_bytes(response.into_body(), 1024).await.expect("body");
+                (etag, body)
+            }
+        };
+        let (etag, body) = call("/api/stream").await;
+        assert_eq!((etag, &body[..]), (None, &b"{\"a\":1}"[..]), "streamed through untouched");
+        let (etag, body) = call("/api/small").await;
+        assert_eq!(etag.and_then(|value| value.to_str().ok().map(str::to_string)), Some(weak_etag(&body)));
+    }
+
+    fn bytes_of(text: &'static str) -> axum::body::Bytes {
+        axum::body::Bytes::from_static(text.as_bytes())
     }
 
     #[test]
