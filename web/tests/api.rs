@@ -355,3 +355,14 @@ async fn the_explorer_is_served_from_this_server_only() {
     assert!(asset.header("content-type").starts_with("text/javascript"));
     assert!(asset.body.starts_with(b"/*! RapiDoc 9.3.8"));
 }
+
+#[tokio::test]
+async fn head_answers_carry_the_etag_of_the_get_body() {
+    let (_dir, app) = app();
+    let get_answer = get(&app, "/api/v1/users/alice.test").await;
+    let head_answer = send(&app, Method::HEAD, "/api/v1/users/alice.test", &[]).await;
+    assert_eq!(head_answer.status, StatusCode::OK);
+    assert!(head_answer.body.is_empty());
+    assert!(!get_answer.header("etag").is_empty());
+    assert_eq!(head_answer.header("etag"), get_answer.header("etag"), "not the hash of an empty body");
+}
