@@ -73,12 +73,15 @@ const EXPORT_MAX_CHANGES: usize = 100_000;
         api_manifest,
         api_stars,
         api_export,
+        crate::webhooks::api_subscriptions,
+        crate::webhooks::api_deliveries,
     ),
     components(schemas(ErrorBody)),
     tags(
         (name = "log", description = "The event log atcr ingests into"),
         (name = "registry", description = "Users, repositories, tags, manifests and stars"),
         (name = "history", description = "Record and tag history"),
+        (name = "webhooks", description = "Webhook subscriptions and delivery history (`atcr serve` with webhooks)"),
         (name = "meta", description = "The API itself"),
     )
 )]
@@ -764,6 +767,8 @@ mod tests {
             "/api/v1/manifests/{owner}/{repository}/{reference}",
             "/api/v1/stars/{owner}/{repository}",
             "/api/v1/export/{did}",
+            "/api/v1/webhooks",
+            "/api/v1/webhooks/{id}/deliveries",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }

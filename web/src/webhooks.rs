@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A subscription as the API and the admin page show it: never its URL or secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionSummary {
     pub id: String,
     /// `config` (atcr.toml) or `cli` (`atcr webhooks add`).
@@ -57,6 +57,13 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "code": code, "message": message, "error": code }))).into_response()
 }
 
+/// `GET /api/v1/webhooks` (only where `atcr serve` runs webhook delivery).
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", summary = "Webhook subscriptions",
+    responses(
+        (status = 200, description = "`{\"subscriptions\": [...]}`: every subscription, never its URL or secret", body = Object),
+        (status = 404, description = "This server runs no webhook delivery", body = crate::api::ErrorBody),
+        (status = 500, description = "The delivery store could not be read", body = crate::api::ErrorBody),
+    ))]
 async fn api_subscriptions(State(history): State<Arc<dyn WebhookHistory>>) -> Response {
     match history.subscriptions() {
         Ok(subscriptions) => axum::Json(serde_json::json!({ "subscriptions": subscriptions })).into_response(),
@@ -64,10 +71,22 @@ async fn api_subscriptions(State(history): State<Arc<dyn WebhookHistory>>) -> Re
     }
 }
 
+/// `GET /api/v1/webhooks/{id}/deliveries` (only where `atcr serve` runs webhook delivery).
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks", summary = "A subscription's deliveries",
+    params(
+        ("id" = String, Path, description = "The subscription id"),
+        ("limit" = Option<u64>, Query, description = "Most deliveries, clamped to 1..1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"subscription\", \"deliveries\": [...]}`, newest first: delivery id, status, attempts, response code, latency", body = Object),
+        (status = 400, description = "A bad parameter", body = crate::api::ErrorBody),
+        (status = 404, description = "No such subscription, or no webhook delivery on this server", body = crate::api::ErrorBody),
+        (status = 500, description = "The delivery store could not be read", body = crate::api::ErrorBody),
+    ))]
 async fn api_deliveries(
     State(history): State<Arc<dyn WebhookHistory>>,
     Path(id): Path<String>,
-    Query(params): Query<LimitParams>,
+    crate::api::ApiQuery(params): crate::api::ApiQuery<LimitParams>,
 ) -> Response {
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     match history.deliveries(&id, limit) {
