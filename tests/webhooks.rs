@@ -46,8 +46,9 @@ struct Received {
 #[derive(Default)]
 struct Receiver {
     received: Mutex<Vec<Received>>,
-    /// Answer 500 until then.
-    failing_until: Mutex<Option<Instant>>,
+    /// Answer 500 for this long after the first request (so a slow start cannot hide it).
+    outage: Mutex<Duration>,
+    first_request: Mutex<Option<Instant>>,
     /// Wait this long before answering (so a kill lands mid-stream).
     delay: Mutex<Duration>,
 }
@@ -62,7 +63,8 @@ async fn hook(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let failing = receiver.failing_until.lock().expect("lock").is_some_and(|until| Instant::now() < until);
+    let first = *receiver.first_request.lock().expect("lock").get_or_insert_with(Instant::now);
+    let failing = first.elapsed() < *receiver.outage.lock().expect("lock");
     let status = if failing { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_string();
     receiver.received.lock().expect("lock").push(Received {
@@ -360,7 +362,7 @@ async fn webhooks_arrive_in_order_signed_through_an_outage_and_a_kill() -> Resul
     let outage = Duration::from_secs(
         std::env::var("ATCR_TEST_WEBHOOK_OUTAGE_S").ok().and_then(|text| text.parse().ok()).unwrap_or(5),
     );
-    *receiver.failing_until.lock().expect("lock") = Some(Instant::now() + outage);
+    *receiver.outage.lock().expect("lock") = outage;
     let app = axum::Router::new().route("/hook/{subscription}", axum::routing::post(hook)).with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook_port = listener.local_addr()?.port();
