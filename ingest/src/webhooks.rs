@@ -1174,6 +1174,97 @@ mod tests {
         );
     }
 
+    /// A loopback HTTP/1.1 responder: 500 for bodies that contain `fail`, else 200.
+    async fn respond(listener: tokio::net::TcpListener, fail: &'static str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(read) = stream.read(&mut chunk).await else { return };
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|line| {
+                            line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|value| value.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buffer.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body = String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]).to_string();
+                    buffer.drain(..end + 4 + length);
+                    let status = if body.contains(fail) { "500 Internal Server Error" } else { "200 OK" };
+                    let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_keeps_failing_is_dead_lettered_and_the_next_goes_on() {
+        // reqwest is built with `rustls-no-provider`: a client needs a process-wide provider.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(EventLog::open(&dir.path().join("log.redb")).expect("log"));
+        let events = ['a', 'b', 'c']
+            .into_iter()
+            .enumerate()
+            .map(|(index, byte)| {
+                let manifest = serde_json::json!({"$type": "io.atcr.manifest", "repository": "app", "digest": digest(byte), "mediaType": "application/vnd.oci.image.manifest.v1+json"});
+                put(index as u64, "did:plc:a", records::MANIFEST, &byte.to_string(), PutAction::Create, manifest).event
+            })
+            .collect();
+        log.append(atcr_storage::AppendBatch { events, ..Default::default() }).expect("append");
+        let store = Arc::new(WebhookStore::open(dir.path()).expect("store"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        // The second push (digest b…) always fails.
+        tokio::spawn(respond(listener, "bbbbbbbb"));
+        let config = DeliveryConfig {
+            timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            max_attempts: 3,
+        };
+        let sender = Sender::new(UrlPolicy { allow_loopback: true }, config).expect("sender");
+        let subscription = Subscription { url, from_beginning: true, ..subscription() };
+        let shutdown = CancellationToken::new();
+        let pipeline =
+            tokio::spawn(run(log, store.clone(), sender, move || Ok(vec![subscription.clone()]), shutdown.clone()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let history = loop {
+            let history = store.deliveries("ci", 10).expect("history");
+            if history.len() == 3 || Instant::now() > deadline {
+                break history;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shutdown.cancel();
+        pipeline.await.expect("join").expect("pipeline");
+        let summary: Vec<(u64, &str, u32, Option<u16>)> = history
+            .iter()
+            .map(|record| (record.offset, record.status.as_str(), record.attempts, record.response_code))
+            .collect();
+        assert_eq!(
+            summary,
+            [(2, "delivered", 1, Some(200)), (1, "dead", 3, Some(500)), (0, "delivered", 1, Some(200))]
+        );
+        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
+    }
+
     #[test]
     fn the_store_keeps_outbox_checkpoints_and_history() {
         let dir = tempfile::tempdir().expect("tempdir");
