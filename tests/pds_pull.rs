@@ -21,7 +21,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use clients::{has_tool, oci_client_pull, podman_pull, skopeo_pull};
-use support::{Atcr, Pds, free_port, pds_url_or_skip};
+use support::{Atcr, Pds, TestBucket, free_port, pds_url_or_skip};
 
 const FS_HOLD: &str = "did:web:fs-hold.atcr.test";
 const S3_HOLD: &str = "did:web:s3-hold.atcr.test";
@@ -149,29 +149,10 @@ fn layer_blobs(manifests: &[String]) -> Vec<String> {
 }
 
 async fn upload_to_s3(blobs: &[String]) -> Result<Option<(String, String)>> {
-    let (Ok(endpoint), Ok(access), Ok(secret)) = (
-        std::env::var("ATCR_TEST_S3_ENDPOINT"),
-        std::env::var("ATCR_TEST_S3_ACCESS_KEY"),
-        std::env::var("ATCR_TEST_S3_SECRET_KEY"),
-    ) else {
-        println!("SKIP (S3 hold part): ATCR_TEST_S3_ENDPOINT not set (run fixtures/test-all.sh)");
-        return Ok(None);
-    };
-    ensure!(endpoint.starts_with("http://127.0.0.1"), "S3 endpoint must be loopback: {endpoint}");
     let bucket = format!("atcr-pull-{}", std::process::id());
-    let credentials = aws_sdk_s3::config::Credentials::new(&access, &secret, None, None, "test");
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
-    client.create_bucket().bucket(&bucket).send().await.context("create bucket")?;
+    let Some(s3) = TestBucket::create("S3 hold part", &bucket).await? else { return Ok(None) };
     for digest in blobs {
-        client
+        s3.client
             .put_object()
             .bucket(&bucket)
             .key(format!("blobs/sha256/{}", &digest["sha256:".len()..]))
@@ -180,11 +161,7 @@ async fn upload_to_s3(blobs: &[String]) -> Result<Option<(String, String)>> {
             .await
             .with_context(|| format!("put {digest}"))?;
     }
-    let toml = format!(
-        "[s3_holds.\"{S3_HOLD}\"]\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\naccess_key_id = \"{access}\"\n\
-         secret_access_key = \"{secret}\"\nkey_prefix = \"blobs/\"\npath_style = true\n"
-    );
-    Ok(Some((toml, bucket)))
+    Ok(Some((s3.toml_section(&format!("[s3_holds.\"{S3_HOLD}\"]"), "blobs/"), bucket)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -30,6 +30,8 @@ use serde_json::Value;
 use sha2::Digest;
 
 use atcr_firehose_replay::{Faults, RecordedFrame, ReplayServer};
+use atcr_gen::encoding::car_v1;
+use atcr_ingest::car::CarBlocks;
 use atcr_ingest::frame::{Frame, decode_frame};
 use atcr_storage::{PublicKey, SignedCommit};
 use support::{Account, Atcr, Pds, Written, image_manifest, manifest_record, tag_record};
@@ -473,7 +475,8 @@ fn resign(bytes: &[u8], key: &k256::ecdsa::SigningKey, seq: i64) -> Result<Recor
     let (header, mut body) = split_frame(bytes)?;
     let Some(Ipld::Link(commit_cid)) = body.get("commit").cloned() else { bail!("commit without a commit link") };
     let Some(Ipld::Bytes(car)) = body.get("blocks") else { bail!("commit without blocks") };
-    let mut blocks = parse_car(car)?;
+    let mut blocks: Vec<(Cid, Vec<u8>)> =
+        CarBlocks::parse(car)?.iter().map(|(cid, data)| (*cid, data.to_vec())).collect();
     let commit = blocks.iter_mut().find(|(cid, _)| *cid == commit_cid).context("commit block not in the CAR")?;
     let mut map: Body = serde_ipld_dagcbor::from_slice(&commit.1)?;
     map.remove("sig");
@@ -486,77 +489,7 @@ fn resign(bytes: &[u8], key: &k256::ecdsa::SigningKey, seq: i64) -> Result<Recor
     let digest = sha2::Sha256::digest(&block);
     let new_cid = Cid::new_v1(0x71, Multihash::<64>::wrap(0x12, &digest)?);
     *commit = (new_cid, block);
-    body.insert("blocks".into(), Ipld::Bytes(write_car(new_cid, &blocks)?));
+    body.insert("blocks".into(), Ipld::Bytes(car_v1(new_cid, blocks.iter().map(|(cid, data)| (cid, data.as_slice())))));
     body.insert("commit".into(), Ipld::Link(new_cid));
     join_frame(&header, body, seq)
-}
-
-fn read_varint(bytes: &[u8], position: &mut usize) -> Result<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*position).context("truncated varint")?;
-        *position += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    bail!("varint too long")
-}
-
-fn write_varint(mut value: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// CAR v1 blocks (the header is rebuilt by [`write_car`]).
-fn parse_car(car: &[u8]) -> Result<Vec<(Cid, Vec<u8>)>> {
-    let mut position = 0;
-    let header_length = read_varint(car, &mut position)? as usize;
-    position += header_length;
-    let mut blocks = Vec::new();
-    while position < car.len() {
-        let length = read_varint(car, &mut position)? as usize;
-        let section = car.get(position..position + length).context("truncated CAR section")?;
-        position += length;
-        // CIDv1: version, codec, multihash code, digest length, digest
-        let mut cid_end = 0;
-        for _ in 0..3 {
-            read_varint(section, &mut cid_end)?;
-        }
-        let digest_length = read_varint(section, &mut cid_end)? as usize;
-        cid_end += digest_length;
-        let cid = Cid::try_from(section.get(..cid_end).context("truncated CID")?)?;
-        blocks.push((cid, section[cid_end..].to_vec()));
-    }
-    Ok(blocks)
-}
-
-fn write_car(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Result<Vec<u8>> {
-    let header = Ipld::Map(BTreeMap::from([
-        ("roots".to_string(), Ipld::List(vec![Ipld::Link(root)])),
-        ("version".to_string(), Ipld::Integer(1)),
-    ]));
-    let header = serde_ipld_dagcbor::to_vec(&header)?;
-    let mut out = Vec::new();
-    write_varint(header.len() as u64, &mut out);
-    out.extend(&header);
-    let mut seen = HashSet::new();
-    for (cid, data) in blocks {
-        if !seen.insert(*cid) {
-            continue;
-        }
-        let cid_bytes = cid.to_bytes();
-        write_varint((cid_bytes.len() + data.len()) as u64, &mut out);
-        out.extend(&cid_bytes);
-        out.extend(data);
-    }
-    Ok(out)
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use support::{ATCR_BIN, free_port, metric_value};
+use support::{ATCR_BIN, TestBucket, free_port, metric_value};
 
 fn http_client() -> reqwest::Client {
     // reqwest is built with `rustls-no-provider`: a client needs a process-wide provider even for
@@ -320,33 +320,9 @@ async fn views_rebuild_bit_for_bit_and_flip_while_serving() -> Result<()> {
 /// A config file with `[snapshot_s3]` pointing at a fresh bucket of the test-all S3 server, or
 /// `None` (with a SKIP line) when it is not running.
 async fn s3_snapshot_config(root: &Path) -> Result<Option<PathBuf>> {
-    let (Ok(endpoint), Ok(access), Ok(secret)) = (
-        std::env::var("ATCR_TEST_S3_ENDPOINT"),
-        std::env::var("ATCR_TEST_S3_ACCESS_KEY"),
-        std::env::var("ATCR_TEST_S3_SECRET_KEY"),
-    ) else {
-        println!("SKIP (S3 snapshot part): ATCR_TEST_S3_ENDPOINT not set (run fixtures/test-all.sh)");
-        return Ok(None);
-    };
-    ensure!(endpoint.starts_with("http://127.0.0.1"), "S3 endpoint must be loopback: {endpoint}");
     let bucket = format!("atcr-snapshots-{}", std::process::id());
-    let credentials = aws_sdk_s3::config::Credentials::new(&access, &secret, None, None, "test");
-    let sdk = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_s3::Client::from_conf(sdk).create_bucket().bucket(&bucket).send().await.context("create bucket")?;
+    let Some(s3) = TestBucket::create("S3 snapshot part", &bucket).await? else { return Ok(None) };
     let path = root.join("snapshot-s3.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[snapshot_s3]\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\naccess_key_id = \"{access}\"\n\
-             secret_access_key = \"{secret}\"\nkey_prefix = \"views/\"\npath_style = true\n"
-        ),
-    )?;
+    std::fs::write(&path, s3.toml_section("[snapshot_s3]", "views/"))?;
     Ok(Some(path))
 }

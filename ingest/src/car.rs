@@ -149,41 +149,14 @@ fn read_varint(bytes: &[u8], position: &mut usize) -> Result<u64, CarError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipld_core::cid::multihash::Multihash;
+    use atcr_gen::encoding::{DAG_CBOR, car_v1};
 
     fn cid_of(data: &[u8]) -> Cid {
-        Cid::new_v1(0x71, Multihash::wrap(SHA2_256, &Sha256::digest(data)).unwrap())
-    }
-
-    fn varint(mut value: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (value & 0x7f) as u8;
-            value >>= 7;
-            if value == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+        atcr_gen::encoding::cid_of(DAG_CBOR, data)
     }
 
     fn car(root: Cid, blocks: &[(Cid, &[u8])]) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct H {
-            version: u64,
-            roots: Vec<Cid>,
-        }
-        let header = serde_ipld_dagcbor::to_vec(&H { version: 1, roots: vec![root] }).unwrap();
-        let mut out = Vec::new();
-        varint(header.len(), &mut out);
-        out.extend_from_slice(&header);
-        for (cid, data) in blocks {
-            let cid_bytes = cid.to_bytes();
-            varint(cid_bytes.len() + data.len(), &mut out);
-            out.extend_from_slice(&cid_bytes);
-            out.extend_from_slice(data);
-        }
-        out
+        car_v1(root, blocks.iter().map(|(cid, data)| (cid, *data)))
     }
 
     #[test]

@@ -273,23 +273,10 @@ mod tests {
         let (facts, key) = generated_commits(30).into_iter().find(|(facts, _)| facts.prev_data.is_some()).unwrap();
         let signed = SignedCommit::decode(&facts.commit_block).unwrap();
         // The same CAR without the MST root node.
-        let mut car = Vec::new();
-        let header = serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([
-            ("roots", ipld_core::ipld::Ipld::List(vec![ipld_core::ipld::Ipld::Link(facts.blocks.roots()[0])])),
-            ("version", ipld_core::ipld::Ipld::Integer(1)),
-        ]))
-        .unwrap();
-        push_varint(&mut car, header.len());
-        car.extend_from_slice(&header);
-        for (cid, bytes) in facts.blocks.iter() {
-            if *cid == signed.data {
-                continue;
-            }
-            let cid_bytes = cid.to_bytes();
-            push_varint(&mut car, cid_bytes.len() + bytes.len());
-            car.extend_from_slice(&cid_bytes);
-            car.extend_from_slice(bytes);
-        }
+        let car = atcr_gen::encoding::car_v1(
+            facts.blocks.roots()[0],
+            facts.blocks.iter().filter(|(cid, _)| **cid != signed.data),
+        );
         let mut partial = facts.clone();
         partial.blocks = crate::car::CarBlocks::parse(&car).unwrap();
         let error = verify_commit(&partial, &key).unwrap_err();
@@ -300,17 +287,5 @@ mod tests {
                 facts.did, facts.rev, signed.data
             )
         );
-    }
-
-    fn push_varint(out: &mut Vec<u8>, mut value: usize) {
-        loop {
-            let byte = (value & 0x7f) as u8;
-            value >>= 7;
-            if value == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
     }
 }

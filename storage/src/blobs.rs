@@ -257,19 +257,38 @@ impl S3Backend {
     /// A URL presigned for `method`; only exact `sha256:<64 lowercase hex>` digests become keys.
     pub fn presign(&self, digest: &str, method: BlobMethod) -> Result<String, S3Error> {
         let key = self.config.object_key(digest).ok_or_else(|| S3Error::InvalidDigest(digest.to_string()))?;
+        let operation = match method {
+            BlobMethod::Get => Operation::Get,
+            BlobMethod::Head => Operation::Head,
+        };
+        self.presign_key(key, operation)
+    }
+
+    /// A URL presigned for reading or writing the named object (see
+    /// [`S3Config::named_object_key`]): how whole files such as view snapshots go to and come
+    /// from the bucket with any HTTP client. No network.
+    pub fn presign_object(&self, name: &str, method: ObjectMethod) -> Result<String, S3Error> {
+        let key = self.config.named_object_key(name).ok_or_else(|| S3Error::InvalidName(name.to_string()))?;
+        let operation = match method {
+            ObjectMethod::Get => Operation::Get,
+            ObjectMethod::Put => Operation::Put,
+        };
+        self.presign_key(key, operation)
+    }
+
+    /// The one presigning path for blobs and named objects, with the presign expiry.
+    fn presign_key(&self, key: String, operation: Operation) -> Result<String, S3Error> {
         let presign_error = |reason: String| S3Error::Presign { key: key.clone(), reason };
         let expiry = PresigningConfig::expires_in(self.config.presign_expiry)
             .map_err(|error| presign_error(error.to_string()))?;
-        let bucket = &self.config.bucket;
-        let presigned = match method {
-            BlobMethod::Get => {
-                resolve_without_runtime(self.client.get_object().bucket(bucket).key(&key).presigned(expiry))
-                    .map(|result| result.map_err(sdk_error_text))
-            }
-            BlobMethod::Head => {
-                resolve_without_runtime(self.client.head_object().bucket(bucket).key(&key).presigned(expiry))
-                    .map(|result| result.map_err(sdk_error_text))
-            }
+        let (bucket, client) = (&self.config.bucket, &self.client);
+        let presigned = match operation {
+            Operation::Get => resolve_without_runtime(client.get_object().bucket(bucket).key(&key).presigned(expiry))
+                .map(|result| result.map_err(sdk_error_text)),
+            Operation::Head => resolve_without_runtime(client.head_object().bucket(bucket).key(&key).presigned(expiry))
+                .map(|result| result.map_err(sdk_error_text)),
+            Operation::Put => resolve_without_runtime(client.put_object().bucket(bucket).key(&key).presigned(expiry))
+                .map(|result| result.map_err(sdk_error_text)),
         };
         let presigned: PresignedRequest = match presigned {
             Some(Ok(presigned)) => presigned,
@@ -291,36 +310,12 @@ pub enum ObjectMethod {
     Put,
 }
 
-impl S3Backend {
-    /// A URL presigned for reading or writing the named object (see
-    /// [`S3Config::named_object_key`]): how whole files such as view snapshots go to and come
-    /// from the bucket with any HTTP client. No network.
-    pub fn presign_object(&self, name: &str, method: ObjectMethod) -> Result<String, S3Error> {
-        let key = self.config.named_object_key(name).ok_or_else(|| S3Error::InvalidName(name.to_string()))?;
-        let presign_error = |reason: String| S3Error::Presign { key: key.clone(), reason };
-        let expiry = PresigningConfig::expires_in(self.config.presign_expiry)
-            .map_err(|error| presign_error(error.to_string()))?;
-        let bucket = &self.config.bucket;
-        let presigned = match method {
-            ObjectMethod::Get => {
-                resolve_without_runtime(self.client.get_object().bucket(bucket).key(&key).presigned(expiry))
-                    .map(|result| result.map_err(sdk_error_text))
-            }
-            ObjectMethod::Put => {
-                resolve_without_runtime(self.client.put_object().bucket(bucket).key(&key).presigned(expiry))
-                    .map(|result| result.map_err(sdk_error_text))
-            }
-        };
-        let presigned: PresignedRequest = match presigned {
-            Some(Ok(presigned)) => presigned,
-            Some(Err(reason)) => return Err(presign_error(reason)),
-            None => return Err(presign_error("the sdk presigner did not finish without waiting".to_string())),
-        };
-        if let Some((name, _)) = presigned.headers().next() {
-            return Err(presign_error(format!("the presigned request needs a {name} header")));
-        }
-        Ok(presigned.uri().to_string())
-    }
+/// The S3 operations atcr presigns.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Get,
+    Head,
+    Put,
 }
 
 impl PartialEq for S3Backend {

@@ -1220,3 +1220,53 @@ pub fn star_record(owner_did: &str, repository_rkey: &str) -> Value {
 pub fn bsky_post(text: &str) -> Value {
     json!({ "$type": "app.bsky.feed.post", "text": text, "createdAt": now_datetime() })
 }
+
+// ------------------------------------------------------------------------------------------------
+// The test-all S3 server (s3s-fs)
+// ------------------------------------------------------------------------------------------------
+
+/// A fresh bucket on the S3 server `fixtures/test-all.sh` runs, with an SDK client for it.
+pub struct TestBucket {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    pub client: aws_sdk_s3::Client,
+}
+
+impl TestBucket {
+    /// Creates `bucket` on the loopback S3 server (`ATCR_TEST_S3_*`), or returns `None` after a
+    /// SKIP line naming the `part` of the test that needs it.
+    pub async fn create(part: &str, bucket: &str) -> Result<Option<TestBucket>> {
+        let (Ok(endpoint), Ok(access_key), Ok(secret_key)) = (
+            std::env::var("ATCR_TEST_S3_ENDPOINT"),
+            std::env::var("ATCR_TEST_S3_ACCESS_KEY"),
+            std::env::var("ATCR_TEST_S3_SECRET_KEY"),
+        ) else {
+            println!("SKIP ({part}): ATCR_TEST_S3_ENDPOINT not set (run fixtures/test-all.sh)");
+            return Ok(None);
+        };
+        ensure!(endpoint.starts_with("http://127.0.0.1"), "S3 endpoint must be loopback: {endpoint}");
+        let credentials = aws_sdk_s3::config::Credentials::new(&access_key, &secret_key, None, None, "test");
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        client.create_bucket().bucket(bucket).send().await.context("create bucket")?;
+        Ok(Some(TestBucket { endpoint, access_key, secret_key, bucket: bucket.to_string(), client }))
+    }
+
+    /// An atcr config section (`[s3_holds."did"]`, `[snapshot_s3]`) for this bucket.
+    pub fn toml_section(&self, header: &str, key_prefix: &str) -> String {
+        format!(
+            "{header}\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
+             key_prefix = \"{key_prefix}\"\npath_style = true\n",
+            self.endpoint, self.bucket, self.access_key, self.secret_key
+        )
+    }
+}
