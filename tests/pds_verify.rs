@@ -142,9 +142,17 @@ async fn scenario(pds_url: &str) -> Result<()> {
         firehose_records(events).len() == 4
     })
     .await?;
-    let (status, body) = atcr.get(&format!("/v2/{did}/{REPOSITORY}/manifests/latest")).await?;
+    // The events are in the log; the views apply them a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, moved) = loop {
+        let (status, body) = atcr.get(&format!("/v2/{did}/{REPOSITORY}/manifests/latest")).await?;
+        let moved = sha256_hex(body.as_bytes());
+        if (status == 200 && moved == second_hex) || Instant::now() > deadline {
+            break (status, moved);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     ensure!(status == 200, "latest after the genuine commit 4: HTTP {status}");
-    let moved = sha256_hex(body.as_bytes());
     ensure!(moved == second_hex, "latest must now be the second manifest ({second_hex}), is {moved}");
     ensure!(
         atcr.get_json("/api/v1/quarantine").await?.as_array().map(Vec::len) == Some(3),
