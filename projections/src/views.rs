@@ -429,6 +429,8 @@ pub(crate) fn apply_tracking(
             Ok(())
         }
         EventBody::Identity { .. } | EventBody::Resync { .. } => Ok(()),
+        // Scan reports, SBOMs, image configs: read by the modules that index them.
+        EventBody::ContentStored { .. } | EventBody::ContentRejected { .. } => Ok(()),
     }
 }
 

@@ -95,6 +95,28 @@ pub enum EventBody {
         /// Why it did not verify (empty when it did).
         reason: String,
     },
+    /// Bytes a record or manifest refers to (a scan's vulnerability report or SBOM, an image
+    /// config, the file list enrichment derived from a layer), fetched by enrichment, checked
+    /// against their digest or CID and kept in the content store under `digest`, so projections
+    /// read them without the network. `kind` says what they are (e.g. `scan.vulnerabilities`,
+    /// `scan.sbom`, `image.config`, `layer.files`); `subject` what they belong to (the AT-URI of
+    /// the record that named them, or the manifest/layer digest).
+    ContentStored {
+        kind: String,
+        digest: String,
+        media_type: String,
+        size: u64,
+        subject: String,
+    },
+    /// Bytes of `kind` for `subject` that atcr will not use: too large, not matching their
+    /// digest, or not parseable as what they claim to be. Quarantined with `reason`; pages say the
+    /// data is unreadable instead of showing nothing. `digest` is empty when nothing was fetched.
+    ContentRejected {
+        kind: String,
+        digest: String,
+        subject: String,
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -110,6 +132,8 @@ impl EventBody {
             EventBody::IdentityResolved { .. } => "identity_resolved",
             EventBody::IdentityUnresolvable { .. } => "identity_unresolvable",
             EventBody::HandleChecked { .. } => "handle_checked",
+            EventBody::ContentStored { .. } => "content_stored",
+            EventBody::ContentRejected { .. } => "content_rejected",
         }
     }
 

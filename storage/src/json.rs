@@ -86,6 +86,19 @@ pub fn event_to_json(offset: u64, event: &Event) -> Value {
             object.insert("verified".into(), json!(verified));
             object.insert("reason".into(), json!(reason));
         }
+        EventBody::ContentStored { kind, digest, media_type, size, subject } => {
+            object.insert("content_kind".into(), json!(kind));
+            object.insert("digest".into(), json!(digest));
+            object.insert("media_type".into(), json!(media_type));
+            object.insert("size".into(), json!(size));
+            object.insert("subject".into(), json!(subject));
+        }
+        EventBody::ContentRejected { kind, digest, subject, reason } => {
+            object.insert("content_kind".into(), json!(kind));
+            object.insert("digest".into(), json!(digest));
+            object.insert("subject".into(), json!(subject));
+            object.insert("reason".into(), json!(reason));
+        }
         EventBody::IdentityResolved { document_json } => {
             let document = serde_json::from_str(document_json).unwrap_or_else(|_| json!(document_json));
             object.insert("document".into(), document);
