@@ -24,6 +24,7 @@ pub mod log;
 pub mod mst;
 pub mod records;
 pub mod revs;
+pub mod scan_formats;
 pub mod syntax;
 pub mod writer;
 

@@ -432,3 +432,202 @@ mod tests {
         assert!(ManifestRecord::decode(&bad).is_err());
     }
 }
+
+// ---- io.atcr.hold.scan (scan results a hold publishes in its own repository) ----
+
+pub const HOLD_SCAN: &str = "io.atcr.hold.scan";
+
+/// How a scan attempt ended (`status`; omitted in the first generation, which only wrote
+/// successful scans).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ScanStatus {
+    Ok,
+    Failed,
+    Skipped,
+    /// A value this code does not know, kept as written.
+    Other(String),
+}
+
+impl ScanStatus {
+    pub fn parse(status: Option<&str>) -> ScanStatus {
+        match status.map(str::trim) {
+            None | Some("") | Some("ok") => ScanStatus::Ok,
+            Some("failed") => ScanStatus::Failed,
+            Some("skipped") => ScanStatus::Skipped,
+            Some(other) => ScanStatus::Other(other.chars().take(32).collect()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ScanStatus::Ok => "ok",
+            ScanStatus::Failed => "failed",
+            ScanStatus::Skipped => "skipped",
+            ScanStatus::Other(other) => other,
+        }
+    }
+}
+
+/// A hold's scan of one manifest (`io.atcr.hold.scan`, record key = the manifest digest's hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanRecord {
+    /// The scanned manifest's digest, from the `manifest` AT-URI's record key, else from the
+    /// record's own key (older records).
+    pub manifest_digest: String,
+    /// The `manifest` AT-URI as written (may be absent in older records).
+    pub manifest_uri: Option<String>,
+    /// The image owner: `userDid`, else the `manifest` URI's authority.
+    pub owner_did: String,
+    pub repository: String,
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    pub total: u64,
+    pub scanner_version: Option<String>,
+    pub scanned_at: Option<String>,
+    pub status: ScanStatus,
+    pub reason: Option<String>,
+    pub vuln_report: Option<BlobRef>,
+    pub sbom: Option<BlobRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScanWire {
+    #[serde(default)]
+    manifest: Option<String>,
+    #[serde(default)]
+    manifest_digest: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    user_did: Option<String>,
+    #[serde(default)]
+    critical: Option<Ipld>,
+    #[serde(default)]
+    high: Option<Ipld>,
+    #[serde(default)]
+    medium: Option<Ipld>,
+    #[serde(default)]
+    low: Option<Ipld>,
+    #[serde(default)]
+    total: Option<Ipld>,
+    #[serde(default)]
+    scanner_version: Option<String>,
+    #[serde(default)]
+    scanned_at: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    vuln_report_blob: Option<Ipld>,
+    #[serde(default)]
+    sbom_blob: Option<Ipld>,
+}
+
+fn count(value: Option<Ipld>) -> u64 {
+    match value {
+        Some(Ipld::Integer(count)) => u64::try_from(count).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn digest_from_hex_or_digest(text: &str) -> Option<String> {
+    let digest = if text.starts_with("sha256:") { text.to_string() } else { format!("sha256:{text}") };
+    is_sha256_digest(&digest).then_some(digest)
+}
+
+impl ScanRecord {
+    /// Decodes a scan record stored under `rkey`.
+    pub fn decode(bytes: &[u8], rkey: &str) -> Result<Self, RecordError> {
+        let wire: ScanWire = decode(HOLD_SCAN, bytes)?;
+        let (uri_did, uri_digest) = match wire.manifest.as_deref().and_then(|uri| uri.strip_prefix("at://")) {
+            Some(rest) => {
+                let mut parts = rest.split('/');
+                let did = parts.next().filter(|did| did.starts_with("did:")).map(str::to_string);
+                let digest = parts.nth(1).and_then(digest_from_hex_or_digest);
+                (did, digest)
+            }
+            None => (None, None),
+        };
+        let manifest_digest = uri_digest
+            .or_else(|| wire.manifest_digest.as_deref().and_then(digest_from_hex_or_digest))
+            .or_else(|| wire.digest.as_deref().and_then(digest_from_hex_or_digest))
+            .or_else(|| digest_from_hex_or_digest(rkey))
+            .ok_or_else(|| invalid(HOLD_SCAN, "names no sha256 manifest (manifest URI, digest or record key)"))?;
+        let owner_did = wire
+            .user_did
+            .filter(|did| did.starts_with("did:"))
+            .or(uri_did)
+            .ok_or_else(|| invalid(HOLD_SCAN, "names no image owner (userDid or manifest URI)"))?;
+        if owner_did.contains('\0') {
+            return Err(invalid(HOLD_SCAN, "owner DID contains NUL"));
+        }
+        let repository = wire.repository.unwrap_or_default();
+        if repository.contains('\0') {
+            return Err(invalid(HOLD_SCAN, "repository contains NUL"));
+        }
+        let (critical, high, medium, low) = (count(wire.critical), count(wire.high), count(wire.medium), count(wire.low));
+        let total = match wire.total {
+            Some(Ipld::Integer(total)) => u64::try_from(total).unwrap_or(0),
+            _ => critical + high + medium + low,
+        };
+        Ok(ScanRecord {
+            manifest_digest,
+            manifest_uri: wire.manifest,
+            owner_did,
+            repository,
+            critical,
+            high,
+            medium,
+            low,
+            total,
+            scanner_version: wire.scanner_version,
+            scanned_at: wire.scanned_at,
+            status: ScanStatus::parse(wire.status.as_deref()),
+            reason: wire.reason.filter(|reason| !reason.trim().is_empty()).map(|reason| reason.chars().take(256).collect()),
+            vuln_report: wire.vuln_report_blob.and_then(blob_ref),
+            sbom: wire.sbom_blob.and_then(blob_ref),
+        })
+    }
+}
+
+#[cfg(test)]
+mod scan_record_tests {
+    use super::*;
+    use ipld_core::ipld;
+
+    const HEX: &str = "b7cf38f057d9ace9033c883199bbc66e7ea90c44123463617b61f3fbd6603922";
+
+    fn cbor(value: Ipld) -> Vec<u8> {
+        serde_ipld_dagcbor::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn scans_decode_current_and_older_shapes() {
+        let cid: Cid = "bafkreifxz44pav6zvtuqgpeiggm3xrtop2uqyrasgrrwc63b6p55mybzei".parse().unwrap();
+        let current = cbor(ipld!({
+            "$type": "io.atcr.hold.scan", "manifest": format!("at://did:plc:owner/io.atcr.manifest/{HEX}"),
+            "repository": "web", "userDid": "did:plc:owner", "critical": 1, "high": 2, "medium": 3, "low": 4, "total": 10,
+            "scannerVersion": "atcr-scanner-v1.0.0", "scannedAt": "2026-01-01T00:00:00Z", "status": "ok",
+            "vulnReportBlob": { "$type": "blob", "ref": cid, "mimeType": "application/vnd.atcr.vulnerabilities+json", "size": 5 },
+        }));
+        let scan = ScanRecord::decode(&current, HEX).unwrap();
+        assert_eq!(scan.manifest_digest, format!("sha256:{HEX}"));
+        assert_eq!((scan.critical, scan.total, scan.status.clone()), (1, 10, ScanStatus::Ok));
+        assert_eq!(scan.vuln_report.unwrap().cid, cid.to_string());
+        // first generation: no status, no userDid (owner from the URI), no total
+        let older = cbor(ipld!({ "manifest": format!("at://did:plc:owner/io.atcr.manifest/{HEX}"), "high": 2, "low": 1 }));
+        let older = ScanRecord::decode(&older, "x").unwrap();
+        assert_eq!((older.owner_did.as_str(), older.total, older.status), ("did:plc:owner", 3, ScanStatus::Ok));
+        let skipped = cbor(ipld!({ "userDid": "did:plc:o", "status": "skipped", "reason": "helm chart" }));
+        let skipped = ScanRecord::decode(&skipped, HEX).unwrap();
+        assert_eq!((skipped.status, skipped.reason.as_deref()), (ScanStatus::Skipped, Some("helm chart")));
+        assert!(ScanRecord::decode(&cbor(ipld!({ "userDid": "did:plc:o" })), "not-a-digest").is_err());
+        assert!(ScanRecord::decode(&cbor(ipld!({ "critical": 1 })), HEX).is_err(), "no owner");
+    }
+}
