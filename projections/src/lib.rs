@@ -11,6 +11,8 @@
 //! - [`runner`]: tails the log and applies batches; swaps in a new build when one is flipped;
 //! - [`store`]: where builds live on disk (`views/<projection>-<build>/`, `views/CURRENT`);
 //! - [`rebuild`]: a fresh build from offset 0, fast (blue/green: the old one keeps serving);
+//! - [`tables`]: [`tables::ViewTables`], how views code reads and writes tables (redb when
+//!   following the log, in-memory sorted maps during a rebuild);
 //! - [`digest`]: per-table content digests, to check that a rebuild equals the live views;
 //! - [`snapshot`]: a projection's rows at a checkpoint in one file, and back;
 //! - [`Views`] and [`ViewsHandle`]: the read side the query crate uses.
@@ -22,6 +24,7 @@ pub mod runner;
 pub mod search;
 pub mod snapshot;
 pub mod store;
+pub mod tables;
 pub mod views;
 
 use std::path::{Path, PathBuf};

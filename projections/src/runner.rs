@@ -15,13 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::Durability;
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::revs::next_newest_rev;
 use atcr_storage::{EventLog, Source, StoredEvent};
 
 use crate::store::{ProjectionStore, REGISTRY_FILE};
+use crate::tables::ViewTables;
 use crate::{CHECKPOINTS, DID_REVS, ProjectionError, REGISTRY, Views, ViewsHandle, views};
 
 /// Events applied per transaction at most while following the log.
@@ -222,13 +223,13 @@ fn update_search(views: &Views, touched: views::Touched, checkpoint: u64) -> Res
 }
 
 /// Applies events in order inside one write transaction (the caller writes the checkpoint).
-pub(crate) fn apply_events(txn: &WriteTransaction, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+pub(crate) fn apply_events(txn: &impl ViewTables, events: &[StoredEvent]) -> Result<(), ProjectionError> {
     apply_events_tracking(txn, events, &mut views::Touched::new())
 }
 
 /// [`apply_events`], noting which repositories changed (for the search index).
 pub(crate) fn apply_events_tracking(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     events: &[StoredEvent],
     touched: &mut views::Touched,
 ) -> Result<(), ProjectionError> {
@@ -245,18 +246,17 @@ pub(crate) fn apply_events_tracking(
 /// True when a firehose or backfill record event comes from a commit older than the newest one
 /// applied for its DID, or one a backfill already covered ([`next_newest_rev`]). Records the rev
 /// otherwise.
-fn is_stale(txn: &WriteTransaction, stored: &StoredEvent) -> Result<bool, ProjectionError> {
+fn is_stale(txn: &impl ViewTables, stored: &StoredEvent) -> Result<bool, ProjectionError> {
     let event = &stored.event;
     let (Some(rev), Source::Firehose | Source::Backfill) = (&event.rev, event.source) else { return Ok(false) };
     if event.body.collection().is_none() {
         return Ok(false);
     }
-    let mut revs = txn.open_table(DID_REVS)?;
-    let remembered = revs.get(event.did.as_str())?.map(|value| value.value().to_string());
+    let remembered = txn.get(DID_REVS, event.did.as_str())?;
     // The rule shared with the audit scans and backfill (atcr_storage::revs).
     let Some(next) = next_newest_rev(remembered.as_deref(), event.source, rev) else { return Ok(true) };
     if remembered.as_deref() != Some(next.as_str()) {
-        revs.insert(event.did.as_str(), next.as_str())?;
+        txn.insert(DID_REVS, event.did.as_str(), next.as_str())?;
     }
     Ok(false)
 }

@@ -36,13 +36,14 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use atcr_storage::records::{self, ManifestRecord, ProfileRecord, RepoPageRecord, StarRecord, TagRecord};
 use atcr_storage::{Event, EventBody, PutAction};
 
 use crate::ProjectionError;
+use crate::tables::ViewTables;
 use atcr_storage::did::parse_did_document;
 
 pub(crate) const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
@@ -260,7 +261,7 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
 /// applying it twice leaves the same state. Invalid records are skipped with a warning (they
 /// stay in the log).
 pub(crate) fn apply_tracking(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     touched: &mut Touched,
@@ -326,7 +327,7 @@ pub(crate) fn apply_tracking(
                             default_hold: profile.default_hold,
                             registry_domain: profile.registry_domain,
                         };
-                        txn.open_table(PROFILES)?.insert(event.did.as_str(), encode(&row).as_slice())?;
+                        txn.insert(PROFILES, event.did.as_str(), encode(&row).as_slice())?;
                         touched.insert((event.did.clone(), None));
                         Ok(())
                     }
@@ -345,7 +346,7 @@ pub(crate) fn apply_tracking(
                 records::STAR => delete_star(txn, &event.did, rkey, touched),
                 records::REPO_PAGE => delete_page(txn, &event.did, rkey),
                 records::PROFILE => {
-                    txn.open_table(PROFILES)?.remove(event.did.as_str())?;
+                    txn.remove(PROFILES, event.did.as_str())?;
                     Ok(())
                 }
                 _ => Ok(()),
@@ -353,25 +354,23 @@ pub(crate) fn apply_tracking(
         }
         EventBody::IdentityResolved { document_json } => match parse_did_document(document_json) {
             Ok(facts) if facts.did == event.did => {
-                let mut identities = txn.open_table(IDENTITIES)?;
-                let mut row = match identities.get(event.did.as_str())? {
-                    Some(bytes) => decode::<IdentityRow>("identities", bytes.value())?,
+                let mut row = match txn.get(IDENTITIES, event.did.as_str())? {
+                    Some(bytes) => decode::<IdentityRow>("identities", &bytes)?,
                     None => IdentityRow { active: true, ..IdentityRow::default() },
                 };
-                let mut handles = txn.open_table(HANDLES)?;
                 if let Some(old) = &row.handle
                     && facts.handle.as_ref() != Some(old)
-                    && handles.get(old.as_str())?.is_some_and(|did| did.value() == event.did)
+                    && txn.get(HANDLES, old.as_str())?.is_some_and(|did| did == event.did)
                 {
-                    handles.remove(old.as_str())?;
+                    txn.remove(HANDLES, old.as_str())?;
                 }
                 if let Some(handle) = &facts.handle {
                     if handle_refuted(txn, &event.did, handle)? {
-                        if handles.get(handle.as_str())?.is_some_and(|did| did.value() == event.did) {
-                            handles.remove(handle.as_str())?;
+                        if txn.get(HANDLES, handle.as_str())?.is_some_and(|did| did == event.did) {
+                            txn.remove(HANDLES, handle.as_str())?;
                         }
                     } else {
-                        handles.insert(handle.as_str(), event.did.as_str())?;
+                        txn.insert(HANDLES, handle.as_str(), event.did.as_str())?;
                     }
                 }
                 touched.insert((event.did.clone(), None));
@@ -379,50 +378,47 @@ pub(crate) fn apply_tracking(
                 row.pds_endpoint = facts.pds_endpoint;
                 row.hold_endpoint = facts.hold_endpoint;
                 row.signing_key = facts.signing_key;
-                identities.insert(event.did.as_str(), encode(&row).as_slice())?;
-                txn.open_table(IDENTITY_FAILURES)?.remove(event.did.as_str())?;
+                txn.insert(IDENTITIES, event.did.as_str(), encode(&row).as_slice())?;
+                txn.remove(IDENTITY_FAILURES, event.did.as_str())?;
                 Ok(())
             }
             Ok(facts) => skip(offset, &format!("DID document of {} filed under {}", facts.did, event.did)),
             Err(error) => skip(offset, &error),
         },
         EventBody::Account { active, status } => {
-            let mut identities = txn.open_table(IDENTITIES)?;
-            let mut row = match identities.get(event.did.as_str())? {
-                Some(bytes) => decode::<IdentityRow>("identities", bytes.value())?,
+            let mut row = match txn.get(IDENTITIES, event.did.as_str())? {
+                Some(bytes) => decode::<IdentityRow>("identities", &bytes)?,
                 None => IdentityRow::default(),
             };
             row.active = *active;
             row.status = status.clone();
             touched.insert((event.did.clone(), None));
-            identities.insert(event.did.as_str(), encode(&row).as_slice())?;
+            txn.insert(IDENTITIES, event.did.as_str(), encode(&row).as_slice())?;
             Ok(())
         }
         EventBody::ManifestStored { digest, media_type, size } => {
-            let mut content = txn.open_table(MANIFEST_CONTENT)?;
-            content.insert(digest.as_str(), encode(&(media_type, size)).as_slice())?;
+            txn.insert(MANIFEST_CONTENT, digest.as_str(), encode(&(media_type, size)).as_slice())?;
             Ok(())
         }
         EventBody::IdentityUnresolvable { reason } => {
-            txn.open_table(IDENTITY_FAILURES)?.insert(event.did.as_str(), reason.as_str())?;
+            txn.insert(IDENTITY_FAILURES, event.did.as_str(), reason.as_str())?;
             touched.insert((event.did.clone(), None));
             Ok(())
         }
         EventBody::HandleChecked { handle, verified, .. } => {
             let handle = handle.to_ascii_lowercase();
-            txn.open_table(HANDLE_CHECKS)?.insert(event.did.as_str(), encode(&(&handle, *verified)).as_slice())?;
+            txn.insert(HANDLE_CHECKS, event.did.as_str(), encode(&(&handle, *verified)).as_slice())?;
             // The document this check belongs to may already be applied (a re-check without a
             // new document): bring `handles` in line with the verdict.
-            let claimed = match txn.open_table(IDENTITIES)?.get(event.did.as_str())? {
-                Some(bytes) => decode::<IdentityRow>("identities", bytes.value())?.handle,
+            let claimed = match txn.get(IDENTITIES, event.did.as_str())? {
+                Some(bytes) => decode::<IdentityRow>("identities", &bytes)?.handle,
                 None => None,
             };
             if claimed.as_deref() == Some(handle.as_str()) {
-                let mut handles = txn.open_table(HANDLES)?;
                 if *verified {
-                    handles.insert(handle.as_str(), event.did.as_str())?;
-                } else if handles.get(handle.as_str())?.is_some_and(|did| did.value() == event.did) {
-                    handles.remove(handle.as_str())?;
+                    txn.insert(HANDLES, handle.as_str(), event.did.as_str())?;
+                } else if txn.get(HANDLES, handle.as_str())?.is_some_and(|did| did == event.did) {
+                    txn.remove(HANDLES, handle.as_str())?;
                 }
                 touched.insert((event.did.clone(), None));
             }
@@ -435,10 +431,9 @@ pub(crate) fn apply_tracking(
 }
 
 /// Whether the latest handle check of `did` refuted `handle`.
-fn handle_refuted(txn: &WriteTransaction, did: &str, handle: &str) -> Result<bool, ProjectionError> {
-    let checks = txn.open_table(HANDLE_CHECKS)?;
-    let Some(bytes) = checks.get(did)? else { return Ok(false) };
-    let (checked, verified) = decode::<(String, bool)>("handle_checks", bytes.value())?;
+fn handle_refuted(txn: &impl ViewTables, did: &str, handle: &str) -> Result<bool, ProjectionError> {
+    let Some(bytes) = txn.get(HANDLE_CHECKS, did)? else { return Ok(false) };
+    let (checked, verified) = decode::<(String, bool)>("handle_checks", &bytes)?;
     Ok(checked == handle && !verified)
 }
 
@@ -450,17 +445,16 @@ fn action_name(action: PutAction) -> &'static str {
 }
 
 /// Remembers when a DID was first seen (its "joined" date): the upstream time of its first event.
-fn note_first_seen(txn: &WriteTransaction, event: &Event) -> Result<(), ProjectionError> {
+fn note_first_seen(txn: &impl ViewTables, event: &Event) -> Result<(), ProjectionError> {
     let Some(time) = event.upstream_time.as_deref() else { return Ok(()) };
-    let mut first_seen = txn.open_table(FIRST_SEEN)?;
-    if first_seen.get(event.did.as_str())?.is_none() {
-        first_seen.insert(event.did.as_str(), time)?;
+    if !txn.contains(FIRST_SEEN, event.did.as_str())? {
+        txn.insert(FIRST_SEEN, event.did.as_str(), time)?;
     }
     Ok(())
 }
 
 fn record_version(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     collection: &str,
@@ -478,13 +472,13 @@ fn record_version(
         commit_cid: event.commit_cid.clone(),
     };
     let history_key = key(&[&event.did, collection, rkey, &offset_key(offset)]);
-    txn.open_table(RECORD_HISTORY)?.insert(history_key.as_str(), encode(&row).as_slice())?;
+    txn.insert(RECORD_HISTORY, history_key.as_str(), encode(&row).as_slice())?;
     Ok(())
 }
 
-fn write_activity(txn: &WriteTransaction, event: &Event, row: &ActivityRow) -> Result<(), ProjectionError> {
+fn write_activity(txn: &impl ViewTables, event: &Event, row: &ActivityRow) -> Result<(), ProjectionError> {
     let activity_key = key(&[&event.did, &offset_key(row.offset)]);
-    txn.open_table(ACTIVITY)?.insert(activity_key.as_str(), encode(row).as_slice())?;
+    txn.insert(ACTIVITY, activity_key.as_str(), encode(row).as_slice())?;
     Ok(())
 }
 
@@ -508,7 +502,7 @@ fn put_activity_row(event: &Event, offset: u64, rkey: &str) -> ActivityRow {
 }
 
 fn note_activity(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     rkey: &str,
@@ -524,7 +518,7 @@ fn note_activity(
 }
 
 fn note_activity_subject(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     rkey: &str,
@@ -537,7 +531,7 @@ fn note_activity_subject(
 
 /// A delete names only the record key: say what it was about from the views before they change.
 fn note_deletion(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     collection: &str,
@@ -547,30 +541,29 @@ fn note_deletion(
     let mut row = put_activity_row(event, offset, rkey);
     match collection {
         records::MANIFEST => {
-            if let Some(digest) = txn.open_table(MANIFEST_RKEYS)?.get(key(&[did, rkey]).as_str())? {
-                let digest = digest.value().to_string();
-                if let Some(bytes) = txn.open_table(MANIFESTS)?.get(key(&[did, &digest]).as_str())? {
-                    row.repository = Some(decode::<ManifestRow>("manifests", bytes.value())?.repository);
+            if let Some(digest) = txn.get(MANIFEST_RKEYS, key(&[did, rkey]).as_str())? {
+                if let Some(bytes) = txn.get(MANIFESTS, key(&[did, &digest]).as_str())? {
+                    row.repository = Some(decode::<ManifestRow>("manifests", &bytes)?.repository);
                 }
                 row.digest = Some(digest);
             }
         }
         records::TAG => {
-            if let Some(named) = txn.open_table(TAG_RKEYS)?.get(key(&[did, rkey]).as_str())?
-                && let Some((repository, tag)) = named.value().split_once('\0')
+            if let Some(named) = txn.get(TAG_RKEYS, key(&[did, rkey]).as_str())?
+                && let Some((repository, tag)) = named.split_once('\0')
             {
                 row.repository = Some(repository.to_string());
                 row.tag = Some(tag.to_string());
             }
         }
         records::STAR => {
-            if let Some(subject) = txn.open_table(STAR_RKEYS)?.get(key(&[did, rkey]).as_str())? {
-                row.subject = Some(subject.value().replacen('\0', "/", 1));
+            if let Some(subject) = txn.get(STAR_RKEYS, key(&[did, rkey]).as_str())? {
+                row.subject = Some(subject.replacen('\0', "/", 1));
             }
         }
         records::REPO_PAGE => {
-            if let Some(repository) = txn.open_table(PAGE_RKEYS)?.get(key(&[did, rkey]).as_str())? {
-                row.repository = Some(repository.value().to_string());
+            if let Some(repository) = txn.get(PAGE_RKEYS, key(&[did, rkey]).as_str())? {
+                row.repository = Some(repository);
             }
         }
         _ => {}
@@ -579,7 +572,7 @@ fn note_deletion(
 }
 
 fn put_star(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     event: &Event,
     rkey: &str,
     star: StarRecord,
@@ -593,26 +586,24 @@ fn put_star(
     // A subject URI names the repository page by its record key, which differs from the
     // repository name when the name holds a `/`: the page record says which repository it is.
     let mut star = star;
-    if let Some(repository) =
-        txn.open_table(PAGE_RKEYS)?.get(key(&[&star.subject_did, &star.subject_repository]).as_str())?
-    {
-        star.subject_repository = repository.value().to_string();
+    if let Some(repository) = txn.get(PAGE_RKEYS, key(&[&star.subject_did, &star.subject_repository]).as_str())? {
+        star.subject_repository = repository;
     }
     let subject = key(&[&star.subject_did, &star.subject_repository]);
     let star_key = key(&[&subject, &event.did, rkey]);
-    txn.open_table(STARS)?.insert(star_key.as_str(), star.created_at.as_deref().unwrap_or(""))?;
-    txn.open_table(STAR_RKEYS)?.insert(key(&[&event.did, rkey]).as_str(), subject.as_str())?;
+    txn.insert(STARS, star_key.as_str(), star.created_at.as_deref().unwrap_or(""))?;
+    txn.insert(STAR_RKEYS, key(&[&event.did, rkey]).as_str(), subject.as_str())?;
     change_star_count(txn, &star.subject_did, &star.subject_repository, 1)?;
     touched.insert((star.subject_did, Some(star.subject_repository)));
     Ok(())
 }
 
-fn delete_star(txn: &WriteTransaction, did: &str, rkey: &str, touched: &mut Touched) -> Result<(), ProjectionError> {
-    let subject = match txn.open_table(STAR_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
-        Some(subject) => subject.value().to_string(),
+fn delete_star(txn: &impl ViewTables, did: &str, rkey: &str, touched: &mut Touched) -> Result<(), ProjectionError> {
+    let subject = match txn.remove(STAR_RKEYS, key(&[did, rkey]).as_str())? {
+        Some(subject) => subject,
         None => return Ok(()),
     };
-    txn.open_table(STARS)?.remove(key(&[&subject, did, rkey]).as_str())?;
+    txn.remove(STARS, key(&[&subject, did, rkey]).as_str())?;
     if let Some((subject_did, repository)) = subject.split_once('\0') {
         change_star_count(txn, subject_did, repository, -1)?;
         touched.insert((subject_did.to_string(), Some(repository.to_string())));
@@ -624,24 +615,22 @@ fn stars_rank_key(stars: u64, repo_key: &str) -> String {
     format!("{:016x}\0{repo_key}", u64::MAX - stars)
 }
 
-fn change_star_count(txn: &WriteTransaction, did: &str, repository: &str, delta: i64) -> Result<(), ProjectionError> {
+fn change_star_count(txn: &impl ViewTables, did: &str, repository: &str, delta: i64) -> Result<(), ProjectionError> {
     let repo_key = key(&[did, repository]);
-    let mut counts = txn.open_table(STAR_COUNTS)?;
-    let before = counts.get(repo_key.as_str())?.map(|count| count.value()).unwrap_or(0);
+    let before = txn.get(STAR_COUNTS, repo_key.as_str())?.unwrap_or(0);
     let after = before.saturating_add_signed(delta);
-    let mut ranking = txn.open_table(REPOS_BY_STARS)?;
-    ranking.remove(stars_rank_key(before, &repo_key).as_str())?;
+    txn.remove(REPOS_BY_STARS, stars_rank_key(before, &repo_key).as_str())?;
     if after == 0 {
-        counts.remove(repo_key.as_str())?;
+        txn.remove(STAR_COUNTS, repo_key.as_str())?;
     } else {
-        counts.insert(repo_key.as_str(), after)?;
-        ranking.insert(stars_rank_key(after, &repo_key).as_str(), ())?;
+        txn.insert(STAR_COUNTS, repo_key.as_str(), after)?;
+        txn.insert(REPOS_BY_STARS, stars_rank_key(after, &repo_key).as_str(), ())?;
     }
     Ok(())
 }
 
 fn put_page(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     event: &Event,
     rkey: &str,
     page: RepoPageRecord,
@@ -652,8 +641,7 @@ fn put_page(
     }
     let did = event.did.as_str();
     // A record key that named another repository's page before stops doing so.
-    if let Some(previous) =
-        txn.open_table(PAGE_RKEYS)?.get(key(&[did, rkey]).as_str())?.map(|repo| repo.value().to_string())
+    if let Some(previous) = txn.get(PAGE_RKEYS, key(&[did, rkey]).as_str())?
         && previous != page.repository
     {
         delete_page(txn, did, rkey)?;
@@ -665,24 +653,23 @@ fn put_page(
         avatar_cid: page.avatar.map(|avatar| avatar.cid),
         updated_at: page.updated_at,
     };
-    txn.open_table(REPO_PAGES)?.insert(key(&[did, &page.repository]).as_str(), encode(&row).as_slice())?;
-    txn.open_table(PAGE_RKEYS)?.insert(key(&[did, rkey]).as_str(), page.repository.as_str())?;
+    txn.insert(REPO_PAGES, key(&[did, &page.repository]).as_str(), encode(&row).as_slice())?;
+    txn.insert(PAGE_RKEYS, key(&[did, rkey]).as_str(), page.repository.as_str())?;
     Ok(())
 }
 
-fn delete_page(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), ProjectionError> {
-    let repository = match txn.open_table(PAGE_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
-        Some(repository) => repository.value().to_string(),
+fn delete_page(txn: &impl ViewTables, did: &str, rkey: &str) -> Result<(), ProjectionError> {
+    let repository = match txn.remove(PAGE_RKEYS, key(&[did, rkey]).as_str())? {
+        Some(repository) => repository,
         None => return Ok(()),
     };
     let page_key = key(&[did, &repository]);
-    let mut pages = txn.open_table(REPO_PAGES)?;
-    let owned = match pages.get(page_key.as_str())? {
-        Some(bytes) => decode::<PageRow>("repo_pages", bytes.value())?.rkey == rkey,
+    let owned = match txn.get(REPO_PAGES, page_key.as_str())? {
+        Some(bytes) => decode::<PageRow>("repo_pages", &bytes)?.rkey == rkey,
         None => false,
     };
     if owned {
-        pages.remove(page_key.as_str())?;
+        txn.remove(REPO_PAGES, page_key.as_str())?;
     }
     Ok(())
 }
@@ -697,20 +684,19 @@ fn valid_name(text: &str) -> bool {
 }
 
 fn touch_repository(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     did: &str,
     repository: &str,
     offset: u64,
     time: Option<&str>,
     manifest_delta: i64,
 ) -> Result<(), ProjectionError> {
-    let mut repositories = txn.open_table(REPOSITORIES)?;
     let repo_key = key(&[did, repository]);
-    let mut row = match repositories.get(repo_key.as_str())? {
-        Some(bytes) => decode::<RepositoryRow>("repositories", bytes.value())?,
+    let mut row = match txn.get(REPOSITORIES, repo_key.as_str())? {
+        Some(bytes) => decode::<RepositoryRow>("repositories", &bytes)?,
         None => {
             let first = format!("{}\0{repo_key}", offset_key(offset));
-            txn.open_table(REPOS_BY_FIRST)?.insert(first.as_str(), ())?;
+            txn.insert(REPOS_BY_FIRST, first.as_str(), ())?;
             RepositoryRow { first_offset: offset, ..RepositoryRow::default() }
         }
     };
@@ -718,19 +704,18 @@ fn touch_repository(
     if let Some(time) = time
         && row.last_push.as_deref().is_none_or(|last| last < time)
     {
-        let mut by_push = txn.open_table(REPOS_BY_PUSH)?;
         if let Some(last) = &row.last_push {
-            by_push.remove(format!("{last}\0{repo_key}").as_str())?;
+            txn.remove(REPOS_BY_PUSH, format!("{last}\0{repo_key}").as_str())?;
         }
-        by_push.insert(format!("{time}\0{repo_key}").as_str(), ())?;
+        txn.insert(REPOS_BY_PUSH, format!("{time}\0{repo_key}").as_str(), ())?;
         row.last_push = Some(time.to_string());
     }
-    repositories.insert(repo_key.as_str(), encode(&row).as_slice())?;
+    txn.insert(REPOSITORIES, repo_key.as_str(), encode(&row).as_slice())?;
     Ok(())
 }
 
 fn put_manifest(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     rkey: &str,
@@ -741,13 +726,10 @@ fn put_manifest(
         return skip(offset, "manifest repository name is invalid");
     }
     let manifest_key = key(&[did, &manifest.digest]);
-    let mut manifests = txn.open_table(MANIFESTS)?;
-    let existed = manifests.get(manifest_key.as_str())?.is_some();
+    let existed = txn.contains(MANIFESTS, manifest_key.as_str())?;
     if existed {
         // An update of the same digest: drop the old indexes first so apply stays idempotent.
-        drop(manifests);
         remove_manifest_indexes(txn, did, &manifest.digest)?;
-        manifests = txn.open_table(MANIFESTS)?;
     }
     let mut blobs: Vec<(String, Option<i64>)> = Vec::new();
     if let Some(config) = &manifest.config {
@@ -796,23 +778,20 @@ fn put_manifest(
         created_at: manifest.created_at.clone(),
         offset,
     };
-    manifests.insert(manifest_key.as_str(), encode(&row).as_slice())?;
-    drop(manifests);
-    txn.open_table(MANIFEST_RKEYS)?.insert(key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
-    txn.open_table(REPO_MANIFESTS)?.insert(key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
-    let mut repo_blobs = txn.open_table(REPO_BLOBS)?;
+    txn.insert(MANIFESTS, manifest_key.as_str(), encode(&row).as_slice())?;
+    txn.insert(MANIFEST_RKEYS, key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
+    txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
     for (blob, _) in &row.blobs {
         let blob_key = key(&[did, &row.repository, blob]);
-        let mut referencing: Vec<String> = match repo_blobs.get(blob_key.as_str())? {
-            Some(bytes) => decode("repo_blobs", bytes.value())?,
+        let mut referencing: Vec<String> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
+            Some(bytes) => decode("repo_blobs", &bytes)?,
             None => Vec::new(),
         };
         if !referencing.contains(&manifest.digest) {
             referencing.push(manifest.digest.clone());
         }
-        repo_blobs.insert(blob_key.as_str(), encode(&referencing).as_slice())?;
+        txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
     }
-    drop(repo_blobs);
     if let Some(subject) = &subject {
         let referrer = ReferrerRow {
             media_type: manifest.media_type.clone(),
@@ -820,8 +799,7 @@ fn put_manifest(
             size: manifest.manifest_blob.as_ref().and_then(|blob| blob.size).and_then(|size| i64::try_from(size).ok()),
             annotations: manifest.annotations.clone(),
         };
-        txn.open_table(REFERRERS)?
-            .insert(key(&[did, subject, &manifest.digest]).as_str(), encode(&referrer).as_slice())?;
+        txn.insert(REFERRERS, key(&[did, subject, &manifest.digest]).as_str(), encode(&referrer).as_slice())?;
     }
     touch_repository(
         txn,
@@ -835,53 +813,52 @@ fn put_manifest(
 
 /// Removes what a manifest row put into the blob and referrer indexes (not the row itself).
 fn remove_manifest_indexes(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     did: &str,
     digest: &str,
 ) -> Result<Option<ManifestRow>, ProjectionError> {
     let manifest_key = key(&[did, digest]);
-    let row = match txn.open_table(MANIFESTS)?.get(manifest_key.as_str())? {
-        Some(bytes) => decode::<ManifestRow>("manifests", bytes.value())?,
+    let row = match txn.get(MANIFESTS, manifest_key.as_str())? {
+        Some(bytes) => decode::<ManifestRow>("manifests", &bytes)?,
         None => return Ok(None),
     };
-    let mut repo_blobs = txn.open_table(REPO_BLOBS)?;
     for (blob, _) in &row.blobs {
         let blob_key = key(&[did, &row.repository, blob]);
-        let referencing: Option<Vec<String>> = match repo_blobs.get(blob_key.as_str())? {
-            Some(bytes) => Some(decode("repo_blobs", bytes.value())?),
+        let referencing: Option<Vec<String>> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
+            Some(bytes) => Some(decode("repo_blobs", &bytes)?),
             None => None,
         };
         if let Some(mut referencing) = referencing {
             referencing.retain(|other| other != digest);
             if referencing.is_empty() {
-                repo_blobs.remove(blob_key.as_str())?;
+                txn.remove(REPO_BLOBS, blob_key.as_str())?;
             } else {
-                repo_blobs.insert(blob_key.as_str(), encode(&referencing).as_slice())?;
+                txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
             }
         }
     }
     if let Some(subject) = &row.subject {
-        txn.open_table(REFERRERS)?.remove(key(&[did, subject, digest]).as_str())?;
+        txn.remove(REFERRERS, key(&[did, subject, digest]).as_str())?;
     }
     Ok(Some(row))
 }
 
-fn delete_manifest(txn: &WriteTransaction, did: &str, rkey: &str) -> Result<(), ProjectionError> {
+fn delete_manifest(txn: &impl ViewTables, did: &str, rkey: &str) -> Result<(), ProjectionError> {
     let rkey_key = key(&[did, rkey]);
-    let digest = match txn.open_table(MANIFEST_RKEYS)?.remove(rkey_key.as_str())? {
-        Some(digest) => digest.value().to_string(),
+    let digest = match txn.remove(MANIFEST_RKEYS, rkey_key.as_str())? {
+        Some(digest) => digest,
         None => return Ok(()),
     };
     if let Some(row) = remove_manifest_indexes(txn, did, &digest)? {
-        txn.open_table(MANIFESTS)?.remove(key(&[did, &digest]).as_str())?;
-        txn.open_table(REPO_MANIFESTS)?.remove(key(&[did, &row.repository, &digest]).as_str())?;
+        txn.remove(MANIFESTS, key(&[did, &digest]).as_str())?;
+        txn.remove(REPO_MANIFESTS, key(&[did, &row.repository, &digest]).as_str())?;
         touch_repository(txn, did, &row.repository, row.offset, None, -1)?;
     }
     Ok(())
 }
 
 fn put_tag(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     rkey: &str,
@@ -895,16 +872,16 @@ fn put_tag(
     let tag_key = key(&[did, &tag.repository, &tag.tag]);
     // The same record key may have named another tag before (an update that renames): that
     // tag is deleted, and its history says so.
-    let renamed = match txn.open_table(TAG_RKEYS)?.get(key(&[did, rkey]).as_str())? {
-        Some(named) => named.value() != key(&[&tag.repository, &tag.tag]),
+    let renamed = match txn.get(TAG_RKEYS, key(&[did, rkey]).as_str())? {
+        Some(named) => named != key(&[&tag.repository, &tag.tag]),
         None => false,
     };
     if renamed {
         delete_tag(txn, offset, event, rkey, true)?;
         touched.insert((did.to_string(), None));
     }
-    let previous = match txn.open_table(TAGS)?.get(tag_key.as_str())? {
-        Some(bytes) => Some(decode::<TagRow>("tags", bytes.value())?.digest),
+    let previous = match txn.get(TAGS, tag_key.as_str())? {
+        Some(bytes) => Some(decode::<TagRow>("tags", &bytes)?.digest),
         None => None,
     };
     if previous.as_deref() != Some(tag.digest.as_str()) {
@@ -917,7 +894,7 @@ fn put_tag(
             upstream_seq: event.upstream_seq,
         };
         let history_key = format!("{tag_key}\0{}", offset_key(offset));
-        txn.open_table(TAG_HISTORY)?.insert(history_key.as_str(), encode(&change).as_slice())?;
+        txn.insert(TAG_HISTORY, history_key.as_str(), encode(&change).as_slice())?;
     }
     let row = TagRow {
         digest: tag.digest,
@@ -926,35 +903,34 @@ fn put_tag(
         offset,
         pushed_at: event.upstream_time.clone(),
     };
-    txn.open_table(TAGS)?.insert(tag_key.as_str(), encode(&row).as_slice())?;
-    txn.open_table(TAG_RKEYS)?.insert(key(&[did, rkey]).as_str(), key(&[&tag.repository, &tag.tag]).as_str())?;
+    txn.insert(TAGS, tag_key.as_str(), encode(&row).as_slice())?;
+    txn.insert(TAG_RKEYS, key(&[did, rkey]).as_str(), key(&[&tag.repository, &tag.tag]).as_str())?;
     touch_repository(txn, did, &tag.repository, offset, event.upstream_time.as_deref(), 0)
 }
 
 /// Removes the tag a record key names. `record` says whether to write the removal into the
 /// tag's history.
 fn delete_tag(
-    txn: &WriteTransaction,
+    txn: &impl ViewTables,
     offset: u64,
     event: &Event,
     rkey: &str,
     record: bool,
 ) -> Result<(), ProjectionError> {
     let did = event.did.as_str();
-    let named = match txn.open_table(TAG_RKEYS)?.remove(key(&[did, rkey]).as_str())? {
-        Some(named) => named.value().to_string(),
+    let named = match txn.remove(TAG_RKEYS, key(&[did, rkey]).as_str())? {
+        Some(named) => named,
         None => return Ok(()),
     };
     let Some((repository, tag)) = named.split_once('\0') else { return Ok(()) };
     let tag_key = key(&[did, repository, tag]);
-    let mut tags = txn.open_table(TAGS)?;
     // Only remove the tag if this record still owns it (two records may name the same tag).
-    let owned = match tags.get(tag_key.as_str())? {
-        Some(bytes) => Some(decode::<TagRow>("tags", bytes.value())?).filter(|row| row.rkey == rkey),
+    let owned = match txn.get(TAGS, tag_key.as_str())? {
+        Some(bytes) => Some(decode::<TagRow>("tags", &bytes)?).filter(|row| row.rkey == rkey),
         None => None,
     };
     if let Some(row) = owned {
-        tags.remove(tag_key.as_str())?;
+        txn.remove(TAGS, tag_key.as_str())?;
         if record {
             let change = TagMoveRow {
                 offset,
@@ -965,7 +941,7 @@ fn delete_tag(
                 upstream_seq: event.upstream_seq,
             };
             let history_key = format!("{tag_key}\0{}", offset_key(offset));
-            txn.open_table(TAG_HISTORY)?.insert(history_key.as_str(), encode(&change).as_slice())?;
+            txn.insert(TAG_HISTORY, history_key.as_str(), encode(&change).as_slice())?;
         }
     }
     Ok(())
