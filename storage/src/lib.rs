@@ -6,6 +6,7 @@
 //! - [`json`]: DAG-CBOR records rendered as ATProto JSON for people and tools;
 //! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline;
 //! - [`mst`]: the repository Merkle Search Tree (Sync 1.1 inversion, generated worlds);
+//! - [`pulls`]: atcr's own pull counts per repository per day (`pulls.redb`, not the log);
 //! - [`syntax`]: atproto string formats (DID, handle, NSID, record key, TID, AT-URI, …);
 //!   [`data_model`]: ATProto JSON → the data model (the inverse of [`json`]).
 //!
@@ -22,6 +23,7 @@ pub mod json;
 pub mod keys;
 pub mod log;
 pub mod mst;
+pub mod pulls;
 pub mod records;
 pub mod revs;
 pub mod scan_formats;

@@ -7,7 +7,9 @@
 //!   `manifest` AT-URI;
 //! - `io.atcr.sailor.star` whose `subject` is an object `{did, repository}` instead of an AT-URI;
 //! - `io.atcr.manifest` with `holdEndpoint` (a URL) instead of `holdDid`;
-//! - blob references in the legacy `{cid, mimeType}` form as well as `{$type: blob, ref, …}`.
+//! - blob references in the legacy `{cid, mimeType}` form as well as `{$type: blob, ref, …}`;
+//! - `io.atcr.hold.crew` without `tier` (and without length limits), hold records with odd
+//!   optional fields (each such field is dropped, the record kept).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,10 @@ pub const TAG: &str = "io.atcr.tag";
 pub const STAR: &str = "io.atcr.sailor.star";
 pub const PROFILE: &str = "io.atcr.sailor.profile";
 pub const REPO_PAGE: &str = "io.atcr.repo.page";
+pub const HOLD_CAPTAIN: &str = "io.atcr.hold.captain";
+pub const HOLD_CREW: &str = "io.atcr.hold.crew";
+pub const HOLD_LAYER: &str = "io.atcr.hold.layer";
+pub const HOLD_STATS: &str = "io.atcr.hold.stats";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {collection} record: {reason}")]
@@ -359,6 +365,202 @@ impl ProfileRecord {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Hold records (`io.atcr.hold.*`), written by a hold into its own (embedded) PDS. Decoded from a
+// loose map so one odd optional field (a number where a string belongs) costs that field, not
+// the record; only what the record is about is required.
+
+/// A record as a map of its fields.
+fn fields(collection: &'static str, bytes: &[u8]) -> Result<BTreeMap<String, Ipld>, RecordError> {
+    match decode::<Ipld>(collection, bytes)? {
+        Ipld::Map(entries) => Ok(entries),
+        _ => Err(invalid(collection, "record is not a map")),
+    }
+}
+
+fn text_field(entries: &BTreeMap<String, Ipld>, name: &str) -> Option<String> {
+    match entries.get(name) {
+        Some(Ipld::String(text)) if !text.is_empty() && !text.contains('\0') => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn bool_field(entries: &BTreeMap<String, Ipld>, name: &str) -> Option<bool> {
+    match entries.get(name) {
+        Some(Ipld::Bool(value)) => Some(*value),
+        _ => None,
+    }
+}
+
+/// A non-negative integer field; `Err` names the field when it is present but negative or huge.
+fn count_field(
+    collection: &'static str,
+    entries: &BTreeMap<String, Ipld>,
+    name: &str,
+) -> Result<Option<u64>, RecordError> {
+    match entries.get(name) {
+        Some(Ipld::Integer(value)) => {
+            u64::try_from(*value).map(Some).map_err(|_| invalid(collection, format!("`{name}` is negative")))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn did_field(entries: &BTreeMap<String, Ipld>, name: &str) -> Option<String> {
+    text_field(entries, name).filter(|did| crate::syntax::is_valid_did(did))
+}
+
+/// The fields of an `io.atcr.manifest` the hold index needs (the rest is skipped unread).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestHoldWire {
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    hold_did: Option<String>,
+    /// Required by [`ManifestRecord::decode`]: without it the views skip the record, so must this.
+    #[serde(default)]
+    media_type: Option<String>,
+}
+
+/// The digest of a manifest record and, when it names a hold by DID, (repository, hold DID);
+/// read without decoding the rest of the record. `None`: not a manifest with a sha256 digest.
+pub fn manifest_hold(bytes: &[u8]) -> Option<(String, Option<(String, String)>)> {
+    let wire: ManifestHoldWire = serde_ipld_dagcbor::from_slice(bytes).ok()?;
+    wire.media_type.as_ref()?;
+    let digest = wire.digest.filter(|digest| is_sha256_digest(digest))?;
+    let repository = wire.repository.filter(|repository| !repository.is_empty() && !repository.contains('\0'));
+    let hold = wire.hold_did.filter(|did| crate::syntax::is_valid_did(did));
+    Some((digest, repository.zip(hold)))
+}
+
+/// `io.atcr.hold.captain` (record key `self`): who owns the hold and how it is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldCaptainRecord {
+    pub owner: String,
+    /// Blob reads without authentication; a record without the field is taken as private.
+    pub public: bool,
+    pub region: Option<String>,
+    /// The hold to go to instead (a migration).
+    pub successor: Option<String>,
+    pub deployed_at: Option<String>,
+    pub allow_all_crew: bool,
+}
+
+impl HoldCaptainRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let entries = fields(HOLD_CAPTAIN, bytes)?;
+        let owner = did_field(&entries, "owner").ok_or_else(|| invalid(HOLD_CAPTAIN, "`owner` is not a DID"))?;
+        Ok(HoldCaptainRecord {
+            owner,
+            public: bool_field(&entries, "public").unwrap_or(false),
+            region: text_field(&entries, "region").filter(|region| region.len() <= 64),
+            successor: did_field(&entries, "successor"),
+            deployed_at: text_field(&entries, "deployedAt"),
+            allow_all_crew: bool_field(&entries, "allowAllCrew").unwrap_or(false),
+        })
+    }
+}
+
+/// `io.atcr.hold.crew`: one member of a hold's crew. Older records have no `tier`, and the
+/// earliest no length limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldCrewRecord {
+    pub member: String,
+    pub role: Option<String>,
+    pub permissions: Vec<String>,
+    pub tier: Option<String>,
+    pub added_at: Option<String>,
+}
+
+impl HoldCrewRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let entries = fields(HOLD_CREW, bytes)?;
+        let member = did_field(&entries, "member").ok_or_else(|| invalid(HOLD_CREW, "`member` is not a DID"))?;
+        let permissions = match entries.get("permissions") {
+            Some(Ipld::List(items)) => items
+                .iter()
+                .filter_map(|item| match item {
+                    Ipld::String(text) if !text.is_empty() && !text.contains('\0') => Some(text.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(HoldCrewRecord {
+            member,
+            role: text_field(&entries, "role"),
+            permissions,
+            tier: text_field(&entries, "tier"),
+            added_at: text_field(&entries, "addedAt"),
+        })
+    }
+}
+
+/// `io.atcr.hold.layer`: a layer a hold stores, and the manifest that brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldLayerRecord {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: Option<String>,
+    /// AT-URI of the manifest record.
+    pub manifest: Option<String>,
+    pub user_did: Option<String>,
+    pub created_at: Option<String>,
+}
+
+impl HoldLayerRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let entries = fields(HOLD_LAYER, bytes)?;
+        let digest = text_field(&entries, "digest")
+            .filter(|digest| is_sha256_digest(digest))
+            .ok_or_else(|| invalid(HOLD_LAYER, "`digest` is not sha256:<64 hex>"))?;
+        let size = count_field(HOLD_LAYER, &entries, "size")?.ok_or_else(|| invalid(HOLD_LAYER, "no `size`"))?;
+        Ok(HoldLayerRecord {
+            digest,
+            size,
+            media_type: text_field(&entries, "mediaType"),
+            manifest: text_field(&entries, "manifest").filter(|uri| crate::syntax::is_valid_at_uri(uri)),
+            user_did: did_field(&entries, "userDid"),
+            created_at: text_field(&entries, "createdAt"),
+        })
+    }
+}
+
+/// `io.atcr.hold.stats`: a hold's pull and push counters for one repository (cumulative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldStatsRecord {
+    pub owner_did: String,
+    pub repository: String,
+    pub pull_count: u64,
+    pub push_count: u64,
+    pub last_pull: Option<String>,
+    pub last_push: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl HoldStatsRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let entries = fields(HOLD_STATS, bytes)?;
+        let owner_did =
+            did_field(&entries, "ownerDid").ok_or_else(|| invalid(HOLD_STATS, "`ownerDid` is not a DID"))?;
+        let repository = text_field(&entries, "repository")
+            .filter(|repository| repository.len() <= 256)
+            .ok_or_else(|| invalid(HOLD_STATS, "no `repository`"))?;
+        Ok(HoldStatsRecord {
+            owner_did,
+            repository,
+            pull_count: count_field(HOLD_STATS, &entries, "pullCount")?.unwrap_or(0),
+            push_count: count_field(HOLD_STATS, &entries, "pushCount")?.unwrap_or(0),
+            last_pull: text_field(&entries, "lastPull"),
+            last_push: text_field(&entries, "lastPush"),
+            updated_at: text_field(&entries, "updatedAt"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +632,49 @@ mod tests {
         assert_eq!(manifest.hold_endpoint.as_deref(), Some("https://hold.example"));
         let bad = cbor(ipld!({ "repository": "hello", "digest": "md5:abc", "mediaType": "x" }));
         assert!(ManifestRecord::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn hold_records_decode_every_shape_and_refuse_what_names_nothing() {
+        let captain = cbor(ipld!({
+            "$type": "io.atcr.hold.captain", "owner": "did:plc:owner", "public": true, "region": "eu-west-1",
+            "successor": "did:web:next.example", "deployedAt": "2026-01-01T00:00:00Z", "allowAllCrew": false,
+            "enableBlueskyPosts": true,
+        }));
+        let captain = HoldCaptainRecord::decode(&captain).unwrap();
+        assert_eq!((captain.owner.as_str(), captain.public), ("did:plc:owner", true));
+        assert_eq!(captain.successor.as_deref(), Some("did:web:next.example"));
+        let odd = HoldCaptainRecord::decode(&cbor(ipld!({ "owner": "did:plc:owner", "public": "yes", "region": 5 })));
+        assert!(!odd.unwrap().public, "a non-boolean `public` is not public");
+        assert!(HoldCaptainRecord::decode(&cbor(ipld!({ "owner": "alice" }))).is_err());
+        assert!(HoldCaptainRecord::decode(&cbor(ipld!([1, 2]))).is_err());
+
+        // The earliest crew shape: no tier.
+        let crew =
+            cbor(ipld!({ "member": "did:plc:m", "role": "write", "permissions": ["blob:write", 7], "addedAt": "x" }));
+        let crew = HoldCrewRecord::decode(&crew).unwrap();
+        assert_eq!((crew.tier, crew.permissions), (None, vec!["blob:write".to_string()]));
+        assert!(HoldCrewRecord::decode(&cbor(ipld!({ "role": "write" }))).is_err());
+
+        let layer = cbor(ipld!({
+            "digest": DIGEST, "size": 1234, "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "manifest": "at://did:plc:abc/io.atcr.manifest/abc", "userDid": "did:plc:abc", "createdAt": "x",
+        }));
+        assert_eq!(HoldLayerRecord::decode(&layer).unwrap().size, 1234);
+        assert!(HoldLayerRecord::decode(&cbor(ipld!({ "digest": DIGEST, "size": -1 }))).is_err());
+        assert!(HoldLayerRecord::decode(&cbor(ipld!({ "digest": "sha256:../x", "size": 1 }))).is_err());
+
+        let stats = cbor(ipld!({
+            "ownerDid": "did:plc:abc", "repository": "web/app", "pullCount": 42, "pushCount": 3,
+            "lastPull": "2026-02-01T00:00:00Z", "updatedAt": "2026-02-01T00:00:00Z",
+        }));
+        let stats = HoldStatsRecord::decode(&stats).unwrap();
+        assert_eq!((stats.pull_count, stats.push_count, stats.repository.as_str()), (42, 3, "web/app"));
+        assert!(
+            HoldStatsRecord::decode(&cbor(ipld!({ "ownerDid": "did:plc:abc", "repository": "x", "pullCount": -5 })))
+                .is_err()
+        );
+        assert!(HoldStatsRecord::decode(&cbor(ipld!({ "ownerDid": "did:plc:abc" }))).is_err());
     }
 }
 
@@ -571,7 +816,8 @@ impl ScanRecord {
         if repository.contains('\0') {
             return Err(invalid(HOLD_SCAN, "repository contains NUL"));
         }
-        let (critical, high, medium, low) = (count(wire.critical), count(wire.high), count(wire.medium), count(wire.low));
+        let (critical, high, medium, low) =
+            (count(wire.critical), count(wire.high), count(wire.medium), count(wire.low));
         let total = match wire.total {
             Some(Ipld::Integer(total)) => u64::try_from(total).unwrap_or(0),
             _ => critical + high + medium + low,
@@ -589,7 +835,10 @@ impl ScanRecord {
             scanner_version: wire.scanner_version,
             scanned_at: wire.scanned_at,
             status: ScanStatus::parse(wire.status.as_deref()),
-            reason: wire.reason.filter(|reason| !reason.trim().is_empty()).map(|reason| reason.chars().take(256).collect()),
+            reason: wire
+                .reason
+                .filter(|reason| !reason.trim().is_empty())
+                .map(|reason| reason.chars().take(256).collect()),
             vuln_report: wire.vuln_report_blob.and_then(blob_ref),
             sbom: wire.sbom_blob.and_then(blob_ref),
         })
@@ -621,7 +870,8 @@ mod scan_record_tests {
         assert_eq!((scan.critical, scan.total, scan.status.clone()), (1, 10, ScanStatus::Ok));
         assert_eq!(scan.vuln_report.unwrap().cid, cid.to_string());
         // first generation: no status, no userDid (owner from the URI), no total
-        let older = cbor(ipld!({ "manifest": format!("at://did:plc:owner/io.atcr.manifest/{HEX}"), "high": 2, "low": 1 }));
+        let older =
+            cbor(ipld!({ "manifest": format!("at://did:plc:owner/io.atcr.manifest/{HEX}"), "high": 2, "low": 1 }));
         let older = ScanRecord::decode(&older, "x").unwrap();
         assert_eq!((older.owner_did.as_str(), older.total, older.status), ("did:plc:owner", 3, ScanStatus::Ok));
         let skipped = cbor(ipld!({ "userDid": "did:plc:o", "status": "skipped", "reason": "helm chart" }));
