@@ -11,6 +11,7 @@
 //! - [`runner`]: tails the log and applies batches; swaps in a new build when one is flipped;
 //! - [`store`]: where builds live on disk (`views/<projection>-<build>/`, `views/CURRENT`);
 //! - [`rebuild`]: a fresh build from offset 0, fast (blue/green: the old one keeps serving);
+//! - [`overlay`]: the rebuild's in-memory rows, written into redb in key order;
 //! - [`tables`]: [`tables::ViewTables`], how views code reads and writes tables (redb when
 //!   following the log, in-memory sorted maps during a rebuild);
 //! - [`digest`]: per-table content digests, to check that a rebuild equals the live views;
@@ -19,6 +20,7 @@
 
 pub mod browse;
 pub mod digest;
+pub mod overlay;
 pub mod rebuild;
 pub mod runner;
 pub mod search;

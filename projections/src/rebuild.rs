@@ -1,12 +1,15 @@
-//! A fresh build of the registry views from the log, as fast as the disk allows.
+//! A fresh build of the registry views from the log, as fast as memory allows.
 //!
 //! Following the live log commits every 2048 events durably, because a reader may look at any
-//! of those states. A rebuild has no readers until it is flipped live, so it commits large
-//! transactions without fsync (`Durability::None`) and makes only the last one durable; a crash
-//! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
-//! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
-//! durable commit, which holds the checkpoint of its own writes). Events are read and decoded on
-//! a second thread while the first applies the previous chunk.
+//! of those states. A rebuild has no readers until it is flipped live, so it applies events to
+//! an in-memory [`Overlay`] (sorted maps over the last commit; see `overlay`) and writes the rows
+//! into redb in key order only when the overlay grows past [`OVERLAY_MEMORY_BYTES`] or
+//! `events_per_transaction` events, and at the end. Intermediate commits are not synced
+//! (`Durability::None`), only the last one; a crash mid-rebuild leaves a build nobody points
+//! at, deleted later (and a live build caught up this way after a crash simply restarts from its
+//! last synced checkpoint: redb recovers to the last durable commit, which holds the checkpoint
+//! of its own writes). Events are read and decoded on a second thread while the first applies
+//! the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -15,11 +18,16 @@ use redb::{Durability, ReadableDatabase};
 
 use atcr_storage::{EventLog, StoredEvent};
 
+use crate::overlay::Overlay;
 use crate::runner::apply_events;
 use crate::{CHECKPOINTS, ProjectionError, REGISTRY, Views};
 
-/// Events per transaction during a rebuild: large, since intermediate commits are not synced.
-pub const REBUILD_TRANSACTION_EVENTS: usize = 100_000;
+/// Events per views transaction during a rebuild at most: the overlay's memory bound decides
+/// first for any real log.
+pub const REBUILD_TRANSACTION_EVENTS: usize = 100_000_000;
+/// The overlay is written out once its rows take about this much memory (~5.5 million rows of a
+/// 1.3-million-event log take ~1.3 GiB).
+pub const OVERLAY_MEMORY_BYTES: usize = 3 << 30;
 /// Events read and decoded per chunk by the reading thread.
 const READ_CHUNK: usize = 4096;
 /// Chunks the reader may run ahead of the applier.
@@ -72,33 +80,46 @@ pub fn catch_up_to(
             }
         });
         let mut reached = start;
-        let mut txn = views.database().begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let mut in_transaction = 0usize;
+        let mut overlay = Overlay::new(views.database())?;
+        let mut in_overlay = 0usize;
         for chunk in receiver {
             let chunk = chunk?;
-            let Some(last) = chunk.last() else { continue };
-            reached = last.offset + 1;
-            apply_events(&txn, &chunk)?;
-            in_transaction += chunk.len();
-            if in_transaction >= events_per_transaction {
-                txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
-                txn.commit()?;
-                // Readers in this process see the commit: answers cached before it are stale.
-                views.bump_generation();
-                txn = views.database().begin_write()?;
-                txn.set_durability(Durability::None)?;
-                in_transaction = 0;
+            let mut rest = chunk.as_slice();
+            while !rest.is_empty() {
+                let room = events_per_transaction.saturating_sub(in_overlay).clamp(1, rest.len());
+                let (piece, after) = rest.split_at(room);
+                rest = after;
+                let Some(last) = piece.last() else { break };
+                reached = last.offset + 1;
+                apply_events(&overlay, piece)?;
+                in_overlay += piece.len();
+                if in_overlay >= events_per_transaction || overlay.memory_bytes() >= OVERLAY_MEMORY_BYTES {
+                    write_out(views, overlay, reached, Durability::None)?;
+                    overlay = Overlay::new(views.database())?;
+                    in_overlay = 0;
+                }
             }
             progress(reached);
         }
         // The last commit is durable, and with it every non-durable one before it.
-        txn.set_durability(Durability::Immediate)?;
-        txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
-        txn.commit()?;
-        views.bump_generation();
+        write_out(views, overlay, reached, Durability::Immediate)?;
         Ok(())
     })
+}
+
+/// Writes the overlay's rows and the checkpoint `reached` in one transaction.
+fn write_out(views: &Views, overlay: Overlay, reached: u64, durability: Durability) -> Result<(), ProjectionError> {
+    let started = std::time::Instant::now();
+    let memory = overlay.memory_bytes();
+    let mut txn = views.database().begin_write()?;
+    txn.set_durability(durability)?;
+    overlay.flush_into(&txn)?;
+    txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
+    txn.commit()?;
+    // Readers in this process see the commit: answers cached before it are stale.
+    views.bump_generation();
+    tracing::debug!(reached, memory, elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows written");
+    Ok(())
 }
 
 /// The live views opened read-only by another process than the one serving them: `atcr replay
