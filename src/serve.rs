@@ -42,6 +42,8 @@ pub struct Running {
     /// For tasks added after start (the backfill); dropped before the writer thread is joined.
     writer: Option<LogWriter>,
     writer_task: atcr_storage::LogWriterTask,
+    /// Closed after HTTP stops, so the last pulls are durable.
+    pulls: atcr_query::holds::PullLog,
 }
 
 pub async fn start<F: Fetcher>(
@@ -79,13 +81,17 @@ pub async fn start<F: Fetcher>(
     let local_hold_dids: Vec<String> = local_holds.keys().cloned().collect();
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
     let query = LogQuery::new(log.clone());
+    // atcr's own pull counts: a local store beside the log, written off the request path.
+    let pulls_path = config.data_dir.join("pulls.redb");
+    let pulls = atcr_query::holds::PullLog::open(&pulls_path)
+        .with_context(|| format!("cannot open the pull log at {}", pulls_path.display()))?;
     // Live event streams end when shutdown starts, or the graceful shutdown would wait for them.
     let live = atcr_web::events::LiveEvents::start(&query, Some(registry.clone()));
     let app = atcr_web::router(AppState {
         query,
         registry: Some(registry.clone()),
         metrics,
-        browse: Some(atcr_query::browse::Browse::new(registry)),
+        browse: Some(atcr_query::browse::Browse::new(registry).with_pulls(pulls.clone())),
         search: Some(atcr_query::search::SearchService::live(views.clone())),
         live: Some(live.clone()),
     });
@@ -135,7 +141,7 @@ pub async fn start<F: Fetcher>(
         let (log, stop) = (log.clone(), shutdown.clone());
         tasks.push(("ingest", tokio::spawn(async move { Ok(run_firehose(firehose, log, writer, stop).await?) })));
     }
-    Ok(Running { log, views, address, shutdown, tasks, writer: Some(spare_writer), writer_task })
+    Ok(Running { log, views, address, shutdown, tasks, writer: Some(spare_writer), writer_task, pulls })
 }
 
 /// Opens the live registry build (creating the first one, or moving a pre-build `views.redb`
@@ -243,6 +249,8 @@ impl Running {
                 Err(error) => tracing::error!(task = name, %error, "task failed"),
             }
         }
+        let pulls = self.pulls.clone();
+        tokio::task::spawn_blocking(move || pulls.close()).await?;
         // Every writer handle is gone with its tasks; the writer drains and exits.
         tokio::task::spawn_blocking(move || self.writer_task.join()).await?;
         tracing::info!("stopped");

@@ -8,6 +8,7 @@
 //!
 //! - [`views`]: the registry views (identities, repositories, manifests, blobs, tags,
 //!   referrers) and how each event changes them;
+//! - [`holds`]: hold records (captain, crew, layers, stats) and which manifests name each hold;
 //! - [`runner`]: tails the log and applies batches; swaps in a new build when one is flipped;
 //! - [`store`]: where builds live on disk (`views/<projection>-<build>/`, `views/CURRENT`);
 //! - [`rebuild`]: a fresh build from offset 0, fast (blue/green: the old one keeps serving);
@@ -20,6 +21,7 @@
 
 pub mod browse;
 pub mod digest;
+pub mod holds;
 pub mod overlay;
 pub mod rebuild;
 pub mod runner;
@@ -93,7 +95,7 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning: the views are then rebuilt from offset 0 on start.
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 4;
+pub const REGISTRY_VERSION: u32 = 5;
 
 /// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
 /// for one build's generation can never be mistaken for another build's.

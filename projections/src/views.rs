@@ -254,6 +254,7 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(REPOS_BY_FIRST)?;
     txn.open_table(IDENTITY_FAILURES)?;
     txn.open_table(HANDLE_CHECKS)?;
+    crate::holds::open_all(txn)?;
     Ok(())
 }
 
@@ -266,6 +267,8 @@ pub(crate) fn apply_tracking(
     event: &Event,
     touched: &mut Touched,
 ) -> Result<(), ProjectionError> {
+    // Before the views change: a manifest delete needs the row they are about to remove.
+    crate::holds::apply(txn, offset, event)?;
     note_first_seen(txn, event)?;
     match &event.body {
         EventBody::RecordPut { collection, rkey, record, action, cid } => {

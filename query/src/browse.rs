@@ -49,6 +49,10 @@ pub struct HomePage {
     pub most_starred: Vec<RepoCard>,
     /// Repositories that appeared most recently (first event), newest first.
     pub new_repositories: Vec<RepoCard>,
+    /// Most pulled through this atcr, ever (empty without a pull log).
+    pub most_pulled: Vec<crate::holds::PulledRepo>,
+    /// Pulls grew most in the last 7 days against the 7 before.
+    pub trending: Vec<crate::holds::PulledRepo>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -172,6 +176,8 @@ pub struct ManifestPage {
 pub enum BrowseError {
     #[error("views: {0}")]
     Views(#[from] ProjectionError),
+    #[error("pull log: {0}")]
+    Pulls(#[from] atcr_storage::StorageError),
 }
 
 /// How many repositories each home page list shows.
@@ -181,11 +187,34 @@ const HOME_LIST: usize = 12;
 #[derive(Clone)]
 pub struct Browse {
     registry: RegistryQuery,
+    /// atcr's own pull counts (`crate::holds`); `None`: no pull analytics.
+    pulls: Option<crate::holds::PullLog>,
+    counter: Option<crate::holds::PullCounter>,
 }
 
 impl Browse {
     pub fn new(registry: RegistryQuery) -> Self {
-        Browse { registry }
+        Browse { registry, pulls: None, counter: None }
+    }
+
+    /// Counts pulls in `pulls` and answers pull analytics from it.
+    pub fn with_pulls(mut self, pulls: crate::holds::PullLog) -> Self {
+        self.counter = Some(crate::holds::PullCounter::new(pulls.recorder(), self.registry.clone()));
+        self.pulls = Some(pulls);
+        self
+    }
+
+    pub fn pull_log(&self) -> Option<&crate::holds::PullLog> {
+        self.pulls.as_ref()
+    }
+
+    /// What `/v2` records its manifest pulls with, when pulls are counted.
+    pub fn pull_counter(&self) -> Option<&crate::holds::PullCounter> {
+        self.counter.as_ref()
+    }
+
+    pub(crate) fn registry_views(&self) -> Arc<Views> {
+        self.views()
     }
 
     fn views(&self) -> Arc<Views> {
@@ -215,6 +244,8 @@ impl Browse {
             recent: cards(views.recently_pushed(HOME_LIST)?)?,
             most_starred: cards(views.most_starred(HOME_LIST)?)?,
             new_repositories: cards(views.newest_repositories(HOME_LIST)?)?,
+            most_pulled: self.most_pulled(HOME_LIST)?,
+            trending: self.trending(crate::holds::today(), HOME_LIST)?,
         })
     }
 
@@ -444,7 +475,7 @@ pub enum HoldStatus {
     Unknown,
 }
 
-fn hold_status(views: &Views, hold: &str) -> Result<HoldStatus, BrowseError> {
+pub(crate) fn hold_status(views: &Views, hold: &str) -> Result<HoldStatus, BrowseError> {
     if !hold.starts_with("did:") {
         return Ok(HoldStatus::Unknown);
     }
@@ -458,7 +489,7 @@ fn hold_status(views: &Views, hold: &str) -> Result<HoldStatus, BrowseError> {
 }
 
 /// A handle or DID → the DID, when the views know it.
-fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, BrowseError> {
+pub(crate) fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, BrowseError> {
     if handle_or_did.starts_with("did:") {
         return Ok(Some(handle_or_did.to_string()));
     }
@@ -469,7 +500,7 @@ fn owner_did(views: &Views, handle_or_did: &str) -> Result<Option<String>, Brows
 /// (Verifying the handle's own DNS/HTTPS resolution is issue 6's identity work.)
 /// The handle to show and link an owner by on repository and manifest pages: only one that
 /// verifies (the user page shows a claimed one, flagged).
-fn verified_handle(views: &Views, did: &str, handle: Option<String>) -> Result<Option<String>, BrowseError> {
+pub(crate) fn verified_handle(views: &Views, did: &str, handle: Option<String>) -> Result<Option<String>, BrowseError> {
     Ok(if handle_is_consistent(views, did, handle.as_deref())? { handle } else { None })
 }
 
@@ -484,7 +515,7 @@ fn handle_is_consistent(views: &Views, did: &str, handle: Option<&str>) -> Resul
     Ok(views.did_for_handle(handle)?.as_deref() == Some(did))
 }
 
-fn repo_card(views: &Views, did: &str, repository: &str) -> Result<Option<RepoCard>, BrowseError> {
+pub(crate) fn repo_card(views: &Views, did: &str, repository: &str) -> Result<Option<RepoCard>, BrowseError> {
     let Some(document) = views.search_document(did, repository)? else { return Ok(None) };
     Ok(Some(card_from_document(document)))
 }

@@ -160,6 +160,7 @@ impl LogQuery {
 
 pub mod audit;
 pub mod browse;
+pub mod holds;
 pub mod live;
 pub mod registry;
 pub mod search;

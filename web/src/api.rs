@@ -67,6 +67,9 @@ const EXPORT_MAX_CHANGES: usize = 100_000;
         crate::ui::history::api_tag_history,
         crate::ui::history::api_record,
         crate::ui::history::api_activity,
+        crate::ui::holds::api_holds,
+        crate::ui::holds::api_hold,
+        crate::ui::holds::api_repository_stats,
         crate::events::api_events,
         api_user,
         api_repository,
@@ -578,7 +581,7 @@ fn build_export(
         record_history,
         truncated,
         notes: vec![
-            "pulls: atcr keeps no pull counts yet, so this export has none".to_string(),
+            "pulls: no pull counts here: atcr's own are local to this server, not in the log (see /api/v1/repository-stats)".to_string(),
             "stars given by this identity are its io.atcr.sailor.star records in record_history".to_string(),
         ],
     }))

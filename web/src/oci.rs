@@ -200,7 +200,14 @@ async fn handle(state: &AppState, params: &Params, path: &str, request: Request)
             }
             Ok((headers, [API_VERSION], axum::Json(json!({ "name": repository.name, "tags": tags }))).into_response())
         }
-        Route::Manifest { name, reference } => manifest(registry, name, reference, head).await,
+        Route::Manifest { name, reference } => {
+            let response = manifest(registry, name, reference, head).await?;
+            // A pull is a successful manifest GET; counted off the request path (the pull log).
+            if !head && let Some(counter) = state.browse.as_ref().and_then(|browse| browse.pull_counter()) {
+                counter.record(name);
+            }
+            Ok(response)
+        }
         Route::Referrers { name, digest } => {
             let (name, digest, wanted) = (name.to_string(), digest.to_string(), params.artifact_type.clone());
             let filtered = wanted.is_some();

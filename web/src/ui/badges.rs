@@ -7,8 +7,10 @@
 //! `Cache-Control: public, max-age=300` and an ETag (README renderers proxy and cache images); an
 //! unknown repository gets a grey "not found" badge with status 404, so a broken README link is
 //! visible as such. Text is escaped by maud and its width estimated from Verdana 11px metrics
-//! (no font files are read). There are no pull or vulnerability badges: atcr has no pull counts
-//! or scan results to put on them yet.
+//! (no font files are read).
+//!
+//! - `…/badge/pulls.svg`: pulls served by this atcr plus the pulls the repository's holds count
+//!   (`io.atcr.hold.stats`); a server without a pull log has no such badge (404 page).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +34,7 @@ pub enum BadgeKind {
     Latest,
     Size,
     Tags,
+    Pulls,
 }
 
 impl BadgeKind {
@@ -41,6 +44,7 @@ impl BadgeKind {
             "latest.svg" => Some(BadgeKind::Latest),
             "size.svg" => Some(BadgeKind::Size),
             "tags.svg" => Some(BadgeKind::Tags),
+            "pulls.svg" => Some(BadgeKind::Pulls),
             _ => None,
         }
     }
@@ -50,6 +54,7 @@ impl BadgeKind {
             BadgeKind::Latest => "latest",
             BadgeKind::Size => "image size",
             BadgeKind::Tags => "tags",
+            BadgeKind::Pulls => "pulls",
         }
     }
 }
@@ -142,8 +147,16 @@ pub fn badge_for(kind: BadgeKind, page: &atcr_query::browse::RepositoryPage) -> 
             None => ("unknown".to_string(), GREY),
         },
         BadgeKind::Tags => (page.tags.len().to_string(), BLUE),
+        // Answered from the pull counts by [`pulls_badge`], never from the page.
+        BadgeKind::Pulls => ("unknown".to_string(), GREY),
     };
     Badge { label: kind.label().to_string(), value, color }
+}
+
+/// The pulls badge (pure): pulls served by this atcr plus those the holds count.
+pub fn pulls_badge(stats: &atcr_query::holds::RepositoryStats) -> Badge {
+    let pulls = stats.atcr_pulls.saturating_add(stats.hold_pulls);
+    Badge { label: BadgeKind::Pulls.label().to_string(), value: super::format::thousands(pulls), color: BLUE }
 }
 
 /// An SVG response with cache headers and an ETag; `If-None-Match` gets 304.
@@ -175,6 +188,16 @@ pub async fn repository_badge(
         badge_response(StatusCode::NOT_FOUND, render_svg(&badge), headers)
     };
     let Some(browse) = state.browse.clone() else { return not_found() };
+    if kind == BadgeKind::Pulls {
+        if browse.pull_log().is_none() {
+            return super::not_found_page("This server keeps no pull counts.");
+        }
+        return match read("badge", move || browse.repository_stats(&owner, &repository)).await {
+            Ok(Some(stats)) => badge_response(StatusCode::OK, render_svg(&pulls_badge(&stats)), headers),
+            Ok(None) => not_found(),
+            Err(response) => response,
+        };
+    }
     match read("badge", move || browse.repository(&owner, &repository)).await {
         Ok(Some(page)) => badge_response(StatusCode::OK, render_svg(&badge_for(kind, &page)), headers),
         Ok(None) => not_found(),
@@ -231,11 +254,12 @@ mod tests {
     }
 
     #[test]
-    fn badge_files_are_the_three_known_kinds() {
+    fn badge_files_are_the_four_known_kinds() {
         assert_eq!(BadgeKind::from_file_name("latest.svg"), Some(BadgeKind::Latest));
         assert_eq!(BadgeKind::from_file_name("size.svg"), Some(BadgeKind::Size));
         assert_eq!(BadgeKind::from_file_name("tags.svg"), Some(BadgeKind::Tags));
-        assert_eq!(BadgeKind::from_file_name("pulls.svg"), None);
+        assert_eq!(BadgeKind::from_file_name("pulls.svg"), Some(BadgeKind::Pulls));
+        assert_eq!(BadgeKind::from_file_name("vulnerabilities.svg"), None);
         assert_eq!(BadgeKind::from_file_name("latest"), None);
     }
 

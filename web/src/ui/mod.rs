@@ -13,10 +13,12 @@
 
 pub mod assets;
 pub mod badges;
+pub mod charts;
 mod components;
 pub mod feeds;
 pub mod format;
 pub mod history;
+pub mod holds;
 mod install;
 mod layout;
 pub mod markdown;
@@ -295,7 +297,11 @@ async fn repository_or_manifest_page(
                     // The newest moves, newest first; the full timeline is one click away.
                     let recent: Vec<_> = moves.into_iter().rev().take(RECENT_TAG_MOVES).collect();
                     let timeline = history::tag_timeline(&recent, &owner, &page.did, &page.repository, &context);
-                    html_response(StatusCode::OK, views::repository_with_history(&page, &context, Some(timeline)))
+                    let analytics = holds::repository_section_for(&state, &page.did, &page.repository).await;
+                    html_response(
+                        StatusCode::OK,
+                        views::repository_with_sections(&page, &context, Some(timeline), analytics),
+                    )
                 }
                 Ok(None) => not_found_page(&format!("atcr knows no repository {owner}/{repository}.")),
                 Err(response) => response,
@@ -382,7 +388,10 @@ mod tests {
             parse_repository_route("a/b/-/badge/size.svg"),
             Some(RepositoryRoute::Badge { repository: "a/b".into(), kind: badges::BadgeKind::Size })
         );
-        assert_eq!(parse_repository_route("a/-/badge/pulls.svg"), None, "no pulls badge: no pull counts yet");
+        assert_eq!(
+            parse_repository_route("a/-/badge/pulls.svg"),
+            Some(RepositoryRoute::Badge { repository: "a".into(), kind: badges::BadgeKind::Pulls })
+        );
         assert_eq!(parse_repository_route("a/-/badge/latest.svg/x"), None);
         assert_eq!(parse_repository_route("a/-/feed.rss"), None);
         assert_eq!(parse_repository_route(""), None);

@@ -38,6 +38,10 @@ fn card_section(id: &str, title: &str, repositories: &[RepoCard], context: &Rend
     }
 }
 
+fn pulled_cards(repositories: &[atcr_query::holds::PulledRepo]) -> Vec<RepoCard> {
+    repositories.iter().map(|pulled| pulled.card.clone()).collect()
+}
+
 pub fn home(page: &HomePage, context: &RenderContext) -> Markup {
     let stats = &page.stats;
     let body = html! {
@@ -69,6 +73,12 @@ pub fn home(page: &HomePage, context: &RenderContext) -> Markup {
             (card_section("recent", "Recently pushed", &page.recent, context))
             (card_section("starred", "Most starred", &page.most_starred, context))
             (card_section("new", "New repositories", &page.new_repositories, context))
+            @if !page.most_pulled.is_empty() {
+                (card_section("popular", "Most pulled", &pulled_cards(&page.most_pulled), context))
+            }
+            @if !page.trending.is_empty() {
+                (card_section("trending", "Trending this week", &pulled_cards(&page.trending), context))
+            }
         }
     };
     let description = format!(
@@ -241,7 +251,18 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
 
 /// The repository page, with a section of recent tag moves (rendered by `ui::history`) and a
 /// link to the full timeline when `history` is given.
+#[cfg(test)]
 pub fn repository_with_history(page: &RepositoryPage, context: &RenderContext, history: Option<Markup>) -> Markup {
+    repository_with_sections(page, context, history, None)
+}
+
+/// The repository page with the pulls-and-pushes section (`holds.rs`) after the tags, when given.
+pub fn repository_with_sections(
+    page: &RepositoryPage,
+    context: &RenderContext,
+    history: Option<Markup>,
+    analytics: Option<Markup>,
+) -> Markup {
     let owner = owner_name(&page.did, page.handle.as_deref());
     let mut platforms: Vec<String> = page.tags.iter().flat_map(|tag| tag.platforms.iter().cloned()).collect();
     platforms.sort();
@@ -287,6 +308,7 @@ pub fn repository_with_history(page: &RepositoryPage, context: &RenderContext, h
                         (tags_table(page, owner, context))
                     }
                 }
+                @if let Some(analytics) = &analytics { (analytics) }
                 @if let Some(history) = &history {
                     section.section #history aria-labelledby="history-title" {
                         div.section-head {
@@ -541,7 +563,7 @@ pub fn server_error(message: &str) -> Markup {
 /// refuses to contact).
 fn hold_cell(hold: &str, status: Option<&HoldStatus>) -> Markup {
     html! {
-        code { (hold) }
+        @if hold.starts_with("did:") { a.hold-link href=(super::holds::hold_url(hold)) { code { (hold) } } } @else { code { (hold) } }
         @match status {
             Some(HoldStatus::Reachable { endpoint }) => {
                 " " span.muted { "at " code { (endpoint) } }
@@ -586,6 +608,8 @@ pub(crate) mod samples {
             recent: vec![card("web/nginx-mini", &["linux/amd64", "linux/arm64/v8"]), card("hello", &["linux/amd64"])],
             most_starred: vec![card("hello", &["linux/amd64"])],
             new_repositories: vec![],
+            most_pulled: vec![],
+            trending: vec![],
         }
     }
 
