@@ -53,6 +53,10 @@ pub struct Config {
     pub webhooks: Vec<atcr_ingest::webhooks::Subscription>,
     /// Webhook delivery timeouts, backoff and retry limit (`[webhook_delivery]`).
     pub webhook_delivery: WebhookDeliveryConfig,
+    /// Deep inspection of layers: enrichment reads layer tarballs up to this many (compressed)
+    /// bytes through their hold and keeps each one's file list; larger layers are skipped with
+    /// a reason. Off when unset or 0.
+    pub deep_inspection_max_bytes: Option<u64>,
 }
 
 /// `[webhook_delivery]`: milliseconds, so a test can shorten the backoff.
@@ -162,6 +166,7 @@ impl Default for Config {
             snapshot_s3: None,
             webhooks: Vec::new(),
             webhook_delivery: WebhookDeliveryConfig::default(),
+            deep_inspection_max_bytes: None,
         }
     }
 }
@@ -252,6 +257,11 @@ pub struct IngestFlags {
     #[arg(long = "local-hold", value_name = "DID=DIR", value_parser = parse_local_hold)]
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_holds")]
     pub local_holds: Vec<(String, PathBuf)>,
+    /// Read layer tarballs up to this many bytes and list their files (off by default)
+    /// [env: ATCR_DEEP_INSPECTION_MAX_BYTES].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deep_inspection_max_bytes: Option<u64>,
 }
 
 fn parse_local_hold(text: &str) -> Result<(String, PathBuf), String> {

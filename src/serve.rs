@@ -79,6 +79,8 @@ pub async fn start<F: Fetcher>(
         local_holds.insert(did.clone(), BlobBackend::S3(backend));
     }
     let local_hold_dids: Vec<String> = local_holds.keys().cloned().collect();
+    // Enrichment fetches image configs (and, with deep inspection, layers) the way pulls find them.
+    let hold_backends = local_holds.clone();
     let registry = RegistryQuery::new(views.clone(), content.clone()).with_local_holds(local_holds);
     let query = LogQuery::new(log.clone());
     // atcr's own pull counts: a local store beside the log, written off the request path.
@@ -129,7 +131,10 @@ pub async fn start<F: Fetcher>(
     let stop = shutdown.clone();
     tasks.push(("projections", tokio::spawn(async move { Ok(runner.run(stop).await?) })));
 
-    let mut enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher).with_local_holds(local_hold_dids);
+    let mut enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher)
+        .with_local_holds(local_hold_dids)
+        .with_hold_backends(hold_backends)
+        .with_deep_inspection(config.deep_inspection_max_bytes);
     if let Some(identities) = upstream.as_ref().and_then(|firehose| firehose.identities.clone()) {
         enricher = enricher.with_handle_checks(identities);
     }

@@ -8,6 +8,14 @@
 //! (`com.atproto.sync.getBlob`), checks its sha256 against the record's `digest`, stores it in
 //! the content store and appends `ManifestStored`. A failure is logged and retried with
 //! exponential backoff; bytes that do not match are never stored, so never served.
+//!
+//! For an image manifest it then fetches the image config "through the hold", located the way
+//! `/v2/…/blobs/<digest>` locates it (a hold atcr serves itself: its file or a presigned S3 URL;
+//! any other hold: its service endpoint's `getBlob`, through the URL policy), size-capped and
+//! sha256-checked, and appends `ContentStored { kind: "image.config" }` (or `ContentRejected`
+//! with a quarantine entry). With deep inspection on, every tar layer up to the configured size
+//! is fetched the same way and read as a stream (`layers.rs`); only the derived file list is
+//! kept (`ContentStored { kind: "layer.files" }`), never the layer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -16,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use atcr_storage::blobs::{BlobAccess, BlobBackend, BlobMethod};
 use atcr_storage::content::{ContentError, ContentStore, sha256_digest};
 use atcr_storage::did::parse_did_document;
-use atcr_storage::records::{self, ManifestRecord};
-use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, StorageError, now_micros};
+use atcr_storage::image::{IMAGE_CONFIG_KIND, ImageConfig, LAYER_FILES_KIND, LAYER_FILES_MEDIA_TYPE};
+use atcr_storage::records::{self, Descriptor, ManifestRecord, is_sha256_digest};
+use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, QuarantineEntry, StorageError, now_micros};
 
 use crate::identity::{HandleCheck, IdentityResolver};
 use crate::policy::{PolicyRefused, UrlPolicy};
@@ -28,6 +38,10 @@ use crate::policy::{PolicyRefused, UrlPolicy};
 pub const CONSUMER: &str = "enrichment";
 /// Manifests larger than this are not fetched (OCI registries commonly cap at 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Image configs larger than this are refused (real ones are a few KiB).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// A layer may decompress to at most this many times the deep inspection limit.
+pub const MAX_EXPANSION: u64 = 16;
 const MAX_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +61,18 @@ pub enum FetchError {
 pub trait Fetcher: Send + Sync + 'static {
     fn did_document(&self, did: &str) -> impl Future<Output = Result<String, FetchError>> + Send;
     fn blob(&self, pds: &str, did: &str, cid: &str) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
+    /// A hold's blob (an image config, a layer) at `url`, at most `limit` bytes. `trusted` URLs
+    /// are presigned for a bucket the operator configured (like the PLC directory: not data, so
+    /// not subject to the URL policy); every other URL, and every redirect, passes the policy.
+    fn hold_blob(
+        &self,
+        url: &str,
+        trusted: bool,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+        let _ = (url, trusted, limit);
+        async { Err(FetchError::Http("this fetcher does not fetch hold blobs".into())) }
+    }
 }
 
 /// DID documents from a PLC directory (`did:plc`) or `https://<host>/.well-known/did.json`
@@ -89,25 +115,35 @@ impl HttpFetcher {
             self.policy.check(url).map_err(FetchError::Policy)?;
         }
         let client = if trusted { &self.plc_client } else { &self.client };
-        let mut response = client.get(url).send().await.map_err(request_error)?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(FetchError::NotFound);
-        }
-        if !response.status().is_success() {
-            return Err(FetchError::Http(format!("{url} answered {}", response.status())));
-        }
-        if response.content_length().is_some_and(|length| length > limit as u64) {
+        let response = client.get(url).send().await.map_err(request_error)?;
+        read_body(url, response, limit).await
+    }
+}
+
+/// A response's body, at most `limit` bytes.
+async fn read_body(url: &str, mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, FetchError> {
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(FetchError::NotFound);
+    }
+    if !response.status().is_success() {
+        return Err(FetchError::Http(format!("{} answered {}", redact_query(url), response.status())));
+    }
+    if response.content_length().is_some_and(|length| length > limit as u64) {
+        return Err(FetchError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| FetchError::Http(error.to_string()))? {
+        if body.len() + chunk.len() > limit {
             return Err(FetchError::TooLarge(limit));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| FetchError::Http(error.to_string()))? {
-            if body.len() + chunk.len() > limit {
-                return Err(FetchError::TooLarge(limit));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// A URL without its query (a presigned URL's signature is not for the logs).
+fn redact_query(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
 }
 
 /// A request error, with a refusal of the policy's resolver told apart from network trouble
@@ -159,6 +195,34 @@ impl Fetcher for HttpFetcher {
         let url = format!("{}/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}", pds.trim_end_matches('/'));
         self.get(&url, MAX_MANIFEST_BYTES).await
     }
+
+    async fn hold_blob(&self, url: &str, trusted: bool, limit: usize) -> Result<Vec<u8>, FetchError> {
+        // Holds answer getBlob with a redirect to their storage: follow a few, each one checked.
+        let mut current = url.to_string();
+        let mut trusted = trusted;
+        for _ in 0..4 {
+            if !trusted {
+                self.policy.check(&current).map_err(FetchError::Policy)?;
+            }
+            let client = if trusted { &self.plc_client } else { &self.client };
+            let response = client.get(&current).send().await.map_err(request_error)?;
+            if response.status().is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|value| value.to_str().ok())
+                    .ok_or_else(|| FetchError::Http(format!("{} redirected nowhere", redact_query(&current))))?;
+                let next = url::Url::parse(&current)
+                    .and_then(|base| base.join(location))
+                    .map_err(|error| FetchError::Policy(format!("bad redirect target: {error}")))?;
+                current = next.to_string();
+                trusted = false;
+                continue;
+            }
+            return read_body(&current, response, limit).await;
+        }
+        Err(FetchError::Http(format!("too many redirects from {}", redact_query(url))))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +240,56 @@ enum Job {
         media_type: String,
         cid: String,
     },
+    /// The image config of a stored manifest, through its hold.
+    FetchConfig {
+        did: String,
+        hold: HoldRef,
+        manifest: String,
+    },
+    /// Deep inspection of one layer, through its hold.
+    InspectLayer {
+        did: String,
+        hold: HoldRef,
+        layer: Descriptor,
+    },
+}
+
+/// Where a manifest's blobs live: its hold's DID, or a legacy endpoint.
+#[derive(Debug, Clone)]
+struct HoldRef {
+    did: Option<String>,
+    endpoint: Option<String>,
+}
+
+/// How a hold hands out a blob to enrichment.
+enum BlobSource {
+    File(std::path::PathBuf),
+    Url { url: String, trusted: bool },
+}
+
+/// The parts of a manifest enrichment reads (from its verified bytes, not the record).
+#[derive(serde::Deserialize)]
+struct ManifestBody {
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// Config media types of container images (artifacts' configs are not image configs).
+fn is_image_config(media_type: Option<&str>) -> bool {
+    matches!(
+        media_type,
+        None | Some("application/vnd.oci.image.config.v1+json" | "application/vnd.docker.container.image.v1+json")
+    )
+}
+
+/// Layer media types that are tar archives (plain, gzip, zstd; OCI and Docker).
+fn is_tar_layer(media_type: Option<&str>) -> bool {
+    media_type.is_none_or(|media_type| {
+        media_type.starts_with("application/vnd.oci.image.layer.")
+            || media_type.starts_with("application/vnd.docker.image.rootfs.")
+    }) && !media_type.is_some_and(|media_type| media_type.contains("foreign"))
 }
 
 struct Pending {
@@ -205,6 +319,13 @@ pub struct Enricher<F: Fetcher> {
     handle_checks: HashMap<String, (String, bool)>,
     /// DIDs whose handle check just failed on a lookup, to be checked again.
     recheck: Vec<String>,
+    /// How blobs of the holds atcr serves itself are located (as the pull path does).
+    hold_backends: HashMap<String, BlobBackend>,
+    /// Deep inspection: layers up to this many bytes are read; `None`: off.
+    deep_inspection_max_bytes: Option<u64>,
+    /// Manifests whose config was handled in this run, layers inspected or skipped.
+    configs_done: HashSet<String>,
+    layers_done: HashSet<String>,
 }
 
 /// How a job failed.
@@ -230,7 +351,25 @@ impl<F: Fetcher> Enricher<F> {
             identities: None,
             handle_checks: HashMap::new(),
             recheck: Vec::new(),
+            hold_backends: HashMap::new(),
+            deep_inspection_max_bytes: None,
+            configs_done: HashSet::new(),
+            layers_done: HashSet::new(),
         }
+    }
+
+    /// Locates image configs and layers of these holds with their backends (a file, or a
+    /// presigned S3 URL), exactly as the pull path does.
+    pub fn with_hold_backends(mut self, backends: HashMap<String, BlobBackend>) -> Self {
+        self.hold_backends = backends;
+        self
+    }
+
+    /// Turns on deep inspection of layers up to `max_bytes` (compressed); larger layers are
+    /// skipped with a `ContentRejected` saying so.
+    pub fn with_deep_inspection(mut self, max_bytes: Option<u64>) -> Self {
+        self.deep_inspection_max_bytes = max_bytes.filter(|max| *max > 0);
+        self
     }
 
     /// Checks the handle each resolved DID document claims, in both directions, and appends
@@ -305,6 +444,13 @@ impl<F: Fetcher> Enricher<F> {
                 {
                     self.add(offset, Job::Resolve { did: hold.clone() });
                 }
+                // Added after the manifest's own fetch (same offset, so it runs later): it reads
+                // the verified manifest bytes.
+                let describe =
+                    (manifest.config.is_some() && !self.configs_done.contains(&manifest.digest)).then(|| {
+                        let hold = HoldRef { did: manifest.hold_did.clone(), endpoint: manifest.hold_endpoint.clone() };
+                        Job::FetchConfig { did: event.did.clone(), hold, manifest: manifest.digest.clone() }
+                    });
                 match manifest.manifest_blob {
                     Some(blob) if !self.content.contains(&manifest.digest) => self.add(
                         offset,
@@ -319,6 +465,9 @@ impl<F: Fetcher> Enricher<F> {
                     None => {
                         tracing::warn!(offset, did = %event.did, digest = %manifest.digest, "manifest record has no manifestBlob")
                     }
+                }
+                if let Some(job) = describe {
+                    self.add(offset, job);
                 }
             }
             EventBody::Identity { .. } => {
@@ -401,11 +550,297 @@ impl<F: Fetcher> Enricher<F> {
     }
 
     /// Records that a DID cannot be resolved, so pages can say so (a hold "unreachable").
+    /// Also records a config or layer that could not be fetched, so pages say why.
     fn give_up(&mut self, job: &Job, reason: String, batch: &mut AppendBatch) {
-        let Job::Resolve { did } = job else { return };
-        if self.unresolvable.insert(did.clone()) {
-            batch.events.push(enrichment_event(did, EventBody::IdentityUnresolvable { reason }));
+        match job {
+            Job::Resolve { did } => {
+                if self.unresolvable.insert(did.clone()) {
+                    batch.events.push(enrichment_event(did, EventBody::IdentityUnresolvable { reason }));
+                }
+            }
+            Job::FetchConfig { did, manifest, .. } => {
+                self.configs_done.insert(manifest.clone());
+                let body = EventBody::ContentRejected {
+                    kind: IMAGE_CONFIG_KIND.into(),
+                    digest: String::new(),
+                    subject: manifest.clone(),
+                    reason,
+                };
+                batch.events.push(enrichment_event(did, body));
+            }
+            Job::InspectLayer { did, layer, .. } => {
+                self.layers_done.insert(layer.digest.clone());
+                let body = EventBody::ContentRejected {
+                    kind: LAYER_FILES_KIND.into(),
+                    digest: String::new(),
+                    subject: layer.digest.clone(),
+                    reason,
+                };
+                batch.events.push(enrichment_event(did, body));
+            }
+            Job::CheckHandle { .. } | Job::FetchManifest { .. } => {}
         }
+    }
+
+    /// Refuses fetched bytes of `kind` for `subject`: a `ContentRejected` event, and a
+    /// quarantine entry with the reason and the bytes that were refused (`raw`, empty for a
+    /// layer: layer bytes are never kept).
+    fn reject(
+        did: &str,
+        kind: &str,
+        digest: &str,
+        subject: &str,
+        reason: String,
+        raw: Vec<u8>,
+        batch: &mut AppendBatch,
+    ) {
+        tracing::warn!(%did, kind, digest, subject, %reason, "content rejected");
+        metrics::counter!("atcr_enrichment_content_rejected_total").increment(1);
+        batch.quarantine.push(QuarantineEntry {
+            received_at_us: now_micros(),
+            upstream: format!("enrichment:{kind}"),
+            upstream_seq: None,
+            did: Some(did.to_string()),
+            reason: format!("{kind} {digest} of {subject}: {reason}"),
+            raw,
+        });
+        let body =
+            EventBody::ContentRejected { kind: kind.into(), digest: digest.into(), subject: subject.into(), reason };
+        batch.events.push(enrichment_event(did, body));
+    }
+
+    /// Where a hold's blob is, the way the pull path decides it (`RegistryQuery::serve_blob`).
+    fn locate(&self, hold: &HoldRef, digest: &str) -> Result<BlobSource, Failure> {
+        if let Some(hold_did) = &hold.did {
+            if let Some(backend) = self.hold_backends.get(hold_did) {
+                return match backend.locate(digest, BlobMethod::Get) {
+                    Some(BlobAccess::File(path)) => Ok(BlobSource::File(path)),
+                    Some(BlobAccess::Redirect(url)) => Ok(BlobSource::Url { url, trusted: true }),
+                    None => Err(Failure::Final(format!("{digest} is not in the local hold {hold_did}"))),
+                };
+            }
+            if self.unresolvable.contains(hold_did) {
+                return Err(Failure::Final(format!("hold {hold_did} cannot be resolved")));
+            }
+            let Some((document, pds)) = self.resolved.get(hold_did) else {
+                return Err(Failure::Retry(format!("hold {hold_did} is not resolved yet")));
+            };
+            let endpoint = parse_did_document(document).ok().and_then(|facts| facts.hold_endpoint).or(pds.clone());
+            let Some(endpoint) = endpoint else {
+                return Err(Failure::Final(format!("hold {hold_did} has no service endpoint")));
+            };
+            // A did:web port is percent-encoded inside the DID; keep it literal in the query.
+            let url = format!(
+                "{}/xrpc/com.atproto.sync.getBlob?did={}&cid={digest}",
+                endpoint.trim_end_matches('/'),
+                hold_did.replace('%', "%25")
+            );
+            return Ok(BlobSource::Url { url, trusted: false });
+        }
+        match &hold.endpoint {
+            Some(endpoint) => Ok(BlobSource::Url {
+                url: format!("{}/xrpc/com.atproto.sync.getBlob?cid={digest}", endpoint.trim_end_matches('/')),
+                trusted: false,
+            }),
+            None => Err(Failure::Final("the manifest names no hold".into())),
+        }
+    }
+
+    /// A hold's blob, at most `limit` bytes.
+    async fn fetch_from_hold(&self, hold: &HoldRef, digest: &str, limit: usize) -> Result<Vec<u8>, Failure> {
+        let classify = |error: FetchError| {
+            let reason = format!("fetching {digest} from its hold: {error}");
+            match error {
+                FetchError::Policy(_) | FetchError::TooLarge(_) => Failure::Final(reason),
+                FetchError::Http(_) | FetchError::NotFound => Failure::Retry(reason),
+            }
+        };
+        match self.locate(hold, digest)? {
+            BlobSource::File(path) => {
+                let length = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|error| Failure::Retry(format!("reading {}: {error}", path.display())))?
+                    .len();
+                if length > limit as u64 {
+                    return Err(classify(FetchError::TooLarge(limit)));
+                }
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|error| Failure::Retry(format!("reading {}: {error}", path.display())))
+            }
+            BlobSource::Url { url, trusted } => self.fetcher.hold_blob(&url, trusted, limit).await.map_err(classify),
+        }
+    }
+
+    /// The image config of a stored manifest: fetched once per config digest, recorded for
+    /// every manifest that names it. Queues the manifest's layers for deep inspection.
+    async fn describe_manifest(
+        &mut self,
+        did: &str,
+        hold: &HoldRef,
+        manifest: &str,
+        batch: &mut AppendBatch,
+    ) -> Result<(), Failure> {
+        let bytes = match self.content.get(manifest) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(Failure::Retry(format!("manifest {manifest} is not stored yet"))),
+            Err(error) => return Err(Failure::Retry(format!("reading manifest {manifest}: {error}"))),
+        };
+        // Not an image manifest (an index, or bytes that are no manifest): nothing to describe.
+        let Ok(body) = serde_json::from_slice::<ManifestBody>(&bytes) else { return Ok(()) };
+        let Some(config) = body.config else { return Ok(()) };
+        if !is_image_config(config.media_type.as_deref()) {
+            return Ok(());
+        }
+        if !self.configs_done.contains(manifest) {
+            self.store_config(did, hold, manifest, &config, batch).await?;
+            self.configs_done.insert(manifest.to_string());
+        }
+        if self.deep_inspection_max_bytes.is_some() {
+            let key = self.pending.keys().next().map_or(0, |(offset, _)| *offset);
+            for layer in body.layers {
+                if !is_tar_layer(layer.media_type.as_deref()) || self.layers_done.contains(&layer.digest) {
+                    continue;
+                }
+                let queued = self.pending.values().any(
+                    |pending| matches!(&pending.job, Job::InspectLayer { layer: other, .. } if other.digest == layer.digest),
+                );
+                if !queued {
+                    self.add(key, Job::InspectLayer { did: did.to_string(), hold: hold.clone(), layer });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_config(
+        &mut self,
+        did: &str,
+        hold: &HoldRef,
+        manifest: &str,
+        config: &Descriptor,
+        batch: &mut AppendBatch,
+    ) -> Result<(), Failure> {
+        let digest = config.digest.as_str();
+        let stored = |size: usize| EventBody::ContentStored {
+            kind: IMAGE_CONFIG_KIND.into(),
+            digest: digest.to_string(),
+            media_type: config.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.config.v1+json".into()),
+            size: size as u64,
+            subject: manifest.to_string(),
+        };
+        if !is_sha256_digest(digest) {
+            Self::reject(did, IMAGE_CONFIG_KIND, digest, manifest, "not a sha256 digest".into(), Vec::new(), batch);
+            return Ok(());
+        }
+        if let Ok(Some(bytes)) = self.content.get(digest) {
+            batch.events.push(enrichment_event(did, stored(bytes.len())));
+            return Ok(());
+        }
+        if config.size.is_some_and(|size| size > MAX_CONFIG_BYTES as i64) {
+            let reason = format!(
+                "the manifest says it is {} bytes, over the {MAX_CONFIG_BYTES} byte cap",
+                config.size.unwrap_or(0)
+            );
+            Self::reject(did, IMAGE_CONFIG_KIND, digest, manifest, reason, Vec::new(), batch);
+            return Ok(());
+        }
+        let bytes = self.fetch_from_hold(hold, digest, MAX_CONFIG_BYTES).await?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            let reason = format!("the hold's bytes hash to {actual}");
+            Self::reject(did, IMAGE_CONFIG_KIND, digest, manifest, reason, bytes, batch);
+            return Ok(());
+        }
+        if let Err(reason) = ImageConfig::parse(&bytes) {
+            Self::reject(did, IMAGE_CONFIG_KIND, digest, manifest, reason, bytes, batch);
+            return Ok(());
+        }
+        self.content.put(digest, &bytes).map_err(|error| Failure::Retry(format!("storing {digest}: {error}")))?;
+        batch.events.push(enrichment_event(did, stored(bytes.len())));
+        Ok(())
+    }
+
+    /// Reads one layer (at most the deep inspection limit) and stores its file list.
+    async fn inspect_layer(
+        &mut self,
+        did: &str,
+        hold: &HoldRef,
+        layer: &Descriptor,
+        batch: &mut AppendBatch,
+    ) -> Result<(), Failure> {
+        let Some(max) = self.deep_inspection_max_bytes else { return Ok(()) };
+        let digest = layer.digest.as_str();
+        if self.layers_done.contains(digest) {
+            return Ok(());
+        }
+        self.layers_done.insert(digest.to_string());
+        let skip = |reason: String, batch: &mut AppendBatch| {
+            tracing::info!(%did, digest, %reason, "layer not inspected");
+            let body = EventBody::ContentRejected {
+                kind: LAYER_FILES_KIND.into(),
+                digest: String::new(),
+                subject: digest.to_string(),
+                reason,
+            };
+            batch.events.push(enrichment_event(did, body));
+        };
+        if !is_sha256_digest(digest) {
+            skip("not a sha256 digest".into(), batch);
+            return Ok(());
+        }
+        if let Some(size) = layer.size.filter(|size| u64::try_from(*size).map_or(true, |size| size > max)) {
+            skip(format!("layer is {size} bytes, over the deep inspection limit of {max} bytes"), batch);
+            return Ok(());
+        }
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        let bytes = match self.fetch_from_hold(hold, digest, limit).await {
+            Ok(bytes) => bytes,
+            Err(Failure::Final(reason)) if reason.contains("response over") => {
+                skip(format!("layer is over the deep inspection limit of {max} bytes"), batch);
+                return Ok(());
+            }
+            Err(failure) => {
+                self.layers_done.remove(digest);
+                return Err(failure);
+            }
+        };
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            let reason = format!("the hold's bytes hash to {actual}");
+            Self::reject(did, LAYER_FILES_KIND, "", digest, reason, Vec::new(), batch);
+            return Ok(());
+        }
+        let owned_digest = digest.to_string();
+        let expanded = max.saturating_mul(MAX_EXPANSION);
+        let inspected =
+            tokio::task::spawn_blocking(move || crate::layers::inspect_layer(&owned_digest, &bytes, expanded))
+                .await
+                .map_err(|error| Failure::Retry(format!("layer inspection task: {error}")))?;
+        let files = match inspected {
+            Ok(files) => files,
+            Err(reason) => {
+                Self::reject(did, LAYER_FILES_KIND, "", digest, reason, Vec::new(), batch);
+                return Ok(());
+            }
+        };
+        let json =
+            serde_json::to_vec(&files).map_err(|error| Failure::Final(format!("encoding the file list: {error}")))?;
+        let files_digest = sha256_digest(&json);
+        self.content
+            .put(&files_digest, &json)
+            .map_err(|error| Failure::Retry(format!("storing {files_digest}: {error}")))?;
+        batch.events.push(enrichment_event(
+            did,
+            EventBody::ContentStored {
+                kind: LAYER_FILES_KIND.into(),
+                digest: files_digest,
+                media_type: LAYER_FILES_MEDIA_TYPE.into(),
+                size: json.len() as u64,
+                subject: digest.to_string(),
+            },
+        ));
+        Ok(())
     }
 
     async fn check_handle(&self, facts: &atcr_storage::did::DidDocumentFacts) -> Option<HandleCheck> {
@@ -467,6 +902,8 @@ impl<F: Fetcher> Enricher<F> {
                 }
                 Ok(())
             }
+            Job::FetchConfig { did, hold, manifest } => self.describe_manifest(did, hold, manifest, batch).await,
+            Job::InspectLayer { did, hold, layer } => self.inspect_layer(did, hold, layer, batch).await,
             Job::FetchManifest { did, digest, media_type, cid } => {
                 if self.content.contains(digest) {
                     return Ok(());

@@ -20,6 +20,7 @@ pub mod firehose;
 pub mod frame;
 pub mod gate;
 pub mod identity;
+pub mod layers;
 pub mod metrics;
 pub mod policy;
 pub mod process;

@@ -22,6 +22,7 @@
 pub mod browse;
 pub mod digest;
 pub mod holds;
+pub mod layers;
 pub mod overlay;
 pub mod rebuild;
 pub mod runner;
@@ -95,7 +96,7 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning: the views are then rebuilt from offset 0 on start.
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 5;
+pub const REGISTRY_VERSION: u32 = 6;
 
 /// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
 /// for one build's generation can never be mistaken for another build's.

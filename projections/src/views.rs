@@ -255,6 +255,7 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(IDENTITY_FAILURES)?;
     txn.open_table(HANDLE_CHECKS)?;
     crate::holds::open_all(txn)?;
+    crate::layers::open_tables(txn)?;
     Ok(())
 }
 
@@ -429,7 +430,11 @@ pub(crate) fn apply_tracking(
         }
         EventBody::Identity { .. } | EventBody::Resync { .. } => Ok(()),
         // Scan reports, SBOMs, image configs: read by the modules that index them.
-        EventBody::ContentStored { .. } | EventBody::ContentRejected { .. } => Ok(()),
+        EventBody::ContentStored { .. } | EventBody::ContentRejected { .. } => {
+            // Image configs and layer file lists (kinds `image.config`, `layer.files`).
+            crate::layers::apply_content(txn, &event.body)?;
+            Ok(())
+        }
     }
 }
 
@@ -782,6 +787,7 @@ fn put_manifest(
         offset,
     };
     txn.insert(MANIFESTS, manifest_key.as_str(), encode(&row).as_slice())?;
+    crate::layers::note_manifest(txn, did, &manifest.digest, &row)?;
     txn.insert(MANIFEST_RKEYS, key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
     txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
     for (blob, _) in &row.blobs {
@@ -825,6 +831,7 @@ fn remove_manifest_indexes(
         Some(bytes) => decode::<ManifestRow>("manifests", &bytes)?,
         None => return Ok(None),
     };
+    crate::layers::forget_manifest(txn, did, digest, &row)?;
     for (blob, _) in &row.blobs {
         let blob_key = key(&[did, &row.repository, blob]);
         let referencing: Option<Vec<String>> = match txn.get(REPO_BLOBS, blob_key.as_str())? {

@@ -161,6 +161,7 @@ impl LogQuery {
 pub mod audit;
 pub mod browse;
 pub mod holds;
+pub mod layers;
 pub mod live;
 pub mod registry;
 pub mod search;

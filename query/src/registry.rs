@@ -261,6 +261,11 @@ impl RegistryQuery {
         })
     }
 
+    /// The content store (verified bytes: manifests, image configs, layer file lists).
+    pub fn content(&self) -> &Arc<ContentStore> {
+        &self.content
+    }
+
     /// The live views now (load once per answer: a newer build may be swapped in any time).
     pub fn views(&self) -> Arc<Views> {
         self.views.load()

@@ -19,6 +19,7 @@ pub mod data_model;
 pub mod did;
 pub mod error;
 pub mod event;
+pub mod image;
 pub mod json;
 pub mod keys;
 pub mod log;

@@ -67,6 +67,8 @@ const EXPORT_MAX_CHANGES: usize = 100_000;
         crate::ui::history::api_tag_history,
         crate::ui::history::api_record,
         crate::ui::history::api_activity,
+        crate::ui::layers::api_image_layers,
+        crate::ui::layers::api_dedup,
         crate::ui::holds::api_holds,
         crate::ui::holds::api_hold,
         crate::ui::holds::api_repository_stats,

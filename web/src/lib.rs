@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let compressed = Router::new()
         .merge(ui::routes())
         .merge(ui::history::routes())
+        .merge(ui::layers::routes())
         .merge(ui::holds::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -20,6 +20,7 @@ pub mod format;
 pub mod history;
 pub mod holds;
 mod install;
+pub mod layers;
 mod layout;
 pub mod markdown;
 mod search;
@@ -314,7 +315,10 @@ async fn repository_or_manifest_page(
                 (owner.clone(), repository.clone(), reference.clone());
             match read("manifest", move || browse.manifest(&lookup_owner, &lookup_repository, &lookup_reference)).await
             {
-                Ok(Some(page)) => html_response(StatusCode::OK, views::manifest(&page, &context)),
+                Ok(Some(page)) => {
+                    let layers = layers::manifest_section(&state, &owner, &repository, &page.digest, &context).await;
+                    html_response(StatusCode::OK, views::manifest_with(&page, &context, layers))
+                }
                 Ok(None) => not_found_page(&format!("{owner}/{repository} has no tag or manifest {reference}.")),
                 Err(response) => response,
             }

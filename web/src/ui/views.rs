@@ -382,7 +382,13 @@ fn layer_rows(layers: &[LayerEntry]) -> Markup {
     }
 }
 
+#[cfg(test)]
 pub fn manifest(page: &ManifestPage, context: &RenderContext) -> Markup {
+    manifest_with(page, context, None)
+}
+
+/// The manifest page with the layers section (`layers.rs`) after the layer list, when given.
+pub fn manifest_with(page: &ManifestPage, context: &RenderContext, layers: Option<Markup>) -> Markup {
     let owner = owner_name(&page.did, page.handle.as_deref());
     let reference_label = match &page.reference_tag {
         Some(tag) => format!(":{tag}"),
@@ -472,6 +478,7 @@ pub fn manifest(page: &ManifestPage, context: &RenderContext) -> Markup {
                         }
                     }
                 }
+                @if let Some(layers) = layers { (layers) }
                 (annotations_section(&page.annotations))
                 section.section aria-labelledby="referrers-title" {
                     h2 #referrers-title { "Referrers" }
