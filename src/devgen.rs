@@ -57,6 +57,13 @@ pub struct GenArgs {
     /// Threads signing commits (the output does not depend on it) [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// With --into: scan this many image manifests (an `io.atcr.hold.scan` record and an SPDX
+    /// SBOM each; see `devgen_scans.rs`), for the package search benchmark.
+    #[arg(long, default_value_t = 0, requires = "into")]
+    scans: usize,
+    /// Packages per generated SBOM.
+    #[arg(long, default_value_t = 200)]
+    sbom_packages: usize,
 }
 
 /// Events per durable append with `--into`.
@@ -82,7 +89,10 @@ fn generate(config: &Config, args: GenArgs) -> anyhow::Result<()> {
     let generator = Generator::new(gen_config);
     let summary = match &args.out {
         Some(directory) => write_files(generator, directory)?,
-        None => write_into_log(config, generator, args.seed)?,
+        None => {
+            let scans = crate::devgen_scans::ScanPlan::new(args.scans, args.sbom_packages, args.seed);
+            write_into_log_with_scans(config, generator, args.seed, scans)?
+        }
     };
     let seconds = started.elapsed().as_secs_f64();
     let stats = &summary.stats;
@@ -159,7 +169,16 @@ fn write_files(mut generator: Generator, directory: &Path) -> anyhow::Result<Sum
     })
 }
 
-fn write_into_log(config: &Config, mut generator: Generator, seed: u64) -> anyhow::Result<Summary> {
+fn write_into_log(config: &Config, generator: Generator, seed: u64) -> anyhow::Result<Summary> {
+    write_into_log_with_scans(config, generator, seed, crate::devgen_scans::ScanPlan::new(0, 0, seed))
+}
+
+fn write_into_log_with_scans(
+    config: &Config,
+    mut generator: Generator,
+    seed: u64,
+    mut scans: crate::devgen_scans::ScanPlan,
+) -> anyhow::Result<Summary> {
     let log_path = config.log_path();
     let log = EventLog::open(&log_path).with_context(|| format!("cannot open {} for writing", log_path.display()))?;
     let content = ContentStore::open(&config.content_path())?;
@@ -182,6 +201,7 @@ fn write_into_log(config: &Config, mut generator: Generator, seed: u64) -> anyho
         // neither.
         if batch.events.len() > events_before {
             manifests.extend(frame.manifests.into_iter().map(|manifest| (frame.did.clone(), manifest)));
+            scans.note(&batch.events[events_before..]);
         }
         if batch.events.len() >= EVENTS_PER_APPEND {
             let full = std::mem::take(&mut batch);
@@ -196,6 +216,10 @@ fn write_into_log(config: &Config, mut generator: Generator, seed: u64) -> anyho
         }
     }
     append_with_enrichment(&log, &content, &mut enrichment, batch, manifests, newest_time_us)?;
+    let scanned = scans.append(&log, &content, newest_time_us)?;
+    if scanned > 0 {
+        println!("scanned {scanned} images (SBOMs by {})", crate::devgen_scans::GENERATED_SCANNER);
+    }
     anyhow::ensure!(
         counts.quarantined == 0,
         "{} generated frames were quarantined: a generator bug",

@@ -10,6 +10,7 @@ mod bench_webhooks;
 mod config;
 mod demo;
 mod devgen;
+mod devgen_scans;
 mod logcmd;
 mod replay;
 mod serve;

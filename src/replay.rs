@@ -85,6 +85,9 @@ pub fn run(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn open_log(config: &Config) -> anyhow::Result<EventLog> {
+    // Rebuilt views parse scan documents from the content store, as the live ones did.
+    let content = atcr_storage::content::ContentStore::open(&config.content_path())?;
+    atcr_projections::scans::use_content_store(std::sync::Arc::new(content));
     let path = config.log_path();
     EventLog::open_read_only(&path).with_context(|| format!("cannot read the event log at {}", path.display()))
 }

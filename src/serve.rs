@@ -56,6 +56,8 @@ pub async fn start<F: Fetcher>(
         EventLog::open(&log_path).with_context(|| format!("cannot open the event log at {}", log_path.display()))?,
     );
     let store = ProjectionStore::new(config.views_dir());
+    // Scan documents are parsed by the projections from the content store (never the network).
+    atcr_projections::scans::use_content_store(Arc::new(ContentStore::open(&config.content_path())?));
     let (views, build) = open_live_views(&store, config)?;
     let content = Arc::new(ContentStore::open(&config.content_path())?);
     let (writer, writer_task) = LogWriter::start(log.clone());

@@ -34,6 +34,9 @@ use atcr_storage::{AppendBatch, Event, EventBody, EventLog, LogWriter, Quarantin
 use crate::identity::{HandleCheck, IdentityResolver};
 use crate::policy::{PolicyRefused, UrlPolicy};
 
+mod scans;
+pub use scans::{MAX_SCAN_BLOB_BYTES, SBOM_KIND, VULNERABILITIES_KIND};
+
 /// The consumer name its checkpoint is stored under.
 pub const CONSUMER: &str = "enrichment";
 /// Manifests larger than this are not fetched (OCI registries commonly cap at 4 MiB).
@@ -252,6 +255,8 @@ enum Job {
         hold: HoldRef,
         layer: Descriptor,
     },
+    /// A vulnerability report or SBOM named by an `io.atcr.hold.scan` record.
+    FetchScanBlob(scans::ScanBlobJob),
 }
 
 /// Where a manifest's blobs live: its hold's DID, or a legacy endpoint.
@@ -319,6 +324,8 @@ pub struct Enricher<F: Fetcher> {
     handle_checks: HashMap<String, (String, bool)>,
     /// DIDs whose handle check just failed on a lookup, to be checked again.
     recheck: Vec<String>,
+    /// Scan documents larger than this are refused (quarantined with the reason).
+    scan_blob_max_bytes: usize,
     /// How blobs of the holds atcr serves itself are located (as the pull path does).
     hold_backends: HashMap<String, BlobBackend>,
     /// Deep inspection: layers up to this many bytes are read; `None`: off.
@@ -351,6 +358,7 @@ impl<F: Fetcher> Enricher<F> {
             identities: None,
             handle_checks: HashMap::new(),
             recheck: Vec::new(),
+            scan_blob_max_bytes: scans::MAX_SCAN_BLOB_BYTES,
             hold_backends: HashMap::new(),
             deep_inspection_max_bytes: None,
             configs_done: HashSet::new(),
@@ -369,6 +377,12 @@ impl<F: Fetcher> Enricher<F> {
     /// skipped with a `ContentRejected` saying so.
     pub fn with_deep_inspection(mut self, max_bytes: Option<u64>) -> Self {
         self.deep_inspection_max_bytes = max_bytes.filter(|max| *max > 0);
+        self
+    }
+
+    /// Caps the size of a scan's vulnerability report or SBOM (default [`MAX_SCAN_BLOB_BYTES`]).
+    pub fn with_scan_blob_limit(mut self, max_bytes: usize) -> Self {
+        self.scan_blob_max_bytes = max_bytes;
         self
     }
 
@@ -430,9 +444,15 @@ impl<F: Fetcher> Enricher<F> {
     /// Decides what an event asks for.
     fn plan(&mut self, offset: u64, event: &Event) {
         match &event.body {
-            EventBody::RecordPut { collection, record, .. } if collection.starts_with("io.atcr.") => {
+            EventBody::RecordPut { collection, record, rkey, .. } if collection.starts_with("io.atcr.") => {
                 if self.needs_resolving(&event.did) {
                     self.add(offset, Job::Resolve { did: event.did.clone() });
+                }
+                if collection == records::HOLD_SCAN {
+                    for job in scans::jobs_for(&event.did, rkey, record) {
+                        self.add(offset, Job::FetchScanBlob(job));
+                    }
+                    return;
                 }
                 if collection != records::MANIFEST {
                     return;
@@ -552,6 +572,10 @@ impl<F: Fetcher> Enricher<F> {
     /// Records that a DID cannot be resolved, so pages can say so (a hold "unreachable").
     /// Also records a config or layer that could not be fetched, so pages say why.
     fn give_up(&mut self, job: &Job, reason: String, batch: &mut AppendBatch) {
+        if let Job::FetchScanBlob(scan) = job {
+            Self::reject_scan_blob(&scan.hold_did, scan.kind, "", &scan.subject, reason, Vec::new(), batch);
+            return;
+        }
         match job {
             Job::Resolve { did } => {
                 if self.unresolvable.insert(did.clone()) {
@@ -578,7 +602,7 @@ impl<F: Fetcher> Enricher<F> {
                 };
                 batch.events.push(enrichment_event(did, body));
             }
-            Job::CheckHandle { .. } | Job::FetchManifest { .. } => {}
+            Job::CheckHandle { .. } | Job::FetchManifest { .. } | Job::FetchScanBlob(_) => {}
         }
     }
 
@@ -904,6 +928,7 @@ impl<F: Fetcher> Enricher<F> {
             }
             Job::FetchConfig { did, hold, manifest } => self.describe_manifest(did, hold, manifest, batch).await,
             Job::InspectLayer { did, hold, layer } => self.inspect_layer(did, hold, layer, batch).await,
+            Job::FetchScanBlob(job) => self.fetch_scan_blob(job, batch).await,
             Job::FetchManifest { did, digest, media_type, cid } => {
                 if self.content.contains(digest) {
                     return Ok(());

@@ -151,6 +151,7 @@ fn generate(count: usize) -> (Vec<SearchDoc>, Vec<String>) {
             stars: (rng.random::<f64>().powi(6) * 5000.0) as u64,
             size: rng.random_range(1_000_000..5_000_000_000),
             manifests: rng.random_range(1..50),
+            vulnerabilities: Vec::new(),
         });
     }
     (docs, words)

@@ -41,6 +41,8 @@ pub struct SearchDoc {
     pub size: u64,
     /// Live manifests (images, indexes and artifacts).
     pub manifests: u64,
+    /// Scan facts of the tagged images: `scanned`, `critical`, `fixable` (`scans.rs`).
+    pub vulnerabilities: Vec<String>,
 }
 
 /// The OCI annotation keys whose values the search index matches besides the description.
@@ -330,6 +332,7 @@ impl Views {
             .or_else(|| facts.annotations.get(DESCRIPTION_ANNOTATION).and_then(|text| summary_line(text)));
         let annotations =
             SEARCHABLE_ANNOTATIONS.iter().filter_map(|name| facts.annotations.get(*name).cloned()).collect();
+        let vulnerabilities = self.repository_scan_status(did, repository)?.tokens();
         Ok(Some(SearchDoc {
             did: did.to_string(),
             handle,
@@ -343,6 +346,7 @@ impl Views {
             last_push: row.last_push,
             stars,
             size: facts.size,
+            vulnerabilities,
             manifests: manifests.len() as u64,
         }))
     }

@@ -26,6 +26,7 @@ pub mod layers;
 pub mod overlay;
 pub mod rebuild;
 pub mod runner;
+pub mod scans;
 pub mod search;
 pub mod snapshot;
 pub mod store;
@@ -96,7 +97,7 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning: the views are then rebuilt from offset 0 on start.
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 6;
+pub const REGISTRY_VERSION: u32 = 7;
 
 /// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
 /// for one build's generation can never be mistaken for another build's.

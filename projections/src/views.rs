@@ -254,8 +254,9 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
     txn.open_table(REPOS_BY_FIRST)?;
     txn.open_table(IDENTITY_FAILURES)?;
     txn.open_table(HANDLE_CHECKS)?;
-    crate::holds::open_all(txn)?;
     crate::layers::open_tables(txn)?;
+    crate::holds::open_all(txn)?;
+    crate::scans::open_all(txn)?;
     Ok(())
 }
 
@@ -270,6 +271,7 @@ pub(crate) fn apply_tracking(
 ) -> Result<(), ProjectionError> {
     // Before the views change: a manifest delete needs the row they are about to remove.
     crate::holds::apply(txn, offset, event)?;
+    crate::scans::apply(txn, offset, event, touched)?;
     note_first_seen(txn, event)?;
     match &event.body {
         EventBody::RecordPut { collection, rkey, record, action, cid } => {

@@ -88,6 +88,8 @@ pub struct TagSummary {
     /// Bytes of the image (config + layers), or of all platforms for an index.
     pub size: Option<u64>,
     pub updated_at: Option<String>,
+    /// The image's vulnerability scan, when a hold published one.
+    pub scan: Option<crate::scans::ScanSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -308,6 +310,7 @@ impl Browse {
                     platforms,
                     size: manifest.map(|manifest| total_size(manifest, &by_digest)),
                     updated_at: tag.pushed_at.clone().or_else(|| tag.updated_at.clone()),
+                    scan: crate::scans::scan_summary(&views, &did, &tag.digest).ok().flatten(),
                 }
             })
             .collect();

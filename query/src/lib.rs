@@ -164,6 +164,7 @@ pub mod holds;
 pub mod layers;
 pub mod live;
 pub mod registry;
+pub mod scans;
 pub mod search;
 pub use atcr_storage::blobs::BlobMethod;
 pub use registry::{BlobLocation, BlobServe, Manifest, RegistryError, RegistryQuery, RepositoryRef};

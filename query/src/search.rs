@@ -124,6 +124,13 @@ const HELP: &[SyntaxHelp] = &[
         example: "size:<100MB",
     },
     SyntaxHelp { syntax: "is:multiarch", meaning: "images for more than one platform", example: "is:multiarch" },
+    SyntaxHelp { syntax: "is:scanned", meaning: "a tagged image has a vulnerability scan", example: "is:scanned" },
+    SyntaxHelp {
+        syntax: "is:no-critical",
+        meaning: "scanned, and no tagged image has a critical vulnerability",
+        example: "is:no-critical",
+    },
+    SyntaxHelp { syntax: "is:fixable", meaning: "a tagged image has a vulnerability with a fix", example: "is:fixable" },
     SyntaxHelp { syntax: "sort:", meaning: "relevance, recent, stars, size or name", example: "sort:stars" },
     SyntaxHelp { syntax: "-key:value", meaning: "leave out what a filter matches", example: "-arch:amd64" },
 ];
@@ -339,7 +346,15 @@ fn add_filter(parsed: &mut ParsedQuery, key: Key, name: &str, value: &str, negat
         },
         Key::Is => match value.to_ascii_lowercase().as_str() {
             "multiarch" | "multi-arch" | "multiplatform" | "multi-platform" => SearchFilter::MultiArch,
-            other => return parsed.error(raw, format!("is:{other} is not known; try is:multiarch")),
+            "scanned" => SearchFilter::Scanned,
+            "no-critical" | "nocritical" | "no_critical" => SearchFilter::NoCritical,
+            "fixable" | "has-fixable" => SearchFilter::Fixable,
+            other => {
+                return parsed.error(
+                    raw,
+                    format!("is:{other} is not known; try is:multiarch, is:scanned, is:no-critical or is:fixable"),
+                );
+            }
         },
         Key::Sort => {
             match value.parse::<SearchSort>() {

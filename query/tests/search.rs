@@ -128,6 +128,7 @@ fn fixture() -> Vec<SearchDoc> {
                 stars: ((mix * 13) % 200) as u64,
                 size: ((mix * 7_919_777) % 1_000_000_000) as u64 + 1_000,
                 manifests: (mix % 9) as u64 + 1,
+                vulnerabilities: Vec::new(),
             });
         }
     }

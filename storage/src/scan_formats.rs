@@ -342,7 +342,16 @@ pub fn parse_spdx(bytes: &[u8]) -> Result<Sbom, ScanFormatError> {
         return Err(ScanFormatError::NotSpdx(format!("{} packages, more than {MAX_ENTRIES}", packages.len())));
     }
     // The package the document describes (the image itself) is not one of its contents.
-    let described: Vec<String> = strings(document.get("documentDescribes"));
+    // (`documentDescribes`, or a `DESCRIBES` relationship of the document, as Syft writes it.)
+    let mut described: Vec<String> = strings(document.get("documentDescribes"));
+    if let Some(Value::Array(relationships)) = document.get("relationships") {
+        described.extend(relationships.iter().filter_map(|relationship| {
+            (text(relationship, "relationshipType").as_deref() == Some("DESCRIBES")
+                && text(relationship, "spdxElementId").as_deref() == Some("SPDXRef-DOCUMENT"))
+            .then(|| text(relationship, "relatedSpdxElement"))
+            .flatten()
+        }));
+    }
     let mut out = Vec::with_capacity(packages.len());
     for (index, package) in packages.iter().enumerate() {
         let Value::Object(_) = package else {
@@ -466,7 +475,8 @@ mod tests {
 
     #[test]
     fn spdx_packages_keep_licenses_and_purls() {
-        let document = r#"{"spdxVersion": "SPDX-2.3", "name": "img", "documentDescribes": ["SPDXRef-root"],
+        let document = r#"{"spdxVersion": "SPDX-2.3", "name": "img",
+          "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT", "relatedSpdxElement": "SPDXRef-root", "relationshipType": "DESCRIBES"}],
           "creationInfo": {"created": "2026-01-01T00:00:00Z", "creators": ["Tool: syft-1.0.0"]},
           "packages": [
             {"SPDXID": "SPDXRef-root", "name": "img"},

@@ -117,7 +117,9 @@ pub fn routes() -> Router<AppState> {
 
 /// The OpenAPI document as JSON.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut document = ApiDoc::openapi();
+    document.merge(crate::ui::scans::ScansApiDoc::openapi());
+    document
 }
 
 /// `GET /api/openapi.json`: this API's OpenAPI 3.1 document.

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let compressed = Router::new()
         .merge(ui::routes())
         .merge(ui::history::routes())
+        .merge(ui::scans::routes())
         .merge(ui::layers::routes())
         .merge(ui::holds::routes())
         .route("/healthz", get(healthz))
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), ui::history::repository_history_layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ui::scans::repository_scans_layer))
         .layer(axum::middleware::from_fn(api::etag_layer))
         .layer(CompressionLayer::new());
     Router::new()

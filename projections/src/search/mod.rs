@@ -165,6 +165,12 @@ pub enum SearchFilter {
     },
     /// More than one platform.
     MultiArch,
+    /// A tagged image has a vulnerability scan.
+    Scanned,
+    /// Scanned, and no tagged image has a critical finding.
+    NoCritical,
+    /// A tagged image has a finding with a fix.
+    Fixable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

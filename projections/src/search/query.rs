@@ -240,6 +240,12 @@ impl QueryBuilder<'_> {
             SearchFilter::Stars { min, max } => u64_range(fields.stars, *min, *max),
             SearchFilter::Size { min, max } => u64_range(fields.size, *min, *max),
             SearchFilter::MultiArch => u64_range(fields.platform_count, Some(2), None),
+            SearchFilter::Scanned => term(fields.vuln, "scanned"),
+            SearchFilter::Fixable => term(fields.vuln, "fixable"),
+            SearchFilter::NoCritical => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, term(fields.vuln, "scanned")),
+                (Occur::MustNot, term(fields.vuln, "critical")),
+            ])),
         }
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct Fields {
     pub manifests: Field,
     /// `repository \0 handle-or-did \0 did`, lowercased: the name order, unique per document.
     pub sort_name: Field,
+    /// Scan facts: `scanned`, `critical`, `fixable`, indexed only.
+    pub vuln: Field,
 }
 
 pub(crate) const STARS: &str = "stars";
@@ -113,6 +115,7 @@ impl Fields {
             size: field(SIZE)?,
             manifests: field("manifests")?,
             sort_name: field(SORT_NAME)?,
+            vuln: field("vuln")?,
         })
     }
 }
@@ -156,6 +159,7 @@ pub(crate) fn schema() -> Schema {
     builder.add_u64_field(SIZE, INDEXED | FAST | STORED);
     builder.add_u64_field("manifests", STORED);
     builder.add_text_field(SORT_NAME, FAST);
+    builder.add_text_field("vuln", STRING);
     builder.build()
 }
 
@@ -295,6 +299,9 @@ pub(crate) fn to_document(fields: &Fields, doc: &SearchDoc) -> TantivyDocument {
     out.add_u64(fields.size, doc.size);
     out.add_u64(fields.manifests, doc.manifests);
     out.add_text(fields.sort_name, sort_name(doc));
+    for token in &doc.vulnerabilities {
+        out.add_text(fields.vuln, token);
+    }
     out
 }
 

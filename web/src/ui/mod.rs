@@ -19,10 +19,11 @@ pub mod feeds;
 pub mod format;
 pub mod history;
 pub mod holds;
-mod install;
 pub mod layers;
+mod install;
 mod layout;
 pub mod markdown;
+pub mod scans;
 mod search;
 mod status;
 mod views;
@@ -317,6 +318,7 @@ async fn repository_or_manifest_page(
             {
                 Ok(Some(page)) => {
                     let layers = layers::manifest_section(&state, &owner, &repository, &page.digest, &context).await;
+                    let layers = scans::with_security_section(&state, &page, &owner, &reference, layers).await;
                     html_response(StatusCode::OK, views::manifest_with(&page, &context, layers))
                 }
                 Ok(None) => not_found_page(&format!("{owner}/{repository} has no tag or manifest {reference}.")),

@@ -232,6 +232,7 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
                     th scope="col" class="num" { "Size" }
                     th.hide-sm scope="col" { "Digest" }
                     th.hide-sm scope="col" { "Updated" }
+                    th scope="col" { "Vulnerabilities" }
                 } }
                 tbody {
                     @for tag in &page.tags {
@@ -241,6 +242,7 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
                             td.num { (tag.size.map(human_size).unwrap_or_default()) }
                             td.hide-sm { a.mono href=(manifest_url(owner, &page.repository, &tag.digest)) title=(tag.digest) { (short_digest(&tag.digest)) } }
                             td.nowrap.hide-sm { @if let Some(at) = &tag.updated_at { (time_element(at, context.now)) } }
+                            td { (super::scans::severity_badges(tag.scan.as_ref(), &super::scans::vulnerabilities_url(owner, &page.repository, &tag.name))) }
                         }
                     }
                 }
@@ -661,6 +663,7 @@ pub(crate) mod samples {
                     multi_arch: true,
                     size: Some(24_000_000),
                     updated_at: Some("2025-03-01T10:00:00Z".into()),
+                    scan: None,
                 },
                 TagSummary {
                     name: "latest".into(),
@@ -670,6 +673,7 @@ pub(crate) mod samples {
                     multi_arch: true,
                     size: Some(24_000_000),
                     updated_at: Some("2025-03-01T10:00:00Z".into()),
+                    scan: None,
                 },
             ],
             stars: 2,
