@@ -267,7 +267,7 @@ fn vulnerabilities_page(list: &VulnerabilityList, params: &FilterParams, context
     let reference = image_reference(image);
     let selected: Vec<&str> = params.severity.split(',').map(str::trim).collect();
     let body = html! {
-        div.container {
+        div.container.scan-page {
             (crumbs(image, "Vulnerabilities"))
             h1 { "Vulnerabilities of " span.mono { (image.repository) @if let Some(tag) = &image.tag { ":" (tag) } } }
             @match &list.scan {
@@ -309,7 +309,7 @@ fn packages_page(list: &PackageList, context: &RenderContext) -> Markup {
     let image = &list.image;
     let reference = image_reference(image);
     let body = html! {
-        div.container {
+        div.container.scan-page {
             (crumbs(image, "Packages"))
             h1 { "Packages of " span.mono { (image.repository) @if let Some(tag) = &image.tag { ":" (tag) } } }
             @match &list.scan {
@@ -349,7 +349,7 @@ fn compare_page(comparison: &Comparison, context: &RenderContext) -> Markup {
     let label = |image: &ImageRef| image.tag.clone().unwrap_or_else(|| short_digest(&image.digest));
     let _ = context;
     let body = html! {
-        div.container {
+        div.container.scan-page {
             nav.crumbs aria-label="Breadcrumb" {
                 a href=(user_url(&base.owner)) { (base.owner) } " / "
                 a href=(repository_url(&base.owner, &base.repository)) { (base.repository) } " / "
@@ -396,7 +396,7 @@ fn compare_page(comparison: &Comparison, context: &RenderContext) -> Markup {
 
 fn package_search_page(params: &PackageSearchParams, results: Option<&PackageSearchPage>) -> Markup {
     let body = html! {
-        div.container {
+        div.container.scan-page {
             h1 { "Package search" }
             p.muted { "Which images contain a package: the name as the SBOM writes it, and a version prefix (" code { "3.0" } " matches 3.0.7 and 3.0.8)." }
             form.filters method="get" action="/packages" role="search" {
