@@ -173,18 +173,20 @@ pub fn section(layers: &ImageLayers, context: &RenderContext) -> Markup {
 fn layer_block(layer: &LayerDetail) -> Markup {
     let count = |change: &str| layer.changes.iter().filter(|entry| entry.change == change).count();
     html! {
-        details.layer id=(format!("layer-{}", layer.index + 1)) {
+        // Small change lists start open, so the page shows them without a click.
+        details.layer id=(format!("layer-{}", layer.index + 1)) open[layer.inspection.status == "stored" && layer.changes.len() <= 40] {
             summary {
                 "Layer " (layer.index + 1) " · " code title=(layer.digest) { (short_digest(&layer.digest)) }
                 " · " (layer.size.map(human_size).unwrap_or_else(|| "size unknown".into()))
                 @if let Some(ratio_value) = layer.compression_ratio { " · compression " (ratio(ratio_value)) }
                 @if layer.used_by_manifests > 1 { " · " span.badge { "shared by " (layer.used_by_manifests) " images" } }
+                @if layer.inspection.status == "rejected" { " · " span.badge.warn { "not inspected" } }
             }
             dl.facts.wide {
                 dt { "Digest" } dd { (digest_with_copy(&layer.digest)) }
                 @if let Some(media_type) = &layer.media_type { dt { "Media type" } dd { code.break { (media_type) } } }
                 @if let Some(step) = &layer.created_by { dt { "Created by" } dd { code.break { (step) } } }
-                dt { "Used by" } dd { (layer.used_by_manifests) " images in " (layer.used_by_repositories) " repositories" }
+                dt { "Used by" } dd { (plural(layer.used_by_manifests, "image", "images")) " in " (plural(layer.used_by_repositories, "repository", "repositories")) }
                 dt { "Files" } dd { (status_text(&layer.inspection.status, layer.inspection.reason.as_deref())) }
                 @if let (Some(uncompressed), Some(compression)) = (layer.uncompressed_size, &layer.compression) {
                     dt { "Uncompressed" } dd { (human_size(uncompressed)) " (" (compression) ")" }
@@ -223,6 +225,10 @@ fn layer_block(layer: &LayerDetail) -> Markup {
             }
         }
     }
+}
+
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 /// `["sh", "-c", "x y"]` → `sh -c "x y"` (for reading, not for pasting into a shell).
