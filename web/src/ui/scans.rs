@@ -682,6 +682,7 @@ async fn scan_blocking<T: Send + 'static>(
     ),
     responses(
         (status = 200, description = "The image and its scan (`scan` null: not scanned)", body = ScanAnswer),
+        (status = 400, description = "A path or parameter that does not parse", body = ErrorBody),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 503, description = "Browsing is not configured", body = ErrorBody),
     ))]
@@ -722,7 +723,7 @@ pub struct VulnerabilityParams {
     ),
     responses(
         (status = 200, description = "The scan and its findings, most severe first", body = VulnerabilityList),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 400, description = "A path or parameter that does not parse", body = ErrorBody),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 503, description = "Browsing is not configured", body = ErrorBody),
     ))]
@@ -755,6 +756,7 @@ async fn api_vulnerabilities(
     ),
     responses(
         (status = 200, description = "The packages and a license summary", body = PackageList),
+        (status = 400, description = "A path or parameter that does not parse", body = ErrorBody),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 503, description = "Browsing is not configured", body = ErrorBody),
     ))]
@@ -780,6 +782,7 @@ async fn api_packages(
     ),
     responses(
         (status = 200, description = "Findings added, fixed, unchanged; packages added, removed, upgraded", body = Comparison),
+        (status = 400, description = "A path or parameter that does not parse", body = ErrorBody),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 503, description = "Browsing is not configured", body = ErrorBody),
     ))]
