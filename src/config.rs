@@ -57,6 +57,9 @@ pub struct Config {
     /// bytes through their hold and keeps each one's file list; larger layers are skipped with
     /// a reason. Off when unset or 0.
     pub deep_inspection_max_bytes: Option<u64>,
+    /// The largest scan vulnerability report or SBOM enrichment fetches (default 16 MiB); a
+    /// larger one is quarantined with the reason.
+    pub scan_blob_max_bytes: Option<u64>,
 }
 
 /// `[webhook_delivery]`: milliseconds, so a test can shorten the backoff.
@@ -167,6 +170,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             webhook_delivery: WebhookDeliveryConfig::default(),
             deep_inspection_max_bytes: None,
+            scan_blob_max_bytes: None,
         }
     }
 }
@@ -262,6 +266,10 @@ pub struct IngestFlags {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deep_inspection_max_bytes: Option<u64>,
+    /// The largest scan report or SBOM to fetch (default 16 MiB) [env: ATCR_SCAN_BLOB_MAX_BYTES].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_blob_max_bytes: Option<u64>,
 }
 
 fn parse_local_hold(text: &str) -> Result<(String, PathBuf), String> {

@@ -169,6 +169,8 @@ fn write_files(mut generator: Generator, directory: &Path) -> anyhow::Result<Sum
     })
 }
 
+/// The world alone, no scans (the unit test's shorthand).
+#[cfg(test)]
 fn write_into_log(config: &Config, generator: Generator, seed: u64) -> anyhow::Result<Summary> {
     write_into_log_with_scans(config, generator, seed, crate::devgen_scans::ScanPlan::new(0, 0, seed))
 }

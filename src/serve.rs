@@ -136,7 +136,13 @@ pub async fn start<F: Fetcher>(
     let mut enricher = Enricher::new(log.clone(), writer.clone(), content, fetcher)
         .with_local_holds(local_hold_dids)
         .with_hold_backends(hold_backends)
-        .with_deep_inspection(config.deep_inspection_max_bytes);
+        .with_deep_inspection(config.deep_inspection_max_bytes)
+        .with_scan_blob_limit(
+            config
+                .scan_blob_max_bytes
+                .and_then(|bytes| usize::try_from(bytes).ok())
+                .unwrap_or(atcr_ingest::enrich::MAX_SCAN_BLOB_BYTES),
+        );
     if let Some(identities) = upstream.as_ref().and_then(|firehose| firehose.identities.clone()) {
         enricher = enricher.with_handle_checks(identities);
     }
