@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use atcr_ingest::policy::UrlPolicy;
@@ -30,19 +30,47 @@ pub struct WebhooksBenchArgs {
     /// For this long.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Each subscription's `batch_max` (up to this many waiting events per request); default:
+    /// one event per request.
+    #[arg(long)]
+    batch_max: Option<u32>,
 }
 
 #[derive(Default)]
 struct Received {
     latencies_us: Mutex<Vec<u64>>,
+    requests: std::sync::atomic::AtomicU64,
 }
 
-async fn hook(State(received): State<Arc<Received>>, body: Bytes) -> StatusCode {
+/// The receiver reads only what it measures (serde skips the rest of the body).
+#[derive(serde::Deserialize)]
+struct Stamp {
+    received_at_us: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct Delivery {
+    event: Stamp,
+}
+
+#[derive(serde::Deserialize)]
+struct Batch {
+    deliveries: Vec<Delivery>,
+}
+
+async fn hook(State(received): State<Arc<Received>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let now = now_micros();
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else { return StatusCode::BAD_REQUEST };
-    let Some(sent) = body["event"]["received_at_us"].as_i64() else { return StatusCode::BAD_REQUEST };
-    let latency = u64::try_from(now - sent).unwrap_or(0);
-    received.latencies_us.lock().map(|mut latencies| latencies.push(latency)).ok();
+    let sent: Vec<i64> = if headers.contains_key(webhooks::BATCH_HEADER) {
+        let Ok(batch) = serde_json::from_slice::<Batch>(&body) else { return StatusCode::BAD_REQUEST };
+        batch.deliveries.iter().map(|delivery| delivery.event.received_at_us).collect()
+    } else {
+        let Ok(delivery) = serde_json::from_slice::<Delivery>(&body) else { return StatusCode::BAD_REQUEST };
+        vec![delivery.event.received_at_us]
+    };
+    received.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut latencies) = received.latencies_us.lock() {
+        latencies.extend(sent.into_iter().map(|sent| u64::try_from(now - sent).unwrap_or(0)));
+    }
     StatusCode::OK
 }
 
@@ -120,6 +148,7 @@ pub async fn bench_webhooks(args: WebhooksBenchArgs) -> anyhow::Result<()> {
             did: None,
             repository: None,
             from_beginning: true,
+            batch_max: args.batch_max,
         })
         .collect();
     let sender = Sender::new(UrlPolicy { allow_loopback: true }, DeliveryConfig::default())?;
@@ -155,6 +184,7 @@ pub async fn bench_webhooks(args: WebhooksBenchArgs) -> anyhow::Result<()> {
         Ok(started.elapsed())
     });
     let append_time = appender.await??;
+    let appended_at = Instant::now();
 
     let expected = total as usize * args.subscriptions;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -165,6 +195,7 @@ pub async fn bench_webhooks(args: WebhooksBenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let drained_after = appended_at.elapsed();
     shutdown.cancel();
     pipeline.await.context("webhook pipeline task")??;
     server.abort();
@@ -177,6 +208,12 @@ pub async fn bench_webhooks(args: WebhooksBenchArgs) -> anyhow::Result<()> {
         append_time.as_secs_f64(),
         total as f64 / append_time.as_secs_f64(),
         latencies.len()
+    );
+    println!(
+        "{} requests ({:.1} events per request); last delivery {:.2} s after the last append",
+        received.requests.load(std::sync::atomic::Ordering::Relaxed),
+        latencies.len() as f64 / received.requests.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64,
+        drained_after.as_secs_f64()
     );
     println!(
         "latency from append to receipt: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

@@ -54,6 +54,10 @@ enum WebhooksCommand {
         /// Deliver the whole history first, not only events from now on.
         #[arg(long)]
         from_beginning: bool,
+        /// Send up to this many waiting events per request (1-1000; the body is then
+        /// `{"subscription", "deliveries": [{"id", "event"}, …]}`). Default: one event per request.
+        #[arg(long)]
+        batch_max: Option<u32>,
     },
     /// List subscriptions (config file and CLI), without secrets.
     List,
@@ -86,11 +90,13 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
     let policy = policy(config, args.dev_allow_loopback);
     let file = SubscriptionFile::new(&config.data_dir);
     match args.command {
-        WebhooksCommand::Add { id, url, secret, events, did, repository, from_beginning } => {
+        WebhooksCommand::Add { id, url, secret, events, did, repository, from_beginning, batch_max } => {
             if config.webhooks.iter().any(|subscription| subscription.id == id) {
                 anyhow::bail!("the config file already has a webhook {id:?}");
             }
-            file.add(Subscription { id: id.clone(), url, secret, events, did, repository, from_beginning }, &policy)?;
+            let subscription =
+                Subscription { id: id.clone(), url, secret, events, did, repository, from_beginning, batch_max };
+            file.add(subscription, &policy)?;
             println!("added webhook {id}");
         }
         WebhooksCommand::List => {
@@ -105,6 +111,7 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
                         "did": subscription.did,
                         "repository": subscription.repository,
                         "from_beginning": subscription.from_beginning,
+                        "batch_max": subscription.batch_max,
                     })
                 })
                 .collect();

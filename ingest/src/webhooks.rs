@@ -5,7 +5,8 @@
 //! network-facing log consumer (like enrichment), and nothing it does feeds back into the log or
 //! the projections.
 //!
-//! Two stages, both resumable from `<data_dir>/webhooks.redb` (owned by this module):
+//! Two stages, both resumable from `<data_dir>/webhooks.redb` ([`WebhookStore`], kept by
+//! `atcr_storage::webhooks`; this module decides what goes into it):
 //! 1. The **classifier** reads the log in order and turns record events into webhook events with
 //!    the pure function [`classify`]. Telling `tag.moved` from `tag.created` (and naming what a
 //!    tag delete removed) needs each tag's previous target; the classifier keeps that small state
@@ -33,13 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use atcr_storage::records::{self, ManifestRecord, StarRecord, TagRecord};
+pub use atcr_storage::webhooks::{DeliveryRecord, OutboxEntry, Progress, TagTarget, WebhookEvent, WebhookStore};
 use atcr_storage::{EventBody, EventLog, PutAction, StoredEvent};
 
 use crate::policy::{PolicyRefused, UrlPolicy};
@@ -52,21 +53,16 @@ pub const SIGNATURE_HEADER: &str = "X-Atcr-Signature";
 /// The delivery id header (also the body's `id`): `<subscription>-<log offset>`.
 pub const DELIVERY_HEADER: &str = "X-Atcr-Delivery";
 pub const EVENT_HEADER: &str = "X-Atcr-Event";
-
-const OUTBOX: TableDefinition<u64, &str> = TableDefinition::new("outbox");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
-const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
-const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
-/// `<subscription>\0<offset, 20 digits>` → [`DeliveryRecord`] JSON.
-const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
-const CLASSIFIED: &str = "classified";
+/// Batched subscriptions: how many events the request carries.
+pub const BATCH_HEADER: &str = "X-Atcr-Batch-Size";
+/// The largest `batch_max`.
+pub const MAX_BATCH: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("webhook store: {0}")]
     Store(String),
-    #[error("event log: {0}")]
+    #[error("storage: {0}")]
     Log(#[from] atcr_storage::StorageError),
     #[error("invalid subscription: {0}")]
     Invalid(String),
@@ -96,6 +92,12 @@ pub struct Subscription {
     /// A new subscription starts with the whole history instead of events from now on.
     #[serde(default)]
     pub from_beginning: bool,
+    /// Up to this many events per request, taken from what is already waiting (a subscription
+    /// that keeps up still gets one event per request): the body is then
+    /// `{"subscription", "deliveries": [{"id", "event"}, …]}`, always, even for one event.
+    /// `None` (the default): one event per request, `{"id", "subscription", "event"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max: Option<u32>,
 }
 
 impl Subscription {
@@ -109,6 +111,11 @@ impl Subscription {
         }
         if self.secret.is_empty() {
             return Err(WebhookError::Invalid(format!("{}: empty secret", self.id)));
+        }
+        if let Some(batch_max) = self.batch_max
+            && !(1..=MAX_BATCH).contains(&batch_max)
+        {
+            return Err(WebhookError::Invalid(format!("{}: batch_max {batch_max}: use 1-{MAX_BATCH}", self.id)));
         }
         if let Some(unknown) = self.events.iter().find(|event| !EVENT_TYPES.contains(&event.as_str())) {
             return Err(WebhookError::Invalid(format!(
@@ -133,37 +140,6 @@ impl Subscription {
         }
         self.repository.as_ref().is_none_or(|repository| *repository == event.repository)
     }
-}
-
-/// What a webhook tells: one registry event, derived from one log event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookEvent {
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The log offset of the event it came from.
-    pub offset: u64,
-    /// The repository owner.
-    pub did: String,
-    /// The owner's handle, when a verified one was known at that point of the log.
-    pub handle: Option<String>,
-    pub repository: String,
-    pub tag: Option<String>,
-    /// The manifest pushed, or the tag's target (for `tag.deleted`: the target it had).
-    pub digest: Option<String>,
-    /// `tag.moved`: the target before the move.
-    pub previous_digest: Option<String>,
-    /// Who did it (the starrer for `repo.starred`, else the owner).
-    pub actor: String,
-    /// When atcr received the event (RFC 3339 is left to the receiver: microseconds since epoch).
-    pub received_at_us: i64,
-}
-
-/// A tag's target as the classifier last saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagTarget {
-    pub repository: String,
-    pub tag: String,
-    pub digest: String,
 }
 
 /// What one log event means for webhooks, and how the classifier state changes.
@@ -266,13 +242,27 @@ pub fn classify(stored: &StoredEvent, previous_tag: Option<&TagTarget>, handle: 
 
 /// `sha256=<hex>` of HMAC-SHA256(`body`, key `secret`).
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("hmac accepts keys of any length"),
-    };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    SigningKey::new(secret).sign(body)
+}
+
+/// A subscription's HMAC key, prepared once (the key schedule is not redone per delivery).
+#[derive(Clone)]
+pub struct SigningKey(Hmac<Sha256>);
+
+impl SigningKey {
+    pub fn new(secret: &str) -> Self {
+        match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+            Ok(mac) => SigningKey(mac),
+            Err(_) => unreachable!("hmac accepts keys of any length"),
+        }
+    }
+
+    /// `sha256=<hex>`, as [`signature`].
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.0.clone();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
 }
 
 /// Checks a signature header as a receiver would (constant-time comparison).
@@ -315,229 +305,6 @@ impl DeliveryConfig {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
         self.backoff_base.saturating_mul(factor).min(self.backoff_max)
-    }
-}
-
-/// How a delivery ended, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliveryRecord {
-    pub delivery_id: String,
-    pub offset: u64,
-    pub event_type: String,
-    /// `delivered` or `dead`.
-    pub status: String,
-    pub attempts: u32,
-    /// The last attempt's HTTP status, when there was a response.
-    pub response_code: Option<u16>,
-    /// The last attempt's latency.
-    pub latency_ms: u64,
-    /// From the event's arrival in the log to the end of the delivery.
-    pub end_to_end_ms: u64,
-    /// Why the last attempt failed.
-    pub error: Option<String>,
-    /// Unix milliseconds.
-    pub finished_at_ms: u64,
-}
-
-/// The classifier's state in memory: tag targets by `did\0rkey`, verified handles by DID.
-type ClassifierState = (HashMap<String, TagTarget>, HashMap<String, String>);
-
-/// The module's own state: outbox, classifier state, checkpoints, delivery history.
-pub struct WebhookStore {
-    db: Database,
-    /// The outbox's next key (the classifier's log offset), published after each commit.
-    outbox_head: watch::Sender<u64>,
-    /// When the classifier last committed durably.
-    classified_durably: std::sync::Mutex<Instant>,
-}
-
-impl WebhookStore {
-    pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join("webhooks.redb")
-    }
-
-    pub fn open(data_dir: &Path) -> Result<Self, WebhookError> {
-        std::fs::create_dir_all(data_dir).map_err(store_error)?;
-        let db = Database::create(Self::path(data_dir)).map_err(store_error)?;
-        let write = db.begin_write().map_err(store_error)?;
-        {
-            write.open_table(OUTBOX).map_err(store_error)?;
-            write.open_table(META).map_err(store_error)?;
-            write.open_table(TAGS).map_err(store_error)?;
-            write.open_table(HANDLES).map_err(store_error)?;
-            write.open_table(CHECKPOINTS).map_err(store_error)?;
-            write.open_table(DELIVERIES).map_err(store_error)?;
-        }
-        write.commit().map_err(store_error)?;
-        let store = WebhookStore {
-            db,
-            outbox_head: watch::Sender::new(0),
-            classified_durably: std::sync::Mutex::new(Instant::now()),
-        };
-        let classified = store.classified()?;
-        store.outbox_head.send_replace(classified);
-        Ok(store)
-    }
-
-    /// The next log offset the classifier reads (= the outbox's logical head).
-    pub fn classified(&self) -> Result<u64, WebhookError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let meta = read.open_table(META).map_err(store_error)?;
-        Ok(meta.get(CLASSIFIED).map_err(store_error)?.map(|value| value.value()).unwrap_or(0))
-    }
-
-    fn load_state(&self) -> Result<ClassifierState, WebhookError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let mut tags = HashMap::new();
-        for entry in read.open_table(TAGS).map_err(store_error)?.iter().map_err(store_error)? {
-            let (key, value) = entry.map_err(store_error)?;
-            let target: TagTarget = serde_json::from_str(value.value()).map_err(store_error)?;
-            tags.insert(key.value().to_string(), target);
-        }
-        let mut handles = HashMap::new();
-        for entry in read.open_table(HANDLES).map_err(store_error)?.iter().map_err(store_error)? {
-            let (key, value) = entry.map_err(store_error)?;
-            handles.insert(key.value().to_string(), value.value().to_string());
-        }
-        Ok((tags, handles))
-    }
-
-    /// Commits one classified chunk: its events, the state changes and the new log offset.
-    fn commit_classified(
-        &self,
-        events: &[WebhookEvent],
-        tags: &BTreeMap<String, Option<TagTarget>>,
-        handles: &BTreeMap<String, Option<String>>,
-        next: u64,
-    ) -> Result<(), WebhookError> {
-        let mut write = self.db.begin_write().map_err(store_error)?;
-        // At most one fsync a second of its own: the outbox is a deterministic image of a log
-        // prefix, so losing the newest classification in a crash only means classifying those
-        // events again (same keys, same bytes). The transaction stays atomic, and the next
-        // durable commit (its own or the delivery progress's) persists it.
-        let durable = self.classified_durably.lock().map_or(true, |last| last.elapsed() >= Duration::from_secs(1));
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        write.set_durability(durability).map_err(store_error)?;
-        {
-            let mut outbox = write.open_table(OUTBOX).map_err(store_error)?;
-            for event in events {
-                let json = serde_json::to_string(event).map_err(store_error)?;
-                outbox.insert(event.offset, json.as_str()).map_err(store_error)?;
-            }
-            let mut tag_table = write.open_table(TAGS).map_err(store_error)?;
-            for (key, target) in tags {
-                match target {
-                    Some(target) => {
-                        let json = serde_json::to_string(target).map_err(store_error)?;
-                        tag_table.insert(key.as_str(), json.as_str()).map_err(store_error)?;
-                    }
-                    None => {
-                        tag_table.remove(key.as_str()).map_err(store_error)?;
-                    }
-                }
-            }
-            let mut handle_table = write.open_table(HANDLES).map_err(store_error)?;
-            for (did, handle) in handles {
-                match handle {
-                    Some(handle) => {
-                        handle_table.insert(did.as_str(), handle.as_str()).map_err(store_error)?;
-                    }
-                    None => {
-                        handle_table.remove(did.as_str()).map_err(store_error)?;
-                    }
-                }
-            }
-            write.open_table(META).map_err(store_error)?.insert(CLASSIFIED, next).map_err(store_error)?;
-        }
-        write.commit().map_err(store_error)?;
-        if durable && let Ok(mut last) = self.classified_durably.lock() {
-            *last = Instant::now();
-        }
-        self.outbox_head.send_replace(next);
-        Ok(())
-    }
-
-    /// Up to `limit` outbox events at or after `from`.
-    pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<WebhookEvent>, WebhookError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let outbox = read.open_table(OUTBOX).map_err(store_error)?;
-        let mut out = Vec::new();
-        for entry in outbox.range(from..).map_err(store_error)?.take(limit) {
-            let (_, value) = entry.map_err(store_error)?;
-            out.push(serde_json::from_str(value.value()).map_err(store_error)?);
-        }
-        Ok(out)
-    }
-
-    pub fn checkpoint(&self, subscription: &str) -> Result<Option<u64>, WebhookError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let table = read.open_table(CHECKPOINTS).map_err(store_error)?;
-        Ok(table.get(subscription).map_err(store_error)?.map(|value| value.value()))
-    }
-
-    /// Records how a delivery ended (if any) and moves the subscription's checkpoint, together.
-    pub fn commit_progress(
-        &self,
-        subscription: &str,
-        record: Option<&DeliveryRecord>,
-        checkpoint: u64,
-    ) -> Result<(), WebhookError> {
-        let mut write = self.db.begin_write().map_err(store_error)?;
-        write.set_durability(Durability::Immediate).map_err(store_error)?;
-        {
-            if let Some(record) = record {
-                let key = format!("{subscription}\0{:020}", record.offset);
-                let json = serde_json::to_string(record).map_err(store_error)?;
-                write
-                    .open_table(DELIVERIES)
-                    .map_err(store_error)?
-                    .insert(key.as_str(), json.as_str())
-                    .map_err(store_error)?;
-            }
-            write
-                .open_table(CHECKPOINTS)
-                .map_err(store_error)?
-                .insert(subscription, checkpoint)
-                .map_err(store_error)?;
-        }
-        write.commit().map_err(store_error)
-    }
-
-    /// Commits the progress of many deliveries (any subscriptions) in one durable transaction.
-    pub fn commit_group(&self, group: &[Progress]) -> Result<(), WebhookError> {
-        let mut write = self.db.begin_write().map_err(store_error)?;
-        write.set_durability(Durability::Immediate).map_err(store_error)?;
-        {
-            let mut deliveries = write.open_table(DELIVERIES).map_err(store_error)?;
-            let mut checkpoints = write.open_table(CHECKPOINTS).map_err(store_error)?;
-            for progress in group {
-                if let Some(record) = &progress.record {
-                    let key = format!("{}\0{:020}", progress.subscription, record.offset);
-                    let json = serde_json::to_string(record).map_err(store_error)?;
-                    deliveries.insert(key.as_str(), json.as_str()).map_err(store_error)?;
-                }
-                checkpoints.insert(progress.subscription.as_str(), progress.checkpoint).map_err(store_error)?;
-            }
-        }
-        write.commit().map_err(store_error)
-    }
-
-    /// A subscription's delivery history, newest first.
-    pub fn deliveries(&self, subscription: &str, limit: usize) -> Result<Vec<DeliveryRecord>, WebhookError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let table = read.open_table(DELIVERIES).map_err(store_error)?;
-        let start = format!("{subscription}\0");
-        let end = format!("{subscription}\u{1}");
-        let mut out = Vec::new();
-        for entry in table.range(start.as_str()..end.as_str()).map_err(store_error)?.rev().take(limit) {
-            let (_, value) = entry.map_err(store_error)?;
-            out.push(serde_json::from_str(value.value()).map_err(store_error)?);
-        }
-        Ok(out)
-    }
-
-    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
-        self.outbox_head.subscribe()
     }
 }
 
@@ -633,14 +400,62 @@ impl Sender {
         self.config
     }
 
-    /// The body of a delivery: the same bytes for every attempt.
-    pub fn body(subscription: &Subscription, event: &WebhookEvent) -> Vec<u8> {
-        let delivery_id = format!("{}-{}", subscription.id, event.offset);
-        let body = serde_json::json!({ "id": delivery_id, "subscription": subscription.id, "event": event });
-        body.to_string().into_bytes()
+    /// The subscription ready to send to: its URL checked by the policy and parsed once, its
+    /// HMAC key scheduled once.
+    pub fn target(&self, subscription: &Subscription) -> Target {
+        let url = match self.policy.check(&subscription.url) {
+            Ok(()) => reqwest::Url::parse(&subscription.url).map_err(|error| format!("invalid url: {error}")),
+            Err(reason) => Err(format!("refused by the outbound URL policy: {reason}")),
+        };
+        Target { subscription: subscription.clone(), url, key: SigningKey::new(&subscription.secret) }
     }
 
-    /// One POST of `body`.
+    /// The body of an unbatched delivery: `{"id", "subscription", "event"}`.
+    pub fn body(subscription: &Subscription, event: &WebhookEvent) -> Vec<u8> {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let entry = Arc::new(OutboxEntry { event: event.clone(), json });
+        Self::body_of(&subscription.id, std::slice::from_ref(&entry), false)
+    }
+
+    /// The body of a delivery of `entries`: the events' stored JSON embedded as it is (one
+    /// serialization per event, whatever the fan-out). Unbatched (one entry):
+    /// `{"id", "subscription", "event"}`; batched: `{"subscription", "deliveries": [{"id",
+    /// "event"}, …]}`, each event with its own delivery id `<subscription>-<offset>`.
+    pub fn body_of(subscription_id: &str, entries: &[Arc<OutboxEntry>], batched: bool) -> Vec<u8> {
+        let size: usize = entries.iter().map(|entry| entry.json.len() + subscription_id.len() + 48).sum();
+        let mut out = Vec::with_capacity(size + 64);
+        let id = |out: &mut Vec<u8>, entry: &OutboxEntry| {
+            // Subscription ids are validated ([A-Za-z0-9_-]); serde_json escapes anyway.
+            let _ = serde_json::to_writer(&mut *out, &format!("{subscription_id}-{}", entry.event.offset));
+        };
+        if !batched && let Some(entry) = entries.first() {
+            out.extend_from_slice(b"{\"id\":");
+            id(&mut out, entry);
+            out.extend_from_slice(b",\"subscription\":");
+            let _ = serde_json::to_writer(&mut out, subscription_id);
+            out.extend_from_slice(b",\"event\":");
+            out.extend_from_slice(entry.json.as_bytes());
+            out.push(b'}');
+            return out;
+        }
+        out.extend_from_slice(b"{\"subscription\":");
+        let _ = serde_json::to_writer(&mut out, subscription_id);
+        out.extend_from_slice(b",\"deliveries\":[");
+        for (index, entry) in entries.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            id(&mut out, entry);
+            out.extend_from_slice(b",\"event\":");
+            out.extend_from_slice(entry.json.as_bytes());
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// One POST of `body` (as `atcr webhooks test` sends it).
     pub async fn attempt(
         &self,
         subscription: &Subscription,
@@ -648,25 +463,41 @@ impl Sender {
         event_type: &str,
         body: &[u8],
     ) -> Attempt {
+        self.send(&self.target(subscription), delivery_id, event_type, None, body).await
+    }
+
+    /// One POST of `body` to a prepared target; `batch`: the number of events it carries.
+    async fn send(
+        &self,
+        target: &Target,
+        delivery_id: &str,
+        event_type: &str,
+        batch: Option<usize>,
+        body: &[u8],
+    ) -> Attempt {
         let started = Instant::now();
-        if let Err(reason) = self.policy.check(&subscription.url) {
-            return Attempt {
-                response_code: None,
-                latency: started.elapsed(),
-                error: Some(format!("refused by the outbound URL policy: {reason}")),
-                final_failure: true,
-            };
-        }
-        let result = self
+        let url = match &target.url {
+            Ok(url) => url.clone(),
+            Err(reason) => {
+                return Attempt {
+                    response_code: None,
+                    latency: started.elapsed(),
+                    error: Some(reason.clone()),
+                    final_failure: true,
+                };
+            }
+        };
+        let mut request = self
             .client
-            .post(&subscription.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature(&subscription.secret, body))
+            .header(SIGNATURE_HEADER, target.key.sign(body))
             .header(DELIVERY_HEADER, delivery_id)
-            .header(EVENT_HEADER, event_type)
-            .body(body.to_vec())
-            .send()
-            .await;
+            .header(EVENT_HEADER, event_type);
+        if let Some(count) = batch {
+            request = request.header(BATCH_HEADER, count);
+        }
+        let result = request.body(body.to_vec()).send().await;
         let latency = started.elapsed();
         match result {
             Ok(response) if response.status().is_success() => {
@@ -690,34 +521,40 @@ impl Sender {
         }
     }
 
-    /// Delivers `event`, retrying with backoff, until delivered or dead; `None` when `shutdown`
-    /// came first (nothing is recorded: the event is sent again after a restart).
+    /// Delivers `entries` (one, or a batch for a batched subscription) in one request, retrying
+    /// the same body with backoff, until delivered or dead; `None` when `shutdown` came first
+    /// (nothing is recorded: the events are sent again after a restart, with the same ids).
     pub async fn deliver(
         &self,
-        subscription: &Subscription,
-        event: &WebhookEvent,
+        target: &Target,
+        entries: &[Arc<OutboxEntry>],
         shutdown: &CancellationToken,
     ) -> Option<DeliveryRecord> {
-        let delivery_id = format!("{}-{}", subscription.id, event.offset);
-        let body = Self::body(subscription, event);
+        let (first, last) = (entries.first()?, entries.last()?);
+        let subscription = &target.subscription;
+        let batched = subscription.batch_max.is_some();
+        let delivery_id = format!("{}-{}", subscription.id, first.event.offset);
+        let event_type = if batched { "batch" } else { first.event.event_type.as_str() };
+        let body = Self::body_of(&subscription.id, entries, batched);
+        let batch = batched.then_some(entries.len());
         let mut attempts = 0;
         loop {
             attempts += 1;
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                attempt = self.attempt(subscription, &delivery_id, &event.event_type, &body) => attempt,
+                attempt = self.send(target, &delivery_id, event_type, batch, &body) => attempt,
             };
             let delivered = attempt.error.is_none();
             if delivered || attempt.final_failure || attempts >= self.config.max_attempts {
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                let received_ms = u64::try_from(event.received_at_us / 1000).unwrap_or(0);
+                let received_ms = u64::try_from(first.event.received_at_us / 1000).unwrap_or(0);
                 if !delivered {
-                    tracing::warn!(subscription = %subscription.id, delivery = %delivery_id, attempts, error = ?attempt.error, "webhook delivery dead-lettered");
+                    tracing::warn!(subscription = %subscription.id, delivery = %delivery_id, events = entries.len(), attempts, error = ?attempt.error, "webhook delivery dead-lettered");
                 }
                 return Some(DeliveryRecord {
                     delivery_id,
-                    offset: event.offset,
-                    event_type: event.event_type.clone(),
+                    offset: first.event.offset,
+                    event_type: event_type.to_string(),
                     status: if delivered { "delivered" } else { "dead" }.to_string(),
                     attempts,
                     response_code: attempt.response_code,
@@ -725,6 +562,8 @@ impl Sender {
                     end_to_end_ms: now_ms.saturating_sub(received_ms),
                     error: attempt.error,
                     finished_at_ms: now_ms,
+                    last_offset: batched.then_some(last.event.offset),
+                    batch_size: batch.map(|count| count as u32),
                 });
             }
             let wait = self.config.backoff(attempts);
@@ -735,6 +574,14 @@ impl Sender {
             }
         }
     }
+}
+
+/// A subscription prepared by [`Sender::target`].
+pub struct Target {
+    subscription: Subscription,
+    /// `Err`: why it cannot be sent to (a final failure).
+    url: Result<reqwest::Url, String>,
+    key: SigningKey,
 }
 
 /// An error with its causes (reqwest's own message hides them: "error sending request").
@@ -758,15 +605,6 @@ fn refused_by_policy(error: &reqwest::Error) -> Option<String> {
         source = current.source();
     }
     None
-}
-
-/// One delivery's progress: its record (none for events a filter skipped) and the checkpoint
-/// past it, on its way to the group committer.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub subscription: String,
-    pub record: Option<DeliveryRecord>,
-    pub checkpoint: u64,
 }
 
 /// Commits the progress the workers send in groups: whatever queued while the last
@@ -816,13 +654,16 @@ pub async fn run_subscription(
         }
     };
     tracing::info!(subscription = %subscription.id, from = next, "webhook deliveries started");
+    let target = sender.target(&subscription);
+    let batch_max = subscription.batch_max.map_or(1, |count| count.clamp(1, MAX_BATCH) as usize);
+    let read_ahead = batch_max.max(256);
     loop {
         // The head is read before the outbox: every event below it was committed before this
         // read, so an empty read proves there is nothing for us below it. (Read after, a batch
         // classified in between would be skipped unread.)
         let head_before = *head.borrow_and_update();
-        let events = store.outbox_from(next, 256)?;
-        if events.is_empty() {
+        let entries = store.outbox_entries_from(next, read_ahead)?;
+        if entries.is_empty() {
             // Skipped events (filters, offsets that classified to nothing) are passed for good.
             if head_before > next {
                 next = head_before;
@@ -834,15 +675,27 @@ pub async fn run_subscription(
             }
             continue;
         }
-        for event in events {
-            if !subscription.wants(&event) {
-                next = event.offset + 1;
-                continue;
+        // In outbox order; a batch is what is waiting now, up to `batch_max`, so the checkpoint
+        // after it passes only events whose delivery it records.
+        let mut batch: Vec<Arc<OutboxEntry>> = Vec::new();
+        let mut scanned = next;
+        for entry in entries {
+            scanned = entry.event.offset + 1;
+            if subscription.wants(&entry.event) {
+                batch.push(entry);
             }
-            let Some(record) = sender.deliver(&subscription, &event, &shutdown).await else { return Ok(()) };
-            next = event.offset + 1;
-            report(Some(record), next)?;
+            if batch.len() >= batch_max {
+                let Some(record) = sender.deliver(&target, &batch, &shutdown).await else { return Ok(()) };
+                batch.clear();
+                next = scanned;
+                report(Some(record), next)?;
+            }
         }
+        if !batch.is_empty() {
+            let Some(record) = sender.deliver(&target, &batch, &shutdown).await else { return Ok(()) };
+            report(Some(record), scanned)?;
+        }
+        next = scanned;
     }
 }
 
@@ -1102,6 +955,7 @@ mod tests {
             did: None,
             repository: None,
             from_beginning: false,
+            batch_max: None,
         }
     }
 
@@ -1163,6 +1017,39 @@ mod tests {
     }
 
     #[test]
+    fn bodies_embed_the_stored_event_json_unbatched_or_batched() {
+        let entries: Vec<Arc<OutboxEntry>> = [3u64, 7]
+            .into_iter()
+            .map(|offset| {
+                let event = WebhookEvent { offset, ..event("manifest.pushed", "did:plc:a", None, "app") };
+                Arc::new(OutboxEntry { json: serde_json::to_string(&event).expect("json"), event })
+            })
+            .collect();
+        let single: serde_json::Value =
+            serde_json::from_slice(&Sender::body_of("ci", &entries[..1], false)).expect("single body");
+        assert_eq!(single["id"], "ci-3");
+        assert_eq!(single["subscription"], "ci");
+        assert_eq!(serde_json::from_value::<WebhookEvent>(single["event"].clone()).expect("event"), entries[0].event);
+        // The unbatched body is the one `Sender::body` builds for the same event.
+        assert_eq!(Sender::body(&subscription(), &entries[0].event), Sender::body_of("ci", &entries[..1], false));
+        let batch: serde_json::Value =
+            serde_json::from_slice(&Sender::body_of("ci", &entries, true)).expect("batch body");
+        let ids: Vec<&str> = batch["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .map(|delivery| delivery["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, ["ci-3", "ci-7"]);
+        assert_eq!(batch["deliveries"][1]["event"]["offset"], 7);
+        // The prepared key signs as `signature` does.
+        let body = Sender::body_of("ci", &entries, true);
+        assert_eq!(SigningKey::new("s3cret").sign(&body), signature("s3cret", &body));
+        assert!(Subscription { batch_max: Some(0), ..subscription() }.validate(&UrlPolicy::default()).is_err());
+        assert!(Subscription { batch_max: Some(1001), ..subscription() }.validate(&UrlPolicy::default()).is_err());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_its_cap() {
         let config = DeliveryConfig::default();
         let waits: Vec<u64> = (1..=9).map(|attempt| config.backoff(attempt).as_secs()).collect();
@@ -1212,8 +1099,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_delivery_that_keeps_failing_is_dead_lettered_and_the_next_goes_on() {
+    /// Three pushes (digests a…, b…, c…; b… always answered 500) delivered to one subscription
+    /// with `batch_max`; returns the history (newest first) once it has `records` entries.
+    async fn deliver_three(batch_max: Option<u32>, records: usize) -> Vec<DeliveryRecord> {
         // reqwest is built with `rustls-no-provider`: a client needs a process-wide provider.
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -1240,20 +1128,27 @@ mod tests {
             max_attempts: 3,
         };
         let sender = Sender::new(UrlPolicy { allow_loopback: true }, config).expect("sender");
-        let subscription = Subscription { url, from_beginning: true, ..subscription() };
+        let subscription = Subscription { url, from_beginning: true, batch_max, ..subscription() };
         let shutdown = CancellationToken::new();
         let pipeline =
             tokio::spawn(run(log, store.clone(), sender, move || Ok(vec![subscription.clone()]), shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(20);
         let history = loop {
             let history = store.deliveries("ci", 10).expect("history");
-            if history.len() == 3 || Instant::now() > deadline {
+            if history.len() == records || Instant::now() > deadline {
                 break history;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         shutdown.cancel();
         pipeline.await.expect("join").expect("pipeline");
+        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
+        history
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_keeps_failing_is_dead_lettered_and_the_next_goes_on() {
+        let history = deliver_three(None, 3).await;
         let summary: Vec<(u64, &str, u32, Option<u16>)> = history
             .iter()
             .map(|record| (record.offset, record.status.as_str(), record.attempts, record.response_code))
@@ -1262,34 +1157,20 @@ mod tests {
             summary,
             [(2, "delivered", 1, Some(200)), (1, "dead", 3, Some(500)), (0, "delivered", 1, Some(200))]
         );
-        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
     }
 
-    #[test]
-    fn the_store_keeps_outbox_checkpoints_and_history() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = WebhookStore::open(dir.path()).expect("open");
-        let events = vec![event("tag.created", "did:plc:a", None, "app")];
-        store.commit_classified(&events, &BTreeMap::new(), &BTreeMap::new(), 5).expect("commit");
-        assert_eq!(store.classified().expect("classified"), 5);
-        assert_eq!(store.outbox_from(0, 10).expect("outbox"), events);
-        let record = DeliveryRecord {
-            delivery_id: "ci-0".into(),
-            offset: 0,
-            event_type: "tag.created".into(),
-            status: "delivered".into(),
-            attempts: 1,
-            response_code: Some(200),
-            latency_ms: 1,
-            end_to_end_ms: 2,
-            error: None,
-            finished_at_ms: 3,
-        };
-        store.commit_progress("ci", Some(&record), 1).expect("progress");
-        store
-            .commit_progress("cid", Some(&DeliveryRecord { delivery_id: "cid-0".into(), ..record.clone() }), 1)
-            .expect("other");
-        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(1));
-        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![record]);
+    #[tokio::test]
+    async fn a_batched_subscription_gets_waiting_events_together_in_order() {
+        // The three pushes are classified in one chunk: batches [0, 1] (dead: it holds b…) and [2].
+        let history = deliver_three(Some(2), 2).await;
+        type Row<'a> = (u64, Option<u64>, Option<u32>, &'a str, u32);
+        let summary: Vec<Row> = history
+            .iter()
+            .map(|record| {
+                (record.offset, record.last_offset, record.batch_size, record.status.as_str(), record.attempts)
+            })
+            .collect();
+        assert_eq!(summary, [(2, Some(2), Some(1), "delivered", 1), (0, Some(1), Some(2), "dead", 3)]);
+        assert_eq!(history[1].delivery_id, "ci-0");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`keys`] and [`commit`]: identity keys and signed repo commits, re-checked offline;
 //! - [`mst`]: the repository Merkle Search Tree (Sync 1.1 inversion, generated worlds);
 //! - [`pulls`]: atcr's own pull counts per repository per day (`pulls.redb`, not the log);
+//! - [`webhooks`]: the webhook delivery store (outbox, classifier state, checkpoints, history);
 //! - [`syntax`]: atproto string formats (DID, handle, NSID, record key, TID, AT-URI, …);
 //!   [`data_model`]: ATProto JSON → the data model (the inverse of [`json`]).
 //!
@@ -29,6 +30,7 @@ pub mod records;
 pub mod revs;
 pub mod scan_formats;
 pub mod syntax;
+pub mod webhooks;
 pub mod writer;
 
 pub use commit::{CommitError, SignedCommit};

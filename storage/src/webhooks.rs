@@ -1,0 +1,389 @@
+//! The webhook delivery store, `<data_dir>/webhooks.redb`: the outbox (webhook events keyed by
+//! the log offset they came from), the classifier's state (tag targets, verified handles) and its
+//! log offset, per-subscription checkpoints and the delivery history.
+//!
+//! Why it is here: redb stays behind `atcr-storage`. What goes into the store (classification,
+//! signing, sending, retries) is `atcr_ingest::webhooks`; this module only keeps it, with the
+//! transactions that make delivery resumable: a classified chunk commits with the classifier's
+//! offset, and a delivery record commits with the checkpoint past it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Result, StorageError};
+
+const OUTBOX: TableDefinition<u64, &str> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
+const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+/// `<subscription>\0<offset, 20 digits>` → [`DeliveryRecord`] JSON.
+const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
+const CLASSIFIED: &str = "classified";
+
+fn corrupt(table: &str, error: serde_json::Error) -> StorageError {
+    StorageError::Corrupt { location: format!("webhooks.redb {table}"), reason: error.to_string() }
+}
+
+/// What a webhook tells: one registry event, derived from one log event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The log offset of the event it came from.
+    pub offset: u64,
+    /// The repository owner.
+    pub did: String,
+    /// The owner's handle, when a verified one was known at that point of the log.
+    pub handle: Option<String>,
+    pub repository: String,
+    pub tag: Option<String>,
+    /// The manifest pushed, or the tag's target (for `tag.deleted`: the target it had).
+    pub digest: Option<String>,
+    /// `tag.moved`: the target before the move.
+    pub previous_digest: Option<String>,
+    /// Who did it (the starrer for `repo.starred`, else the owner).
+    pub actor: String,
+    /// When atcr received the event (RFC 3339 is left to the receiver: microseconds since epoch).
+    pub received_at_us: i64,
+}
+
+/// A tag's target as the classifier last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagTarget {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}
+
+/// How a delivery ended, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub delivery_id: String,
+    pub offset: u64,
+    pub event_type: String,
+    /// `delivered` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    /// The last attempt's HTTP status, when there was a response.
+    pub response_code: Option<u16>,
+    /// The last attempt's latency.
+    pub latency_ms: u64,
+    /// From the event's arrival in the log to the end of the delivery.
+    pub end_to_end_ms: u64,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub finished_at_ms: u64,
+    /// A batched delivery (one request for several events): the last event's offset (`offset`
+    /// is the first's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset: Option<u64>,
+    /// A batched delivery: how many events it carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+}
+
+/// One outbox event with its JSON (the stored bytes; a delivery body embeds them as they are, so
+/// the event is serialized once, not once per subscription).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub event: WebhookEvent,
+    pub json: String,
+}
+
+/// The newest outbox entries in memory, complete from `start` (a log offset) on: a worker that
+/// keeps up reads them here instead of decoding the same JSON once per subscription.
+#[derive(Debug, Default)]
+struct RecentOutbox {
+    start: u64,
+    entries: VecDeque<Arc<OutboxEntry>>,
+}
+
+/// How many entries [`RecentOutbox`] keeps (older ones are read from redb).
+const RECENT_OUTBOX: usize = 65_536;
+
+/// The classifier's state in memory: tag targets by `did\0rkey`, verified handles by DID.
+pub type ClassifierState = (HashMap<String, TagTarget>, HashMap<String, String>);
+
+/// The module's own state: outbox, classifier state, checkpoints, delivery history.
+pub struct WebhookStore {
+    db: Database,
+    /// The outbox's next key (the classifier's log offset), published after each commit.
+    outbox_head: watch::Sender<u64>,
+    /// When the classifier last committed durably.
+    classified_durably: Mutex<Instant>,
+    recent: Mutex<RecentOutbox>,
+}
+
+impl WebhookStore {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("webhooks.redb")
+    }
+
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = Database::create(Self::path(data_dir))?;
+        let write = db.begin_write()?;
+        {
+            write.open_table(OUTBOX)?;
+            write.open_table(META)?;
+            write.open_table(TAGS)?;
+            write.open_table(HANDLES)?;
+            write.open_table(CHECKPOINTS)?;
+            write.open_table(DELIVERIES)?;
+        }
+        write.commit()?;
+        let store = WebhookStore {
+            db,
+            outbox_head: watch::Sender::new(0),
+            classified_durably: Mutex::new(Instant::now()),
+            recent: Mutex::new(RecentOutbox::default()),
+        };
+        let classified = store.classified()?;
+        if let Ok(mut recent) = store.recent.lock() {
+            recent.start = classified;
+        }
+        store.outbox_head.send_replace(classified);
+        Ok(store)
+    }
+
+    /// The next log offset the classifier reads (= the outbox's logical head).
+    pub fn classified(&self) -> Result<u64> {
+        let read = self.db.begin_read()?;
+        let meta = read.open_table(META)?;
+        Ok(meta.get(CLASSIFIED)?.map(|value| value.value()).unwrap_or(0))
+    }
+
+    /// The classifier's state as last committed.
+    pub fn load_state(&self) -> Result<ClassifierState> {
+        let read = self.db.begin_read()?;
+        let mut tags = HashMap::new();
+        for entry in read.open_table(TAGS)?.iter()? {
+            let (key, value) = entry?;
+            let target: TagTarget = serde_json::from_str(value.value()).map_err(|error| corrupt("tags", error))?;
+            tags.insert(key.value().to_string(), target);
+        }
+        let mut handles = HashMap::new();
+        for entry in read.open_table(HANDLES)?.iter()? {
+            let (key, value) = entry?;
+            handles.insert(key.value().to_string(), value.value().to_string());
+        }
+        Ok((tags, handles))
+    }
+
+    /// Commits one classified chunk: its events, the state changes and the new log offset.
+    pub fn commit_classified(
+        &self,
+        events: &[WebhookEvent],
+        tags: &BTreeMap<String, Option<TagTarget>>,
+        handles: &BTreeMap<String, Option<String>>,
+        next: u64,
+    ) -> Result<()> {
+        let mut write = self.db.begin_write()?;
+        let mut entries = Vec::with_capacity(events.len());
+        // At most one fsync a second of its own: the outbox is a deterministic image of a log
+        // prefix, so losing the newest classification in a crash only means classifying those
+        // events again (same keys, same bytes). The transaction stays atomic, and the next
+        // durable commit (its own or the delivery progress's) persists it.
+        let durable = self.classified_durably.lock().map_or(true, |last| last.elapsed() >= Duration::from_secs(1));
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        write.set_durability(durability)?;
+        {
+            let mut outbox = write.open_table(OUTBOX)?;
+            for event in events {
+                let json = serde_json::to_string(event).map_err(|error| corrupt("outbox", error))?;
+                outbox.insert(event.offset, json.as_str())?;
+                entries.push(Arc::new(OutboxEntry { event: event.clone(), json }));
+            }
+            let mut tag_table = write.open_table(TAGS)?;
+            for (key, target) in tags {
+                match target {
+                    Some(target) => {
+                        let json = serde_json::to_string(target).map_err(|error| corrupt("tags", error))?;
+                        tag_table.insert(key.as_str(), json.as_str())?;
+                    }
+                    None => {
+                        tag_table.remove(key.as_str())?;
+                    }
+                }
+            }
+            let mut handle_table = write.open_table(HANDLES)?;
+            for (did, handle) in handles {
+                match handle {
+                    Some(handle) => {
+                        handle_table.insert(did.as_str(), handle.as_str())?;
+                    }
+                    None => {
+                        handle_table.remove(did.as_str())?;
+                    }
+                }
+            }
+            write.open_table(META)?.insert(CLASSIFIED, next)?;
+        }
+        write.commit()?;
+        if durable && let Ok(mut last) = self.classified_durably.lock() {
+            *last = Instant::now();
+        }
+        // The memory copy before the head: a worker that saw the new head finds the events.
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.entries.extend(entries);
+            while recent.entries.len() > RECENT_OUTBOX {
+                if let Some(evicted) = recent.entries.pop_front() {
+                    recent.start = evicted.event.offset + 1;
+                }
+            }
+        }
+        self.outbox_head.send_replace(next);
+        Ok(())
+    }
+
+    /// Up to `limit` outbox events at or after `from`.
+    pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<WebhookEvent>> {
+        Ok(self.outbox_entries_from(from, limit)?.into_iter().map(|entry| entry.event.clone()).collect())
+    }
+
+    /// Up to `limit` outbox entries at or after `from`: from memory when it holds them, else
+    /// from redb.
+    pub fn outbox_entries_from(&self, from: u64, limit: usize) -> Result<Vec<Arc<OutboxEntry>>> {
+        if let Ok(recent) = self.recent.lock()
+            && from >= recent.start
+        {
+            let first = recent.entries.partition_point(|entry| entry.event.offset < from);
+            return Ok(recent.entries.range(first..).take(limit).cloned().collect());
+        }
+        let read = self.db.begin_read()?;
+        let outbox = read.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in outbox.range(from..)?.take(limit) {
+            let (_, value) = entry?;
+            let json = value.value().to_string();
+            let event = serde_json::from_str(&json).map_err(|error| corrupt("outbox", error))?;
+            out.push(Arc::new(OutboxEntry { event, json }));
+        }
+        Ok(out)
+    }
+
+    pub fn checkpoint(&self, subscription: &str) -> Result<Option<u64>> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(CHECKPOINTS)?;
+        Ok(table.get(subscription)?.map(|value| value.value()))
+    }
+
+    /// Records how a delivery ended (if any) and moves the subscription's checkpoint, together.
+    pub fn commit_progress(&self, subscription: &str, record: Option<&DeliveryRecord>, checkpoint: u64) -> Result<()> {
+        let mut write = self.db.begin_write()?;
+        write.set_durability(Durability::Immediate)?;
+        {
+            if let Some(record) = record {
+                let key = format!("{subscription}\0{:020}", record.offset);
+                let json = serde_json::to_string(record).map_err(|error| corrupt("deliveries", error))?;
+                write.open_table(DELIVERIES)?.insert(key.as_str(), json.as_str())?;
+            }
+            write.open_table(CHECKPOINTS)?.insert(subscription, checkpoint)?;
+        }
+        Ok(write.commit()?)
+    }
+
+    /// Commits the progress of many deliveries (any subscriptions) in one durable transaction.
+    pub fn commit_group(&self, group: &[Progress]) -> Result<()> {
+        let mut write = self.db.begin_write()?;
+        write.set_durability(Durability::Immediate)?;
+        {
+            let mut deliveries = write.open_table(DELIVERIES)?;
+            let mut checkpoints = write.open_table(CHECKPOINTS)?;
+            for progress in group {
+                if let Some(record) = &progress.record {
+                    let key = format!("{}\0{:020}", progress.subscription, record.offset);
+                    let json = serde_json::to_string(record).map_err(|error| corrupt("deliveries", error))?;
+                    deliveries.insert(key.as_str(), json.as_str())?;
+                }
+                checkpoints.insert(progress.subscription.as_str(), progress.checkpoint)?;
+            }
+        }
+        Ok(write.commit()?)
+    }
+
+    /// A subscription's delivery history, newest first.
+    pub fn deliveries(&self, subscription: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(DELIVERIES)?;
+        let start = format!("{subscription}\0");
+        let end = format!("{subscription}\u{1}");
+        let mut out = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str())?.rev().take(limit) {
+            let (_, value) = entry?;
+            out.push(serde_json::from_str(value.value()).map_err(|error| corrupt("deliveries", error))?);
+        }
+        Ok(out)
+    }
+
+    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
+        self.outbox_head.subscribe()
+    }
+}
+
+/// One delivery's progress: its record (none for events a filter skipped) and the checkpoint
+/// past it, on its way to the group committer.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub subscription: String,
+    pub record: Option<DeliveryRecord>,
+    pub checkpoint: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, did: &str, handle: Option<&str>, repository: &str) -> WebhookEvent {
+        WebhookEvent {
+            event_type: event_type.into(),
+            offset: 0,
+            did: did.into(),
+            handle: handle.map(str::to_string),
+            repository: repository.into(),
+            tag: None,
+            digest: None,
+            previous_digest: None,
+            actor: did.into(),
+            received_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn the_store_keeps_outbox_checkpoints_and_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("open");
+        let events = vec![event("tag.created", "did:plc:a", None, "app")];
+        store.commit_classified(&events, &BTreeMap::new(), &BTreeMap::new(), 5).expect("commit");
+        assert_eq!(store.classified().expect("classified"), 5);
+        assert_eq!(store.outbox_from(0, 10).expect("outbox"), events);
+        let record = DeliveryRecord {
+            delivery_id: "ci-0".into(),
+            offset: 0,
+            event_type: "tag.created".into(),
+            status: "delivered".into(),
+            attempts: 1,
+            response_code: Some(200),
+            latency_ms: 1,
+            end_to_end_ms: 2,
+            error: None,
+            finished_at_ms: 3,
+            last_offset: None,
+            batch_size: None,
+        };
+        store.commit_progress("ci", Some(&record), 1).expect("progress");
+        store
+            .commit_progress("cid", Some(&DeliveryRecord { delivery_id: "cid-0".into(), ..record.clone() }), 1)
+            .expect("other");
+        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(1));
+        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![record]);
+    }
+}
