@@ -178,6 +178,7 @@ pub fn render_with(page: Page<'_>, extras: Extras<'_>) -> Markup {
                                 li { a href="/install" { "Pull with your client" } }
                                 li { a href="/api/docs" { "JSON API" } }
                                 li { a href="/v2/_catalog" { "OCI catalog" } }
+                                li { a href="/holds" { "Holds" } }
                                 li { a href="/metrics" { "Metrics" } }
                             }
                         }
