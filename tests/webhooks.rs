@@ -7,6 +7,8 @@
 //!   valid `X-Atcr-Signature`; the expected sequence is computed here, independently, from
 //!   `/api/v1/log` (an oracle with its own tag state);
 //! - a filtered subscription gets exactly its slice;
+//! - a batched subscription (`batch_max = 50`) gets the same events, in order, in fewer requests,
+//!   each event with its own delivery id inside the batch body;
 //! - the receiver answering 500 for an outage (5 s here, `ATCR_TEST_WEBHOOK_OUTAGE_S` to change;
 //!   the backoff is shortened through `[webhook_delivery]` so the same property — retried until
 //!   it recovers, nothing lost, duplicates only with the same id and body — is proven faster
@@ -152,11 +154,9 @@ fn oracle(events: &[Value]) -> Vec<Expected> {
     out
 }
 
-fn delivered(received: &Received) -> Result<Expected> {
-    let body: Value = serde_json::from_slice(&received.body).context("delivery body is not JSON")?;
-    let event = &body["event"];
+fn expected_of(event: &Value) -> Expected {
     let text = |key: &str| event.get(key).and_then(Value::as_str).map(str::to_string);
-    Ok((
+    (
         text("type").unwrap_or_default(),
         event["offset"].as_u64().unwrap_or(u64::MAX),
         text("did").unwrap_or_default(),
@@ -164,30 +164,46 @@ fn delivered(received: &Received) -> Result<Expected> {
         text("tag"),
         text("digest"),
         text("previous_digest"),
-    ))
+    )
+}
+
+/// The events one request carried, each with its delivery id and its JSON: one for an
+/// unbatched subscription (`{"id", "subscription", "event"}`, the id also in the header), the
+/// `deliveries` of a batched one's `{"subscription", "deliveries": [{"id", "event"}, …]}`.
+fn delivered(received: &Received) -> Result<Vec<(String, Value)>> {
+    let body: Value = serde_json::from_slice(&received.body).context("delivery body is not JSON")?;
+    let Some(batch) = body.get("deliveries") else {
+        ensure!(body["id"] == received.delivery_id.as_str(), "body id differs from the delivery header");
+        return Ok(vec![(received.delivery_id.clone(), body["event"].clone())]);
+    };
+    let batch = batch.as_array().context("deliveries is not an array")?;
+    ensure!(!batch.is_empty(), "an empty batch");
+    ensure!(batch[0]["id"] == received.delivery_id.as_str(), "a batch's header names another first delivery");
+    Ok(batch.iter().map(|item| (item["id"].as_str().unwrap_or_default().to_string(), item["event"].clone())).collect())
 }
 
 /// The deliveries of `subscription`, de-duplicated by delivery id (first successful answer
 /// order), after checking every duplicate carries the same body and every signature verifies.
 fn unique_deliveries(receiver: &Receiver, subscription: &str) -> Result<Vec<Expected>> {
     let received = receiver.received.lock().expect("lock").clone();
-    let mut bodies: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut events: HashMap<String, Value> = HashMap::new();
     let mut out = Vec::new();
     for item in received.iter().filter(|item| item.subscription == subscription) {
         ensure!(item.signature_ok, "bad signature on {}", item.delivery_id);
-        if let Some(body) = bodies.get(&item.delivery_id) {
-            ensure!(*body == item.body, "delivery {} was sent again with another body", item.delivery_id);
-        } else {
-            bodies.insert(item.delivery_id.clone(), item.body.clone());
-        }
-        let parsed = delivered(item)?;
-        ensure!(
-            item.delivery_id == format!("{subscription}-{}", parsed.1),
-            "delivery id {} names another offset",
-            item.delivery_id
-        );
-        if item.status == 200 && !out.iter().any(|seen: &Expected| seen.1 == parsed.1) {
-            out.push(parsed);
+        for (delivery_id, event) in delivered(item)? {
+            if let Some(first) = events.get(&delivery_id) {
+                ensure!(*first == event, "delivery {delivery_id} was sent again with another event");
+            } else {
+                events.insert(delivery_id.clone(), event.clone());
+            }
+            let parsed = expected_of(&event);
+            ensure!(
+                delivery_id == format!("{subscription}-{}", parsed.1),
+                "delivery id {delivery_id} names another offset"
+            );
+            if item.status == 200 && !out.iter().any(|seen: &Expected| seen.1 == parsed.1) {
+                out.push(parsed);
+            }
         }
     }
     Ok(out)
@@ -415,9 +431,17 @@ url = "{}"
 secret = "{SECRET}"
 events = ["tag.moved", "tag.deleted"]
 from_beginning = true
+
+[[webhooks]]
+id = "batched"
+url = "{}"
+secret = "{SECRET}"
+from_beginning = true
+batch_max = 50
 "#,
             url("all"),
-            url("moves")
+            url("moves"),
+            url("batched")
         ),
     )?;
     let mut serve =
@@ -457,6 +481,11 @@ from_beginning = true
         expected.iter().filter(|item| item.0 == "tag.moved" || item.0 == "tag.deleted").cloned().collect();
     let moves = wait_for(&receiver, "moves", &moves_expected, &mut serve, Duration::from_secs(60)).await?;
     ensure!(moves == moves_expected, "subscription moves: not exactly its filtered slice");
+    let batched = wait_for(&receiver, "batched", &expected, &mut serve, Duration::from_secs(60)).await?;
+    ensure!(batched == expected, "subscription batched: deliveries differ from the log's events");
+    let batches = receiver.received.lock().expect("lock").iter().filter(|item| item.subscription == "batched").count();
+    ensure!(batches < expected.len(), "subscription batched: {batches} requests for {} events", expected.len());
+    println!("batched: {} events in order in {batches} requests (attempts included)", expected.len());
 
     // The history names the first delivery as retried (progress is group-committed: it may
     // trail the receiver by a moment).
