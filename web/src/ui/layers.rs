@@ -69,7 +69,7 @@ fn status_text(status: &str, reason: Option<&str>) -> Markup {
     html! {
         @match status {
             "stored" => { "inspected" },
-            "rejected" => { span.badge.warn { "not inspected" } " " span.muted { (reason.unwrap_or("")) } },
+            "rejected" => { span.badge { "not inspected" } " " span.muted { (reason.unwrap_or("")) } },
             "pending" => { span.muted { "not fetched yet" } },
             _ => { span.muted { "not inspected" } },
         }
@@ -88,7 +88,7 @@ pub fn section(layers: &ImageLayers, context: &RenderContext) -> Markup {
             h2 #platform-title { "Platform and runtime" }
             @match layers.config.status.as_str() {
                 "stored" => {},
-                "rejected" => { p { span.badge.warn { "config unreadable" } " " (layers.config.reason.as_deref().unwrap_or("")) } },
+                "rejected" => { p { span.badge { "config unreadable" } " " (layers.config.reason.as_deref().unwrap_or("")) } },
                 "none" => { p.muted { "This manifest has no image config." } },
                 _ => { p.muted { "The image config has not been fetched from the hold yet." } },
             }
@@ -180,7 +180,7 @@ fn layer_block(layer: &LayerDetail) -> Markup {
                 " · " (layer.size.map(human_size).unwrap_or_else(|| "size unknown".into()))
                 @if let Some(ratio_value) = layer.compression_ratio { " · compression " (ratio(ratio_value)) }
                 @if layer.used_by_manifests > 1 { " · " span.badge { "shared by " (layer.used_by_manifests) " images" } }
-                @if layer.inspection.status == "rejected" { " · " span.badge.warn { "not inspected" } }
+                @if layer.inspection.status == "rejected" { " · " span.badge { "not inspected" } }
             }
             dl.facts.wide {
                 dt { "Digest" } dd { (digest_with_copy(&layer.digest)) }
