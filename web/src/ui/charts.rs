@@ -46,7 +46,8 @@ pub fn line_chart(series: &[Series<'_>]) -> Option<String> {
             .build_cartesian_2d(first..last, 0u64..top)?;
         chart
             .configure_mesh()
-            .light_line_style(RGBColor(226, 232, 240))
+            .light_line_style(RGBColor(241, 245, 249))
+            .max_light_lines(1)
             .bold_line_style(RGBColor(203, 213, 225))
             .axis_style(RGBColor(148, 163, 184))
             .x_labels(6)
