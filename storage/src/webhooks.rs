@@ -297,15 +297,26 @@ impl WebhookStore {
         let mut write = self.db.begin_write()?;
         write.set_durability(Durability::Immediate)?;
         {
-            let mut deliveries = write.open_table(DELIVERIES)?;
-            let mut checkpoints = write.open_table(CHECKPOINTS)?;
+            // Records in key order (each subscription's run of the tree once), and one checkpoint
+            // per subscription: its last in the group (a worker reports in order).
+            let mut records = Vec::with_capacity(group.len());
+            let mut newest: HashMap<&str, u64> = HashMap::new();
             for progress in group {
                 if let Some(record) = &progress.record {
                     let key = format!("{}\0{:020}", progress.subscription, record.offset);
                     let json = serde_json::to_string(record).map_err(|error| corrupt("deliveries", error))?;
-                    deliveries.insert(key.as_str(), json.as_str())?;
+                    records.push((key, json));
                 }
-                checkpoints.insert(progress.subscription.as_str(), progress.checkpoint)?;
+                newest.insert(progress.subscription.as_str(), progress.checkpoint);
+            }
+            records.sort_unstable();
+            let mut deliveries = write.open_table(DELIVERIES)?;
+            for (key, json) in &records {
+                deliveries.insert(key.as_str(), json.as_str())?;
+            }
+            let mut checkpoints = write.open_table(CHECKPOINTS)?;
+            for (subscription, checkpoint) in newest {
+                checkpoints.insert(subscription, checkpoint)?;
             }
         }
         Ok(write.commit()?)
@@ -392,6 +403,13 @@ mod tests {
             .commit_progress("cid", Some(&DeliveryRecord { delivery_id: "cid-0".into(), ..record.clone() }), 1)
             .expect("other");
         assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(1));
-        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![record]);
+        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![record.clone()]);
+        // A group: the records of both, the subscription's last checkpoint.
+        let later = |offset: u64| DeliveryRecord { delivery_id: format!("ci-{offset}"), offset, ..record.clone() };
+        let progress =
+            |offset: u64| Progress { subscription: "ci".into(), record: Some(later(offset)), checkpoint: offset + 1 };
+        store.commit_group(&[progress(1), progress(2)]).expect("group");
+        assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
+        assert_eq!(store.deliveries("ci", 10).expect("history"), vec![later(2), later(1), record]);
     }
 }
