@@ -221,6 +221,7 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
     let (status, html) = atcr.get(&format!("/r/{}/{REPOSITORY}", alice.handle)).await?;
     ensure!(status == 200 && html.contains("atcr-pull-chart") && html.contains("<svg"), "repository chart");
     ensure!(html.contains(r#"id="atcr-pulls">6<"#), "repository page shows 6 pulls via atcr");
+    ensure!(html.contains(&format!(r#"href="/holds/{}""#, hold.did)), "the repository page links its hold");
     let (status, html) = atcr.get(&format!("/r/{}/{REPOSITORY}/-/tag/latest", alice.handle)).await?;
     ensure!(status == 200 && html.contains(&format!("/holds/{}", hold.did)), "the manifest page links the hold");
     let (status, html) = atcr.get("/").await?;

@@ -172,6 +172,8 @@ pub struct RepositoryStats {
     pub holds: Vec<HoldCounter>,
     /// The holds' counters over time (cumulative, summed over holds).
     pub hold_series: Vec<CounterPoint>,
+    /// Hold DIDs the repository's manifests name (where its layers are stored).
+    pub stored_on: Vec<String>,
 }
 
 /// A repository on the home page's popular and trending lists.
@@ -314,7 +316,12 @@ impl Browse {
             }
             None => (0, Vec::new()),
         };
+        let stored_on = views
+            .search_document(&did, repository)?
+            .map(|document| document.holds.into_iter().filter(|hold| hold.starts_with("did:")).collect())
+            .unwrap_or_default();
         Ok(Some(RepositoryStats {
+            stored_on,
             hold_pulls: holds.iter().map(|hold| hold.pulls).fold(0, u64::saturating_add),
             hold_pushes: holds.iter().map(|hold| hold.pushes).fold(0, u64::saturating_add),
             holds,

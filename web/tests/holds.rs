@@ -138,6 +138,7 @@ async fn hold_pages_show_the_records_escaped_and_skip_malformed_ones() {
     let (_, body) = get(&app, "/api/v1/repository-stats/alice.test/app").await;
     let stats: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!((stats["atcr_pulls"].clone(), stats["hold_pulls"].clone()), (json!(0), json!(42)));
+    assert_eq!(stats["stored_on"], json!([HOLD]));
 }
 
 #[tokio::test]

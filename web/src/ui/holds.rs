@@ -254,6 +254,12 @@ pub fn repository_section(stats: &RepositoryStats) -> Markup {
             @if !stats.hold_series.is_empty() {
                 (chart_figure("hold-stats-chart", "Counters holds publish for this repository (io.atcr.hold.stats), cumulative.", &format!("{} pulls and {} pushes counted by holds", stats.hold_pulls, stats.hold_pushes), &holds))
             }
+            @if !stats.stored_on.is_empty() {
+                p #stored-on { "Layers stored on " @for (index, hold) in stats.stored_on.iter().enumerate() {
+                    @if index > 0 { ", " }
+                    a.mono href=(hold_url(hold)) { (hold) }
+                } "." }
+            }
             @if !stats.holds.is_empty() {
                 p.muted { "Counted by " @for (index, hold) in stats.holds.iter().enumerate() {
                     @if index > 0 { ", " }
@@ -437,9 +443,11 @@ mod tests {
             hold_pushes: 0,
             holds: vec![],
             hold_series: vec![],
+            stored_on: vec!["did:web:hold.test".into()],
         };
         let html = repository_section(&stats).into_string();
         assert!(html.contains("atcr-pull-chart") && html.contains("<svg"));
         assert!(!html.contains("hold-stats-chart"), "no hold counters, no second chart");
+        assert!(html.contains(r#"href="/holds/did:web:hold.test""#), "the repository links the hold it is stored on");
     }
 }
