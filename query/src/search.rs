@@ -130,7 +130,11 @@ const HELP: &[SyntaxHelp] = &[
         meaning: "scanned, and no tagged image has a critical vulnerability",
         example: "is:no-critical",
     },
-    SyntaxHelp { syntax: "is:fixable", meaning: "a tagged image has a vulnerability with a fix", example: "is:fixable" },
+    SyntaxHelp {
+        syntax: "is:fixable",
+        meaning: "a tagged image has a vulnerability with a fix",
+        example: "is:fixable",
+    },
     SyntaxHelp { syntax: "sort:", meaning: "relevance, recent, stars, size or name", example: "sort:stars" },
     SyntaxHelp { syntax: "-key:value", meaning: "leave out what a filter matches", example: "-arch:amd64" },
 ];
