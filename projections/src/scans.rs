@@ -545,3 +545,112 @@ impl Views {
         Ok(table.get(key(&[did, digest]).as_str())?.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atcr_storage::PutAction;
+    use ipld_core::cid::Cid;
+    use ipld_core::ipld;
+    use ipld_core::ipld::Ipld;
+
+    const OWNER: &str = "did:plc:owner";
+    const HOLD: &str = "did:plc:hold";
+
+    fn raw_cid(bytes: &[u8]) -> Cid {
+        let hex = &atcr_storage::content::sha256_digest(bytes)["sha256:".len()..];
+        let digest: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap()).collect();
+        Cid::new_v1(0x55, ipld_core::cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap())
+    }
+
+    fn sbom(openssl: &str) -> Vec<u8> {
+        format!(
+            r#"{{"spdxVersion": "SPDX-2.3", "packages": [{{"name": "OpenSSL", "versionInfo": "{openssl}"}}, {{"name": "zlib", "versionInfo": "1.3"}}]}}"#
+        )
+        .into_bytes()
+    }
+
+    fn event(did: &str, body: EventBody) -> Event {
+        Event {
+            source: atcr_storage::Source::Firehose,
+            upstream_seq: None,
+            did: did.into(),
+            rev: None,
+            upstream_time: None,
+            received_at_us: 0,
+            commit_cid: None,
+            body,
+        }
+    }
+
+    fn scan_put(hex: &str, sbom: &[u8]) -> Event {
+        let record = ipld!({
+            "manifest": format!("at://{OWNER}/io.atcr.manifest/{hex}"), "repository": "app", "userDid": OWNER,
+            "critical": 1, "high": 0, "medium": 0, "low": 0, "total": 1, "status": "ok",
+            "sbomBlob": { "$type": "blob", "ref": Ipld::Link(raw_cid(sbom)), "mimeType": "application/spdx+json", "size": sbom.len() },
+        });
+        let record = serde_ipld_dagcbor::to_vec(&record).unwrap();
+        let body = EventBody::RecordPut {
+            collection: records::HOLD_SCAN.into(),
+            rkey: hex.into(),
+            cid: "bafyrei".into(),
+            action: PutAction::Create,
+            record,
+        };
+        event(HOLD, body)
+    }
+
+    fn stored(hex: &str, sbom: &[u8]) -> Event {
+        let body = EventBody::ContentStored {
+            kind: SBOM_KIND.into(),
+            digest: atcr_storage::content::sha256_digest(sbom),
+            media_type: "application/spdx+json".into(),
+            size: sbom.len() as u64,
+            subject: format!("at://{HOLD}/{}/{hex}", records::HOLD_SCAN),
+        };
+        event(HOLD, body)
+    }
+
+    fn versions(views: &Views, prefix: &str) -> Vec<String> {
+        let (hits, _) = views.package_search("openssl", prefix, None, 100).unwrap();
+        hits.into_iter().map(|(_, hit)| hit.version).collect()
+    }
+
+    #[test]
+    fn a_rescan_replaces_the_package_index_and_a_delete_clears_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let content = Arc::new(ContentStore::open(&directory.path().join("content")).unwrap());
+        use_content_store(content.clone());
+        let views = Views::open(&directory.path().join("views.redb")).unwrap();
+        let hex = "ab".repeat(32);
+        let (old, new) = (sbom("3.0.7"), sbom("3.1.4"));
+        for bytes in [&old, &new] {
+            content.put(&atcr_storage::content::sha256_digest(bytes), bytes).unwrap();
+        }
+        let apply_all = |events: &[Event]| {
+            let txn = views.database().begin_write().unwrap();
+            let mut touched = Touched::new();
+            for (offset, event) in events.iter().enumerate() {
+                apply(&txn, offset as u64, event, &mut touched).unwrap();
+            }
+            txn.commit().unwrap();
+        };
+        apply_all(&[scan_put(&hex, &old), stored(&hex, &old)]);
+        assert_eq!(versions(&views, "3.0"), vec!["3.0.7".to_string()]);
+        // the hold rescans: the new SBOM replaces the old one in the index
+        apply_all(&[scan_put(&hex, &new)]);
+        assert!(versions(&views, "").is_empty(), "the new SBOM is not stored yet");
+        apply_all(&[stored(&hex, &new)]);
+        assert_eq!(versions(&views, ""), vec!["3.1.4".to_string()]);
+        let digest = format!("sha256:{hex}");
+        assert_eq!(views.scans(OWNER, &digest).unwrap().len(), 1, "one row per (manifest, hold)");
+        // applying the same events again changes nothing
+        apply_all(&[scan_put(&hex, &new), stored(&hex, &new)]);
+        assert_eq!(versions(&views, ""), vec!["3.1.4".to_string()]);
+        let deleted =
+            EventBody::RecordDeleted { collection: records::HOLD_SCAN.into(), rkey: hex.clone(), prev_cid: None };
+        apply_all(&[event(HOLD, deleted)]);
+        assert!(versions(&views, "").is_empty());
+        assert!(views.scans(OWNER, &digest).unwrap().is_empty());
+    }
+}
