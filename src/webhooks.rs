@@ -42,7 +42,7 @@ enum WebhooksCommand {
         #[arg(long, env = "ATCR_WEBHOOK_SECRET", hide_env_values = true)]
         secret: String,
         /// Event type (repeatable): manifest.pushed, tag.created, tag.moved, tag.deleted,
-        /// repo.starred. Default: all.
+        /// repo.starred, scan.completed. Default: all.
         #[arg(long = "event")]
         events: Vec<String>,
         /// Only events about this DID or handle.

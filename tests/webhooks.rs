@@ -2,10 +2,11 @@
 //! dev gen --into`, no network) to a receiver on loopback.
 //!
 //! What it proves:
-//! - every `manifest.pushed`, `tag.created`, `tag.moved`, `tag.deleted` and `repo.starred` the
-//!   log implies arrives, exactly once after de-duplication by delivery id, in log order, with a
-//!   valid `X-Atcr-Signature`; the expected sequence is computed here, independently, from
-//!   `/api/v1/log` (an oracle with its own tag state);
+//! - every `manifest.pushed`, `tag.created`, `tag.moved`, `tag.deleted`, `repo.starred` and
+//!   `scan.completed` (the world has 5 scanned images) the log implies arrives, exactly once after
+//!   de-duplication by delivery id, in log order, with a valid `X-Atcr-Signature`; the expected
+//!   sequence is computed here, independently, from `/api/v1/log` (an oracle with its own tag
+//!   state);
 //! - a filtered subscription gets exactly its slice;
 //! - a batched subscription (`batch_max = 50`) gets the same events, in order, in fewer requests,
 //!   each event with its own delivery id inside the batch body;
@@ -143,6 +144,16 @@ fn oracle(events: &[Value]) -> Vec<Expected> {
                     _ => out.push(("tag.created".into(), offset, did, repository, Some(tag), Some(digest), None)),
                 }
             }
+            // A hold's verdict on an image: about the image's owner and repository.
+            ("record_put", "io.atcr.hold.scan") => out.push((
+                "scan.completed".into(),
+                offset,
+                text(record, "userDid"),
+                text(record, "repository"),
+                None,
+                Some(format!("sha256:{rkey}")),
+                None,
+            )),
             ("record_deleted", "io.atcr.tag") => {
                 if let Some((repository, tag, digest)) = tags.remove(&(did.clone(), rkey)) {
                     out.push(("tag.deleted".into(), offset, did, repository, Some(tag), Some(digest), None));
@@ -405,6 +416,10 @@ async fn webhooks_arrive_in_order_signed_through_an_outage_and_a_kill() -> Resul
             "400",
             "--threads",
             "1",
+            "--scans",
+            "5",
+            "--sbom-packages",
+            "3",
         ],
     )?;
 
@@ -453,16 +468,17 @@ batch_max = 50
     let expected = oracle(&events);
     let count = |kind: &str| expected.iter().filter(|item| item.0 == kind).count();
     println!(
-        "log: {} events -> {} webhook events ({} pushed, {} created, {} moved, {} deleted, {} starred)",
+        "log: {} events -> {} webhook events ({} pushed, {} created, {} moved, {} deleted, {} starred, {} scanned)",
         events.len(),
         expected.len(),
         count("manifest.pushed"),
         count("tag.created"),
         count("tag.moved"),
         count("tag.deleted"),
-        count("repo.starred")
+        count("repo.starred"),
+        count("scan.completed")
     );
-    for kind in ["manifest.pushed", "tag.created", "tag.moved"] {
+    for kind in ["manifest.pushed", "tag.created", "tag.moved", "scan.completed"] {
         ensure!(count(kind) > 0, "the generated world has no {kind}: the test would prove nothing");
     }
 

@@ -39,15 +39,17 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use atcr_storage::records::{self, ManifestRecord, StarRecord, TagRecord};
-pub use atcr_storage::webhooks::{DeliveryRecord, OutboxEntry, Progress, TagTarget, WebhookEvent, WebhookStore};
+use atcr_storage::records::{self, ManifestRecord, ScanRecord, StarRecord, TagRecord};
+pub use atcr_storage::webhooks::{
+    DeliveryRecord, OutboxEntry, Progress, ScanOutcome, TagTarget, WebhookEvent, WebhookStore,
+};
 use atcr_storage::{EventBody, EventLog, PutAction, StoredEvent};
 
 use crate::policy::{PolicyRefused, UrlPolicy};
 
-/// Every event type a subscription can ask for. (`scan.completed` is not offered: atcr has no
-/// scan data yet.)
-pub const EVENT_TYPES: [&str; 5] = ["manifest.pushed", "tag.created", "tag.moved", "tag.deleted", "repo.starred"];
+/// Every event type a subscription can ask for.
+pub const EVENT_TYPES: [&str; 6] =
+    ["manifest.pushed", "tag.created", "tag.moved", "tag.deleted", "repo.starred", "scan.completed"];
 /// The signature header: `sha256=<hex HMAC-SHA256 of the body with the subscription's secret>`.
 pub const SIGNATURE_HEADER: &str = "X-Atcr-Signature";
 /// The delivery id header (also the body's `id`): `<subscription>-<log offset>`.
@@ -171,6 +173,7 @@ pub fn classify(stored: &StoredEvent, previous_tag: Option<&TagTarget>, handle: 
         previous_digest: None,
         actor: event.did.clone(),
         received_at_us: event.received_at_us,
+        scan: None,
     };
     match &event.body {
         EventBody::RecordPut { collection, rkey, record, .. } if collection == records::TAG => {
@@ -228,6 +231,32 @@ pub fn classify(stored: &StoredEvent, previous_tag: Option<&TagTarget>, handle: 
                     handle: None,
                     actor: event.did.clone(),
                     ..make("repo.starred", star.subject_repository)
+                }),
+                ..Classified::default()
+            }
+        }
+        // A hold wrote (or rewrote: a rescan) its verdict on a manifest. About the image's owner
+        // and repository (what subscriptions filter on); the hold is the actor.
+        EventBody::RecordPut { collection, rkey, record, .. } if collection == records::HOLD_SCAN => {
+            let Ok(scan) = ScanRecord::decode(record, rkey) else { return Classified::default() };
+            Classified {
+                event: Some(WebhookEvent {
+                    did: scan.owner_did,
+                    handle: None,
+                    digest: Some(scan.manifest_digest),
+                    actor: event.did.clone(),
+                    scan: Some(ScanOutcome {
+                        hold: event.did.clone(),
+                        status: scan.status.as_str().to_string(),
+                        reason: scan.reason,
+                        critical: scan.critical,
+                        high: scan.high,
+                        medium: scan.medium,
+                        low: scan.low,
+                        total: scan.total,
+                        scanner: scan.scanner_version,
+                    }),
+                    ..make("scan.completed", scan.repository)
                 }),
                 ..Classified::default()
             }
@@ -946,6 +975,52 @@ mod tests {
         assert_eq!(classify(&garbage, None, None), Classified::default());
     }
 
+    #[test]
+    fn a_hold_scan_is_a_scan_completed_about_the_image_owner() {
+        let hex = "d".repeat(64);
+        let scan = serde_json::json!({
+            "$type": "io.atcr.hold.scan",
+            "manifest": format!("at://did:plc:owner/io.atcr.manifest/{hex}"),
+            "repository": "app", "userDid": "did:plc:owner",
+            "critical": 1, "high": 2, "medium": 3, "low": 4, "total": 10,
+            "scannerVersion": "atcr-scanner-v1.0.0", "scannedAt": "2026-01-01T00:00:00Z",
+        });
+        let first = classify(
+            &put(9, "did:web:hold.test", records::HOLD_SCAN, &hex, PutAction::Create, scan.clone()),
+            None,
+            None,
+        )
+        .event
+        .expect("scan.completed");
+        assert_eq!(first.event_type, "scan.completed");
+        assert_eq!((first.did.as_str(), first.repository.as_str()), ("did:plc:owner", "app"));
+        assert_eq!(first.actor, "did:web:hold.test");
+        assert_eq!(first.digest, Some(digest('d')));
+        let outcome = first.scan.expect("outcome");
+        assert_eq!((outcome.status.as_str(), outcome.critical, outcome.total), ("ok", 1, 10));
+        assert_eq!(outcome.hold, "did:web:hold.test");
+        // A rescan (the record rewritten) completes again.
+        let rescan = serde_json::json!({
+            "$type": "io.atcr.hold.scan",
+            "manifest": format!("at://did:plc:owner/io.atcr.manifest/{hex}"),
+            "repository": "app", "userDid": "did:plc:owner", "status": "failed", "reason": "timeout",
+            "critical": 0, "high": 0, "medium": 0, "low": 0, "total": 0,
+            "scannerVersion": "atcr-scanner-v1.0.0", "scannedAt": "2026-01-02T00:00:00Z",
+        });
+        let again =
+            classify(&put(10, "did:web:hold.test", records::HOLD_SCAN, &hex, PutAction::Update, rescan), None, None)
+                .event
+                .and_then(|event| event.scan)
+                .expect("rescan");
+        assert_eq!((again.status.as_str(), again.reason.as_deref()), ("failed", Some("timeout")));
+        // Other events carry no scan (and their JSON no `scan` key).
+        let manifest = serde_json::json!({"$type": "io.atcr.manifest", "repository": "app", "digest": digest('c'), "mediaType": "application/vnd.oci.image.manifest.v1+json"});
+        let pushed = classify(&put(11, "did:plc:a", records::MANIFEST, "c", PutAction::Create, manifest), None, None)
+            .event
+            .expect("pushed");
+        assert!(!serde_json::to_string(&pushed).expect("json").contains("\"scan\""));
+    }
+
     fn subscription() -> Subscription {
         Subscription {
             id: "ci".into(),
@@ -971,6 +1046,7 @@ mod tests {
             previous_digest: None,
             actor: did.into(),
             received_at_us: 0,
+            scan: None,
         }
     }
 
@@ -1001,8 +1077,10 @@ mod tests {
         assert!(private.validate(&UrlPolicy { allow_loopback: true }).is_err());
         assert!(Subscription { id: "a b".into(), ..subscription() }.validate(&strict).is_err());
         assert!(Subscription { secret: String::new(), ..subscription() }.validate(&strict).is_err());
-        let unknown = Subscription { events: vec!["scan.completed".into()], ..subscription() };
-        assert!(unknown.validate(&strict).unwrap_err().to_string().contains("scan.completed"));
+        let scans = Subscription { events: vec!["scan.completed".into()], ..subscription() };
+        assert!(scans.validate(&strict).is_ok());
+        let unknown = Subscription { events: vec!["scan.started".into()], ..subscription() };
+        assert!(unknown.validate(&strict).unwrap_err().to_string().contains("scan.started"));
     }
 
     #[test]

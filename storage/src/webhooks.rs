@@ -52,6 +52,30 @@ pub struct WebhookEvent {
     pub actor: String,
     /// When atcr received the event (RFC 3339 is left to the receiver: microseconds since epoch).
     pub received_at_us: i64,
+    /// `scan.completed`: the hold's verdict as its scan record states it. Absent from every
+    /// other type (and from outbox entries written before scans existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanOutcome>,
+}
+
+/// What a `scan.completed` webhook says about the scan: the record's own summary. The CVE and
+/// package lists are at `/api/v1/vulnerabilities/…` and `/api/v1/packages/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanOutcome {
+    /// The hold that scanned (the DID whose repository holds the scan record).
+    pub hold: String,
+    /// `ok`, `failed`, `skipped` (or a newer value, as written).
+    pub status: String,
+    /// Why the scan did not succeed, when the hold said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    pub total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanner: Option<String>,
 }
 
 /// A tag's target as the classifier last saw it.
@@ -366,6 +390,7 @@ mod tests {
             previous_digest: None,
             actor: did.into(),
             received_at_us: 0,
+            scan: None,
         }
     }
 
