@@ -379,6 +379,15 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
     // --- pages ---------------------------------------------------------------------------------
     let (status, page) = atcr.get(&format!("/r/{owner_name}/{REPOSITORY}")).await?;
     ensure!(status == 200 && page.contains("1 critical") && page.contains("3 high"), "repository page badges");
+    // Each scanned tag links a comparison with the next older scanned tag, and the link works.
+    let compare_href = page
+        .split("class=\"compare-link\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|href| href.replace("&amp;", "&"))
+        .context("the repository page links no tag comparison")?;
+    let (status, compared) = atcr.get(&compare_href).await?;
+    ensure!(status == 200 && compared.contains("id=\"cves-title\""), "compare link {compare_href}: {status}");
     let (status, page) = atcr.get(&format!("/r/{base}/vulnerabilities/1.0")).await?;
     ensure!(status == 200, "vulnerabilities page: {status}");
     for needle in

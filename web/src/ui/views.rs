@@ -235,14 +235,21 @@ fn tags_table(page: &RepositoryPage, owner: &str, context: &RenderContext) -> Ma
                     th scope="col" { "Vulnerabilities" }
                 } }
                 tbody {
-                    @for tag in &page.tags {
+                    @for (index, tag) in page.tags.iter().enumerate() {
+                        // The next older scanned tag, to compare this one with (tags are newest first).
+                        @let older = tag.scan.as_ref().and(page.tags[index + 1..].iter().find(|older| older.scan.is_some() && older.digest != tag.digest));
                         tr {
                             th scope="row" { a.mono href=(tag_url(owner, &page.repository, &tag.name)) { (tag.name) } }
                             td { (platform_badges(&tag.platforms, tag.multi_arch)) }
                             td.num { (tag.size.map(human_size).unwrap_or_default()) }
                             td.hide-sm { a.mono href=(manifest_url(owner, &page.repository, &tag.digest)) title=(tag.digest) { (short_digest(&tag.digest)) } }
                             td.nowrap.hide-sm { @if let Some(at) = &tag.updated_at { (time_element(at, context.now)) } }
-                            td { (super::scans::severity_badges(tag.scan.as_ref(), &super::scans::vulnerabilities_url(owner, &page.repository, &tag.name))) }
+                            td {
+                                (super::scans::severity_badges(tag.scan.as_ref(), &super::scans::vulnerabilities_url(owner, &page.repository, &tag.name)))
+                                @if let Some(older) = older {
+                                    " " a.compare-link href=(super::scans::compare_url(owner, &page.repository, &older.name, &tag.name)) title={ "What changed since " (older.name) } { "vs " (older.name) }
+                                }
+                            }
                         }
                     }
                 }
