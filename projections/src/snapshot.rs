@@ -3,14 +3,18 @@
 //! A new node, or a rebuild, can start from a snapshot's checkpoint instead of offset 0: the
 //! runner then applies only the events after it. Restoring must be fast (seconds for millions
 //! of rows), and inserting rows into redb one by one is not, so a snapshot carries a ready views
-//! database: every table of the live views copied, in key order, into a fresh redb file, which
-//! is then zstd-compressed (with zstd's content checksum). Restoring is decompressing that file
-//! into a new build.
+//! database: every table of the live views copied, in key order, into a fresh redb file
+//! (appended through a cursor, so pages come out full), which is then compressed in independent
+//! zstd frames of [`FRAME_BYTES`], each with zstd's content checksum. Restoring decompresses the
+//! frames on every core, each written at its offset of the new build's file.
 //!
 //! ```text
-//! "ATCRSNAP" u8 format(2) u32 LE header length, postcard header { projection, version,
-//!   checkpoint, tables: [(name, rows, sha256)] }   then the zstd-compressed redb file
+//! "ATCRSNAP" u8 format(3) u32 LE header length, postcard header { projection, version,
+//!   checkpoint, tables: [(name, rows, sha256)] }
+//!   then frames: u32 LE compressed length, u32 LE raw length, one zstd frame; length 0 ends
 //! ```
+//!
+//! Format 2 (the same header, then the whole image as one zstd stream) is still restored.
 //!
 //! Every table is included (found with `list_tables`), bookkeeping tables too: the checkpoint
 //! travels inside the rows it belongs to, read in the same transaction. The header's per-table
@@ -29,7 +33,13 @@ use crate::digest::{ColumnType, DigestBuilder, scan_table, table_names, table_ty
 use crate::{CHECKPOINTS, ProjectionError, REGISTRY, REGISTRY_VERSION, VERSIONS, Views};
 
 const MAGIC: &[u8; 8] = b"ATCRSNAP";
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The single-stream format before frames; still restored.
+const FORMAT_SINGLE_STREAM: u8 = 2;
+/// Raw bytes of the image per zstd frame: frames are compressed and decompressed in parallel.
+pub const FRAME_BYTES: usize = 16 << 20;
+/// A frame's lengths may not exceed this (a damaged length must not allocate gigabytes).
+const MAX_FRAME_BYTES: usize = 256 << 20;
 /// Rows copied per table open.
 const COPY_ROWS: usize = 65_536;
 
@@ -123,12 +133,9 @@ fn write_snapshot_staged(
     let length = u32::try_from(header_bytes.len()).map_err(|_| corrupt("header over 4 GiB"))?;
     out.write_all(&length.to_le_bytes()).map_err(io("snapshot write"))?;
     out.write_all(&header_bytes).map_err(io("snapshot write"))?;
-    let mut encoder = zstd::Encoder::new(out, 3).map_err(io("zstd"))?;
-    encoder.include_checksum(true).map_err(io("zstd"))?;
     let mut image =
         std::fs::File::open(staging).map_err(ProjectionError::io(format!("cannot read {}", staging.display())))?;
-    std::io::copy(&mut image, &mut encoder).map_err(io("snapshot write"))?;
-    let mut out = encoder.finish().map_err(io("zstd"))?;
+    write_frames(&mut image, &mut out)?;
     out.flush().map_err(io("snapshot write"))?;
     Ok(SnapshotSummary::of(header))
 }
@@ -176,8 +183,9 @@ fn restore_into(input: impl Read, path: &Path) -> Result<SnapshotSummary, Projec
     if &magic[..8] != MAGIC {
         return Err(corrupt("not an atcr snapshot"));
     }
-    if magic[8] != FORMAT {
-        return Err(corrupt(format!("snapshot format {} is not supported", magic[8])));
+    let format = magic[8];
+    if format != FORMAT && format != FORMAT_SINGLE_STREAM {
+        return Err(corrupt(format!("snapshot format {format} is not supported")));
     }
     let length = u32::from_le_bytes([magic[9], magic[10], magic[11], magic[12]]) as usize;
     if length > 64 << 20 {
@@ -198,10 +206,14 @@ fn restore_into(input: impl Read, path: &Path) -> Result<SnapshotSummary, Projec
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(ProjectionError::io(format!("cannot create {}", parent.display())))?;
     }
-    let mut decoder = zstd::Decoder::new(input).map_err(ProjectionError::io("zstd"))?;
     let mut file =
         std::fs::File::create(path).map_err(ProjectionError::io(format!("cannot create {}", path.display())))?;
-    std::io::copy(&mut decoder, &mut file).map_err(|error| corrupt(format!("damaged snapshot: {error}")))?;
+    if format == FORMAT_SINGLE_STREAM {
+        let mut decoder = zstd::Decoder::new(input).map_err(ProjectionError::io("zstd"))?;
+        std::io::copy(&mut decoder, &mut file).map_err(|error| corrupt(format!("damaged snapshot: {error}")))?;
+    } else {
+        read_frames(&mut input, &file)?;
+    }
     file.sync_all().map_err(ProjectionError::io("restore sync"))?;
     drop(file);
     let database = Database::builder().create(path)?;
@@ -213,6 +225,124 @@ fn restore_into(input: impl Read, path: &Path) -> Result<SnapshotSummary, Projec
         return Err(corrupt("the restored database does not match the snapshot header"));
     }
     Ok(SnapshotSummary::of(header))
+}
+
+fn compress_frame(raw: &[u8]) -> Result<Vec<u8>, ProjectionError> {
+    let mut encoder = zstd::Encoder::new(Vec::with_capacity(raw.len() / 3), 3).map_err(ProjectionError::io("zstd"))?;
+    encoder.include_checksum(true).map_err(ProjectionError::io("zstd"))?;
+    encoder.write_all(raw).map_err(ProjectionError::io("zstd"))?;
+    encoder.finish().map_err(ProjectionError::io("zstd"))
+}
+
+/// Reads up to `FRAME_BYTES` (fewer only at the end of `image`).
+fn read_frame(image: &mut impl Read) -> Result<Vec<u8>, ProjectionError> {
+    let mut raw = Vec::with_capacity(FRAME_BYTES);
+    image.take(FRAME_BYTES as u64).read_to_end(&mut raw).map_err(ProjectionError::io("snapshot image read"))?;
+    Ok(raw)
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |count| count.get()).clamp(1, 8)
+}
+
+/// Compresses `image` in frames, a few at a time in parallel, and writes them in order.
+fn write_frames(image: &mut impl Read, out: &mut impl Write) -> Result<(), ProjectionError> {
+    let io = ProjectionError::io;
+    loop {
+        let mut batch = Vec::new();
+        for _ in 0..threads() {
+            let raw = read_frame(image)?;
+            if raw.is_empty() {
+                break;
+            }
+            batch.push(raw);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let compressed: Vec<Result<Vec<u8>, ProjectionError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = batch.iter().map(|raw| scope.spawn(|| compress_frame(raw))).collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap_or_else(|_| Err(corrupt("a compression thread panicked"))))
+                .collect()
+        });
+        for (raw, frame) in batch.iter().zip(compressed) {
+            let frame = frame?;
+            let frame_length = u32::try_from(frame.len()).map_err(|_| corrupt("frame over 4 GiB"))?;
+            let raw_length = u32::try_from(raw.len()).map_err(|_| corrupt("frame over 4 GiB"))?;
+            out.write_all(&frame_length.to_le_bytes()).map_err(io("snapshot write"))?;
+            out.write_all(&raw_length.to_le_bytes()).map_err(io("snapshot write"))?;
+            out.write_all(&frame).map_err(io("snapshot write"))?;
+        }
+    }
+    out.write_all(&0u32.to_le_bytes()).map_err(io("snapshot write"))?;
+    Ok(())
+}
+
+/// Reads the frames of `input` and decompresses them on every core, each written at its offset
+/// of `file`.
+fn read_frames(input: &mut impl Read, file: &std::fs::File) -> Result<(), ProjectionError> {
+    use std::os::unix::fs::FileExt;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(u64, usize, Vec<u8>)>(threads() * 2);
+    let receiver = std::sync::Mutex::new(receiver);
+    let decompress = || -> Result<(), ProjectionError> {
+        loop {
+            let next = match receiver.lock() {
+                Ok(receiver) => receiver.recv(),
+                Err(_) => return Err(corrupt("a restore thread panicked")),
+            };
+            let Ok((offset, raw_length, frame)) = next else { return Ok(()) };
+            let raw = zstd::bulk::decompress(&frame, raw_length)
+                .map_err(|error| corrupt(format!("damaged snapshot frame at {offset}: {error}")))?;
+            if raw.len() != raw_length {
+                return Err(corrupt(format!("damaged snapshot frame at {offset}: wrong length")));
+            }
+            file.write_all_at(&raw, offset).map_err(ProjectionError::io("restore write"))?;
+        }
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads()).map(|_| scope.spawn(decompress)).collect();
+        // Takes the sender: once it returns, the workers finish the frames queued and stop.
+        let mut outcome = send_frames(input, sender);
+        for worker in workers {
+            let result = worker.join().unwrap_or_else(|_| Err(corrupt("a restore thread panicked")));
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    })
+}
+
+/// Reads frames and queues them with their offsets in the image.
+fn send_frames(input: &mut impl Read, sender: FrameSender) -> Result<(), ProjectionError> {
+    let mut offset = 0u64;
+    loop {
+        let frame_length = read_u32(input)? as usize;
+        if frame_length == 0 {
+            return Ok(());
+        }
+        let raw_length = read_u32(input)? as usize;
+        if raw_length > MAX_FRAME_BYTES || frame_length > MAX_FRAME_BYTES {
+            return Err(corrupt("damaged snapshot: a frame length is out of range"));
+        }
+        let mut frame = vec![0u8; frame_length];
+        input.read_exact(&mut frame).map_err(|error| corrupt(format!("truncated snapshot: {error}")))?;
+        if sender.send((offset, raw_length, frame)).is_err() {
+            // Every worker stopped on an error; it is reported by the caller.
+            return Ok(());
+        }
+        offset += raw_length as u64;
+    }
+}
+
+type FrameSender = std::sync::mpsc::SyncSender<(u64, usize, Vec<u8>)>;
+
+fn read_u32(input: &mut impl Read) -> Result<u32, ProjectionError> {
+    let mut bytes = [0u8; 4];
+    input.read_exact(&mut bytes).map_err(|error| corrupt(format!("truncated snapshot: {error}")))?;
+    Ok(u32::from_le_bytes(bytes))
 }
 
 fn check_width<T: Value>(bytes: &[u8]) -> Result<(), ProjectionError> {
@@ -228,11 +358,18 @@ fn insert_rows<K: Key + 'static, V: Value + 'static>(
     rows: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), ProjectionError> {
     let mut table = txn.open_table(TableDefinition::<K, V>::new(name))?;
+    // Rows arrive in key order after every row already copied: append them through one cursor
+    // at the end of the table (redb buffers such runs and fills pages instead of splitting them).
+    let mut cursor = table.upper_bound_mut(std::ops::Bound::<K::SelfType<'_>>::Unbounded)?;
     for (key, value) in rows {
         check_width::<K>(key)?;
         check_width::<V>(value)?;
-        table.insert(K::from_bytes(key), V::from_bytes(value))?;
+        cursor.insert_before(K::from_bytes(key), V::from_bytes(value)).map_err(|error| match error {
+            redb::CursorError::Storage(error) => ProjectionError::Storage(error),
+            _ => corrupt(format!("{name}: rows out of key order")),
+        })?;
     }
+    cursor.close()?;
     Ok(())
 }
 
