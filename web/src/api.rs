@@ -325,17 +325,30 @@ pub struct StarsResponse {
     pub next_cursor: Option<String>,
 }
 
-fn browse_of(state: &AppState) -> Result<Browse, ApiError> {
+pub(crate) fn browse_of(state: &AppState) -> Result<Browse, ApiError> {
     state.browse.clone().ok_or_else(|| ApiError::unavailable("browsing is not available on this server"))
 }
 
 async fn browse_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BrowseError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    query_blocking("browse", work).await
+}
+
+/// Runs a JSON API read on the blocking pool; a query failure is a logged 500 (`what` names the
+/// query family in the log line).
+pub(crate) async fn query_blocking<T, E>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
-            tracing::error!(%error, "browse query failed");
+            tracing::error!(%error, what, "api query failed");
             Err(ApiError::internal(error.to_string()))
         }
         Err(error) => Err(ApiError::internal(format!("query task failed: {error}"))),

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use maud::{Markup, PreEscaped, html};
 
-use atcr_query::browse::{Browse, BrowseError, HoldStatus};
+use atcr_query::browse::{BrowseError, HoldStatus};
 use atcr_query::holds::{HoldCard, HoldPage, RepositoryStats};
 
 use super::charts::{ATCR_PULLS, PULLS, PUSHES, Series, line_chart};
@@ -20,7 +20,7 @@ use super::components::RenderContext;
 use super::format::{human_size, path_segment, repository_url, thousands, time_element, user_url};
 use super::layout::{Page, Section, render};
 use super::{html_response, not_found_page, read, request_host, security_headers, unavailable};
-use crate::api::{ApiPath, ErrorBody};
+use crate::api::{ApiPath, ErrorBody, browse_of, query_blocking};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -297,21 +297,10 @@ async fn hold_page(State(state): State<AppState>, Path(did): Path<String>, heade
     }
 }
 
-fn browse_of(state: &AppState) -> Result<Browse, ApiError> {
-    state.browse.clone().ok_or_else(|| ApiError::unavailable("browsing is not available on this server"))
-}
-
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BrowseError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "holds query failed");
-            Err(ApiError::internal(error.to_string()))
-        }
-        Err(error) => Err(ApiError::internal(format!("query task failed: {error}"))),
-    }
+    query_blocking("holds", work).await
 }
 
 /// `GET /api/v1/holds`: every hold atcr knows.

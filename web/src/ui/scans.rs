@@ -663,14 +663,7 @@ fn split_reference(rest: &str) -> Result<(String, String), ApiError> {
 async fn scan_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, atcr_query::scans::ScanQueryError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "scan query failed");
-            Err(ApiError::internal(error.to_string()))
-        }
-        Err(error) => Err(ApiError::internal(format!("query task failed: {error}"))),
-    }
+    crate::api::query_blocking("scans", work).await
 }
 
 /// `GET /api/v1/scans/{owner}/{repository…}/-/{reference}`: an image's scan summary.
