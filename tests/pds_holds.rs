@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -247,40 +245,10 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
 /// The hold page and the repository chart in headless chromium: they load with no console
 /// error and no axe violation, show the facts, and are saved as screenshots.
 fn browser_check(atcr: &Atcr, hold: &str, owner: &str) -> Result<()> {
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        println!("SKIP (browser part): no chromium at {chromium}");
-        return Ok(());
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let screenshots = std::env::var_os("ATCR_TEST_OUTPUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/test-output"))
-        .join("screenshots")
-        .join("holds");
-    std::fs::create_dir_all(&screenshots)?;
-    let pages = format!(
-        "hold-page|/holds/{hold}|#hold-facts|{REGION};hold-directory|/holds|#holds|{hold};repository-chart|/r/{owner}/{REPOSITORY}|#analytics|Pulls via atcr"
-    );
-    let output = Command::new("bash")
-        .arg(root.join("fixtures/browser/run.sh"))
-        .env("ATCR_UI_URL", atcr.base_url())
-        .env("ATCR_UI_SCREENSHOTS", &screenshots)
-        .env("ATCR_UI_DEMO", "0")
-        .env("ATCR_UI_SHOT_PAGES", pages)
-        .output()
-        .context("running fixtures/browser/run.sh")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    if output.status.code() == Some(3) && stdout.contains("SKIP") {
-        return Ok(());
-    }
-    ensure!(
-        output.status.success() && stdout.contains("3 passed, 0 failed"),
-        "browser checks failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("screenshots: {}", screenshots.display());
-    Ok(())
+    let pages = [
+        format!("hold-page|/holds/{hold}|#hold-facts|{REGION}"),
+        format!("hold-directory|/holds|#holds|{hold}"),
+        format!("repository-chart|/r/{owner}/{REPOSITORY}|#analytics|Pulls via atcr"),
+    ];
+    support::check_pages_in_browser(&atcr.base_url(), "holds", &pages)
 }

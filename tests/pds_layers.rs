@@ -404,37 +404,6 @@ async fn deep_inspection_lists_each_layers_files_history_and_sharing() -> Result
 /// The manifest page's layer sections and `/layers` in headless chromium: no console error, no
 /// axe violation, the facts shown, saved as screenshots.
 fn browser_check(atcr: &Atcr, pages: &str) -> Result<()> {
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        println!("SKIP (browser part): no chromium at {chromium}");
-        return Ok(());
-    }
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let screenshots = std::env::var_os("ATCR_TEST_OUTPUT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target/test-output"))
-        .join("screenshots")
-        .join("layers");
-    std::fs::create_dir_all(&screenshots)?;
-    let output = std::process::Command::new("bash")
-        .arg(root.join("fixtures/browser/run.sh"))
-        .env("ATCR_UI_URL", atcr.base_url())
-        .env("ATCR_UI_SCREENSHOTS", &screenshots)
-        .env("ATCR_UI_DEMO", "0")
-        .env("ATCR_UI_SHOT_PAGES", pages)
-        .output()
-        .context("running fixtures/browser/run.sh")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    if output.status.code() == Some(3) && stdout.contains("SKIP") {
-        return Ok(());
-    }
-    ensure!(
-        output.status.success() && stdout.contains("3 passed, 0 failed"),
-        "browser checks failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("screenshots: {}", screenshots.display());
-    Ok(())
+    let pages: Vec<String> = pages.split(';').map(str::to_string).collect();
+    support::check_pages_in_browser(&atcr.base_url(), "layers", &pages)
 }

@@ -432,18 +432,6 @@ async fn scenario(pds_url: &str, atcr: &mut Atcr) -> Result<()> {
 /// violation, show the facts, and are saved as screenshots
 /// (`target/test-output/screenshots/scans/`).
 fn browser_check(atcr: &Atcr, owner: &str) -> Result<()> {
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        println!("SKIP (browser part): no chromium at {chromium}");
-        return Ok(());
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let screenshots = std::env::var_os("ATCR_TEST_OUTPUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/test-output"))
-        .join("screenshots")
-        .join("scans");
-    std::fs::create_dir_all(&screenshots)?;
     let base = format!("/r/{owner}/{REPOSITORY}/-");
     let pages = [
         format!("scan-repository|/r/{owner}/{REPOSITORY}|#tags|1 critical"),
@@ -457,27 +445,7 @@ fn browser_check(atcr: &Atcr, owner: &str) -> Result<()> {
         format!("scan-unreadable|{base}/vulnerabilities/bad|.scan-unreadable|scan data unreadable"),
         "scan-package-search|/packages?name=openssl&version=3.0|table.data|scanme".to_string(),
     ];
-    let output = std::process::Command::new("bash")
-        .arg(root.join("fixtures/browser/run.sh"))
-        .env("ATCR_UI_URL", atcr.base_url())
-        .env("ATCR_UI_SCREENSHOTS", &screenshots)
-        .env("ATCR_UI_DEMO", "0")
-        .env("ATCR_UI_SHOT_PAGES", pages.join(";"))
-        .output()
-        .context("running fixtures/browser/run.sh")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    if output.status.code() == Some(3) && stdout.contains("SKIP") {
-        return Ok(());
-    }
-    ensure!(
-        output.status.success() && stdout.contains(&format!("{} passed, 0 failed", pages.len())),
-        "browser checks failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("screenshots: {}", screenshots.display());
-    Ok(())
+    support::check_pages_in_browser(&atcr.base_url(), "scans", &pages)
 }
 
 fn urlencode(text: &str) -> String {

@@ -1270,3 +1270,44 @@ impl TestBucket {
         )
     }
 }
+
+/// Opens `pages` (`name|path|selector|text`, see `fixtures/browser/ui-test.mjs`'s
+/// `ATCR_UI_SHOT_PAGES`) in headless chromium against `base_url`: each must load with no console
+/// error and no axe (WCAG 2.1 AA) violation and show its text; screenshots are saved under
+/// `target/test-output/screenshots/<folder>/` (or `$ATCR_TEST_OUTPUT`). Prints SKIP and passes
+/// when there is no chromium (or the harness says SKIP).
+pub fn check_pages_in_browser(base_url: &str, folder: &str, pages: &[String]) -> Result<()> {
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        println!("SKIP (browser part): no chromium at {chromium}");
+        return Ok(());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let screenshots = std::env::var_os("ATCR_TEST_OUTPUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/test-output"))
+        .join("screenshots")
+        .join(folder);
+    std::fs::create_dir_all(&screenshots)?;
+    let output = Command::new("bash")
+        .arg(root.join("fixtures/browser/run.sh"))
+        .env("ATCR_UI_URL", base_url)
+        .env("ATCR_UI_SCREENSHOTS", &screenshots)
+        .env("ATCR_UI_DEMO", "0")
+        .env("ATCR_UI_SHOT_PAGES", pages.join(";"))
+        .output()
+        .context("running fixtures/browser/run.sh")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    if output.status.code() == Some(3) && stdout.contains("SKIP") {
+        return Ok(());
+    }
+    ensure!(
+        output.status.success() && stdout.contains(&format!("{} passed, 0 failed", pages.len())),
+        "browser checks failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("screenshots: {}", screenshots.display());
+    Ok(())
+}
