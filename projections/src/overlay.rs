@@ -13,6 +13,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
+use foldhash::fast::RandomState;
+
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction,
 };
@@ -25,61 +27,104 @@ use crate::tables::{ViewTable, ViewTables, ViewValue};
 const ROW_OVERHEAD: usize = 96;
 
 /// Rows of one table changed since the last flush: `None` is a removal of a committed row.
-/// Hashed while only point reads and writes happen (a sorted map compares long keys with
-/// common prefixes at every level: the profile showed `memcmp` at 31 %); sorted once when
-/// written out, or for good as soon as a prefix scan needs order.
+///
+/// - `Appended`: while a table over an empty committed one has only been written, its rows are
+///   kept in arrival order, unhashed (history tables such as `record_history` and `activity`
+///   get a row per event and are never read during a rebuild). A key written twice keeps its
+///   last value when sorted. The first read turns the table into `Hashed`.
+/// - `Hashed` while only point reads and writes happen (a sorted map compares long keys with
+///   common prefixes at every level: the profile showed `memcmp` at 31 %); sorted once when
+///   written out.
+/// - `Sorted` for good as soon as a prefix scan needs order.
 enum Rows {
-    Hashed(HashMap<Box<str>, Option<Box<[u8]>>>),
+    Appended(Vec<(Box<str>, Box<[u8]>)>),
+    Hashed(HashMap<Box<str>, Option<Box<[u8]>>, RandomState>),
     Sorted(BTreeMap<Box<str>, Option<Box<[u8]>>>),
 }
 
 impl Rows {
-    fn get(&self, key: &str) -> Option<&Option<Box<[u8]>>> {
-        match self {
+    fn new(base_empty: bool) -> Rows {
+        if base_empty { Rows::Appended(Vec::new()) } else { Rows::Hashed(HashMap::with_hasher(RandomState::default())) }
+    }
+
+    /// Rows that answer point reads: appended rows are hashed first (the last write of a key
+    /// wins).
+    fn readable(&mut self) -> &mut Rows {
+        if let Rows::Appended(rows) = self {
+            let mut hashed = HashMap::with_capacity_and_hasher(rows.len(), RandomState::default());
+            for (key, value) in std::mem::take(rows) {
+                hashed.insert(key, Some(value));
+            }
+            *self = Rows::Hashed(hashed);
+        }
+        self
+    }
+
+    fn get(&mut self, key: &str) -> Option<&Option<Box<[u8]>>> {
+        match self.readable() {
             Rows::Hashed(rows) => rows.get(key),
             Rows::Sorted(rows) => rows.get(key),
+            Rows::Appended(_) => unreachable!("readable rows are not appended"),
         }
     }
 
     fn get_mut(&mut self, key: &str) -> Option<&mut Option<Box<[u8]>>> {
-        match self {
+        match self.readable() {
             Rows::Hashed(rows) => rows.get_mut(key),
             Rows::Sorted(rows) => rows.get_mut(key),
+            Rows::Appended(_) => unreachable!("readable rows are not appended"),
         }
     }
 
+    /// Writes a row whose key is not in the map (the caller looked), or any row while appended.
     fn insert(&mut self, key: Box<str>, value: Option<Box<[u8]>>) {
-        match self {
-            Rows::Hashed(rows) => {
+        match (self, value) {
+            (Rows::Appended(rows), Some(value)) => rows.push((key, value)),
+            (rows @ Rows::Appended(_), None) => rows.readable().insert(key, None),
+            (Rows::Hashed(rows), value) => {
                 rows.insert(key, value);
             }
-            Rows::Sorted(rows) => {
+            (Rows::Sorted(rows), value) => {
                 rows.insert(key, value);
             }
         }
     }
 
     fn remove_entry(&mut self, key: &str) -> Option<Row> {
-        match self {
+        match self.readable() {
             Rows::Hashed(rows) => rows.remove_entry(key),
             Rows::Sorted(rows) => rows.remove_entry(key),
+            Rows::Appended(_) => unreachable!("readable rows are not appended"),
         }
     }
 
     /// The rows in key order, switching to the sorted form first.
     fn sorted(&mut self) -> &BTreeMap<Box<str>, Option<Box<[u8]>>> {
-        if let Rows::Hashed(rows) = self {
+        if let Rows::Hashed(rows) = self.readable() {
             *self = Rows::Sorted(std::mem::take(rows).into_iter().collect());
         }
         match self {
             Rows::Sorted(rows) => rows,
-            Rows::Hashed(_) => unreachable!("just sorted"),
+            Rows::Hashed(_) | Rows::Appended(_) => unreachable!("just sorted"),
         }
     }
 
     /// Every row in key order, consuming the map.
     fn into_sorted(self) -> SortedRows {
         match self {
+            Rows::Appended(rows) => {
+                let mut rows: SortedRows = rows.into_iter().map(|(key, value)| (key, Some(value))).collect();
+                // Stable: a key's writes stay in arrival order; the last one is kept.
+                rows.sort_by(|(a, _), (b, _)| a.cmp(b));
+                rows.dedup_by(|later, kept| {
+                    if later.0 != kept.0 {
+                        return false;
+                    }
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                    true
+                });
+                rows
+            }
             Rows::Hashed(rows) => {
                 let mut rows: Vec<_> = rows.into_iter().collect();
                 rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
@@ -100,9 +145,29 @@ struct MemoryTable {
 
 #[derive(Default)]
 struct State {
-    tables: HashMap<String, MemoryTable>,
+    tables: Vec<(String, MemoryTable)>,
+    /// Index into `tables` by the address of the name a table definition carries: every
+    /// operation looks its table up, and the definitions are constants whose names are the same
+    /// static string at every use (an address not seen yet falls back to `by_name`).
+    by_address: HashMap<usize, usize, RandomState>,
+    by_name: HashMap<String, usize, RandomState>,
     /// Rough heap bytes held by `tables`.
     bytes: usize,
+}
+
+impl State {
+    fn position(&mut self, name: &str) -> Option<usize> {
+        let address = name.as_ptr() as usize;
+        if let Some(&index) = self.by_address.get(&address) {
+            // The same address with another length is another (static) string.
+            if self.tables.get(index).is_some_and(|(known, _)| known.len() == name.len()) {
+                return Some(index);
+            }
+        }
+        let index = *self.by_name.get(name)?;
+        self.by_address.insert(address, index);
+        Some(index)
+    }
 }
 
 /// Changes to view tables held in memory over a committed redb state (see the module docs).
@@ -140,14 +205,19 @@ impl Overlay {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let name = table.name();
-        if !state.tables.contains_key(name) {
-            let base_empty = self.base_is_empty(table)?;
-            state.tables.insert(
-                name.to_string(),
-                MemoryTable { value: V::COLUMN, base_empty, rows: Rows::Hashed(HashMap::new()) },
-            );
-        }
-        let Some(memory) = state.tables.get_mut(name) else {
+        let index = match state.position(name) {
+            Some(index) => index,
+            None => {
+                let base_empty = self.base_is_empty(table)?;
+                let rows = Rows::new(base_empty);
+                state.tables.push((name.to_string(), MemoryTable { value: V::COLUMN, base_empty, rows }));
+                let index = state.tables.len() - 1;
+                state.by_name.insert(name.to_string(), index);
+                state.by_address.insert(name.as_ptr() as usize, index);
+                index
+            }
+        };
+        let Some((_, memory)) = state.tables.get_mut(index) else {
             return Err(ProjectionError::Corrupt(format!("overlay table {name} vanished")));
         };
         if memory.value != V::COLUMN {
@@ -167,8 +237,9 @@ impl Overlay {
     /// Writes every pending change into `txn` (tables in name order, rows in key order) and
     /// empties the overlay. The caller commits `txn`, then starts a new overlay over it.
     pub fn flush_into(self, txn: &WriteTransaction) -> Result<(), ProjectionError> {
+        let started = std::time::Instant::now();
         let State { tables, .. } = self.state.into_inner();
-        let mut tables: Vec<(String, MemoryTable)> = tables.into_iter().collect();
+        let mut tables = tables;
         tables.sort_by(|(a, _), (b, _)| a.cmp(b));
         // Sorting the hashed tables is independent work: one thread per table, then one writer.
         let sorted: Vec<(String, ColumnType, SortedRows)> = std::thread::scope(|scope| {
@@ -183,8 +254,11 @@ impl Overlay {
                 })
                 .collect::<Result<_, _>>()
         })?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows sorted");
         for (name, value, rows) in sorted {
             let name = name.as_str();
+            let table_started = std::time::Instant::now();
+            let count = rows.len();
             match value {
                 ColumnType::Bytes => write_rows::<&[u8]>(txn, name, rows)?,
                 ColumnType::Str => write_rows::<&str>(txn, name, rows)?,
@@ -192,6 +266,12 @@ impl Overlay {
                 ColumnType::U32 => write_rows::<u32>(txn, name, rows)?,
                 ColumnType::Unit => write_rows::<()>(txn, name, rows)?,
             }
+            tracing::debug!(
+                table = name,
+                rows = count,
+                elapsed_ms = table_started.elapsed().as_millis() as u64,
+                "rebuild table written"
+            );
         }
         Ok(())
     }
@@ -269,6 +349,11 @@ impl ViewTables for Overlay {
         let bytes: Box<[u8]> = V::as_bytes(&value).as_ref().into();
         self.with_table(table, |memory, total| {
             let added = bytes.len();
+            if let Rows::Appended(rows) = &mut memory.rows {
+                *total = total.saturating_add(added + key.len() + ROW_OVERHEAD);
+                rows.push((key.into(), bytes));
+                return;
+            }
             match memory.rows.get_mut(key) {
                 Some(slot) => {
                     let removed = slot.as_ref().map_or(0, |old| old.len());
@@ -412,5 +497,53 @@ mod tests {
         let comparison = crate::digest::compare(&direct.begin_read().unwrap(), &staged.begin_read().unwrap()).unwrap();
         assert_eq!(comparison.len(), 3, "{comparison:?}");
         assert!(comparison.values().all(|table| table.is_same()), "{comparison:?}");
+    }
+
+    /// A table only ever written keeps its rows appended, unhashed: a key written again keeps its
+    /// last value, and a read in between (which hashes them) changes nothing.
+    #[test]
+    fn appended_rows_keep_the_last_write_of_a_key() {
+        let directory = tempfile::tempdir().unwrap();
+        let direct = Database::create(directory.path().join("direct.redb")).unwrap();
+        let staged = Database::create(directory.path().join("staged.redb")).unwrap();
+        fn write<T: ViewTables>(tables: &T, range: std::ops::Range<u32>) -> Result<(), ProjectionError> {
+            for step in range {
+                let key = format!("k{:03}", (step * 37) % 300);
+                tables.insert(BYTES, &key, step.to_be_bytes().as_slice())?;
+            }
+            Ok(())
+        }
+        {
+            let txn = direct.begin_write().unwrap();
+            write(&txn, 0..1000).unwrap();
+            assert_eq!(txn.get(BYTES, "k000").unwrap(), Some(900u32.to_be_bytes().to_vec()));
+            write(&txn, 1000..1500).unwrap();
+            txn.commit().unwrap();
+        }
+        let overlay = Overlay::new(&staged).unwrap();
+        write(&overlay, 0..1000).unwrap();
+        assert!(matches!(overlay.state.borrow().tables[0].1.rows, Rows::Appended(_)));
+        assert_eq!(overlay.get(BYTES, "k000").unwrap(), Some(900u32.to_be_bytes().to_vec()));
+        assert!(matches!(overlay.state.borrow().tables[0].1.rows, Rows::Hashed(_)));
+        write(&overlay, 1000..1500).unwrap();
+        let txn = staged.begin_write().unwrap();
+        overlay.flush_into(&txn).unwrap();
+        txn.commit().unwrap();
+        // Never read: written out straight from the appended rows.
+        let overlay = Overlay::new(&staged).unwrap();
+        let fresh = Database::create(directory.path().join("fresh.redb")).unwrap();
+        let appended = Overlay::new(&fresh).unwrap();
+        write(&appended, 0..1500).unwrap();
+        assert!(matches!(appended.state.borrow().tables[0].1.rows, Rows::Appended(_)));
+        let txn = fresh.begin_write().unwrap();
+        appended.flush_into(&txn).unwrap();
+        txn.commit().unwrap();
+        drop(overlay);
+        for other in [&staged, &fresh] {
+            let comparison =
+                crate::digest::compare(&direct.begin_read().unwrap(), &other.begin_read().unwrap()).unwrap();
+            assert!(comparison.values().all(|table| table.is_same()), "{comparison:?}");
+            assert_eq!(comparison["bytes"], crate::digest::TableComparison::Same { rows: 300 });
+        }
     }
 }
