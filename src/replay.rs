@@ -124,7 +124,7 @@ fn replay(config: &Config, projection: ProjectionChoice, batch: usize) -> anyhow
     let bar = progress_bar("registry", 0, until);
     let started = Instant::now();
     let views = Views::open(&directory.join(REGISTRY_FILE))?;
-    rebuild::catch_up_to(&log, &views, until, batch, &mut |reached| bar.set_position(reached))
+    rebuild::catch_up_to_unsynced(&log, &views, until, batch, &mut |reached| bar.set_position(reached))
         .with_context(|| format!("rebuild into {} failed", directory.display()))?;
     let checkpoint = views.checkpoint()?;
     bar.finish_and_clear();
@@ -136,11 +136,16 @@ fn replay(config: &Config, projection: ProjectionChoice, batch: usize) -> anyhow
     );
     // The search index lives in the build, so it flips with the views. With `--projection
     // registry` serve builds it when it swaps the build in.
-    if projection == ProjectionChoice::All {
-        let search_started = Instant::now();
-        views.open_search().with_context(|| format!("search index build in {} failed", directory.display()))?;
+    // The views are synced meanwhile (`rebuild::finish`): nothing is flipped before both end.
+    let search = projection == ProjectionChoice::All;
+    let finish_started = Instant::now();
+    rebuild::finish(&views, search).with_context(|| format!("finishing build {} failed", directory.display()))?;
+    if search {
         let documents = views.search().map(|search| search.index().num_docs()).unwrap_or(0);
-        println!("search: indexed {documents} repositories in {:.2} s", search_started.elapsed().as_secs_f64());
+        println!(
+            "search: indexed {documents} repositories while the views were synced, in {:.2} s",
+            finish_started.elapsed().as_secs_f64()
+        );
     }
     drop(views);
     let elapsed = started.elapsed();

@@ -251,6 +251,16 @@ impl Views {
         self.generation.store(next_generation(), Ordering::Release);
     }
 
+    /// Makes every commit so far durable (after commits that were not synced: a rebuild).
+    pub fn sync(&self) -> Result<(), ProjectionError> {
+        let started = std::time::Instant::now();
+        let mut txn = self.database.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "views synced");
+        Ok(())
+    }
+
     fn read(&self) -> Result<ReadTransaction, ProjectionError> {
         Ok(self.database.begin_read()?)
     }

@@ -33,8 +33,10 @@ const READ_CHUNK: usize = 4096;
 /// Chunks the reader may run ahead of the applier.
 const READ_AHEAD: usize = 8;
 
-/// Builds (or continues, from its checkpoint) the registry views at `path` up to `until`
-/// (exclusive), reporting the offset reached after each chunk. Returns the views, durable.
+/// Builds (or continues, from its checkpoint) every projection at `path` up to `until`
+/// (exclusive): the registry views, then their search index while the views are synced (see
+/// [`finish`]), reporting the offset reached after each chunk. Returns the views, durable, with
+/// the search index attached.
 pub fn rebuild(
     log: &EventLog,
     path: &Path,
@@ -42,7 +44,8 @@ pub fn rebuild(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Views, ProjectionError> {
     let views = Views::open(path)?;
-    catch_up_to(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
+    catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
+    finish(&views, true)?;
     Ok(views)
 }
 
@@ -54,6 +57,45 @@ pub fn catch_up_to(
     until: u64,
     events_per_transaction: usize,
     progress: &mut dyn FnMut(u64),
+) -> Result<(), ProjectionError> {
+    apply_range(log, views, until, events_per_transaction, progress, Durability::Immediate)
+}
+
+/// [`catch_up_to`] with no commit synced, not even the last: readers in this process see the
+/// rows, a crash loses them (redb recovers the last synced state, checkpoint included). A build
+/// made this way must go through [`finish`] before it is flipped live.
+pub fn catch_up_to_unsynced(
+    log: &EventLog,
+    views: &Views,
+    until: u64,
+    events_per_transaction: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ProjectionError> {
+    apply_range(log, views, until, events_per_transaction, progress, Durability::None)
+}
+
+/// Makes a build applied by [`catch_up_to_unsynced`] durable and, with `search`, builds its
+/// search index meanwhile. Syncing a rebuild writes and fsyncs gigabytes (seconds of I/O wait)
+/// and the index is CPU work reading the committed views, so the two overlap. A crash halfway
+/// leaves a build nobody points at; an index ahead of the views it describes is rebuilt when
+/// opened, since it no longer matches their checkpoint.
+pub fn finish(views: &Views, search: bool) -> Result<(), ProjectionError> {
+    std::thread::scope(|scope| {
+        let sync = scope.spawn(|| views.sync());
+        let indexed = if search { views.open_search().map(|_| ()) } else { Ok(()) };
+        let synced =
+            sync.join().map_err(|_| ProjectionError::Corrupt("the thread syncing a rebuild panicked".into()))?;
+        synced.and(indexed)
+    })
+}
+
+fn apply_range(
+    log: &EventLog,
+    views: &Views,
+    until: u64,
+    events_per_transaction: usize,
+    progress: &mut dyn FnMut(u64),
+    last_durability: Durability,
 ) -> Result<(), ProjectionError> {
     let start = views.checkpoint()?;
     if start >= until {
@@ -101,8 +143,8 @@ pub fn catch_up_to(
             }
             progress(reached);
         }
-        // The last commit is durable, and with it every non-durable one before it.
-        write_out(views, overlay, reached, Durability::Immediate)?;
+        // A durable last commit makes every non-durable one before it durable too.
+        write_out(views, overlay, reached, last_durability)?;
         Ok(())
     })
 }
@@ -114,8 +156,14 @@ fn write_out(views: &Views, overlay: Overlay, reached: u64, durability: Durabili
     let mut txn = views.database().begin_write()?;
     txn.set_durability(durability)?;
     overlay.flush_into(&txn)?;
+    let flushed = started.elapsed();
     txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
     txn.commit()?;
+    tracing::debug!(
+        flush_ms = flushed.as_millis() as u64,
+        commit_ms = (started.elapsed() - flushed).as_millis() as u64,
+        "rebuild transaction committed"
+    );
     // Readers in this process see the commit: answers cached before it are stale.
     views.bump_generation();
     tracing::debug!(reached, memory, elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows written");
