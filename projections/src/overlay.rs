@@ -1,13 +1,14 @@
-//! The rebuild store: view rows in sorted in-memory maps over the last committed state.
+//! The rebuild store: view rows in in-memory maps over the last committed state.
 //!
 //! A redb point write costs 2–3 µs (page lookups, copy-on-write), and a manifest event makes
-//! 25–30 of them; a `BTreeMap` does the same in a fraction of that. During a rebuild (or a large
+//! 25–30 of them; a hash map does the same in a fraction of that. During a rebuild (or a large
 //! backlog) nothing reads the rows between commits, so [`Overlay`] keeps every change in memory
-//! (a removal of a row the committed state has is kept as a tombstone) and [`Overlay::flush`]
-//! writes them into redb table by table in key order: into an empty table through one cursor
-//! (redb buffers runs of ordered inserts), into a non-empty one row by row. The rows that land in
-//! redb are exactly the ones the same events applied through a [`redb::WriteTransaction`] leave,
-//! so the per-table digests of a rebuild and of the live views agree.
+//! (a removal of a row the committed state has is kept as a tombstone; a table only ever
+//! written keeps its rows in arrival order, see `Rows`) and [`Overlay::flush_into`] writes them
+//! into redb table by table in key order: into an empty table through one cursor (redb buffers
+//! runs of ordered inserts), into a non-empty one row by row. The rows that land in redb are
+//! exactly the ones the same events applied through a [`redb::WriteTransaction`] leave, so the
+//! per-table digests of a rebuild and of the live views agree.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -241,39 +242,42 @@ impl Overlay {
         let State { tables, .. } = self.state.into_inner();
         let mut tables = tables;
         tables.sort_by(|(a, _), (b, _)| a.cmp(b));
-        // Sorting the hashed tables is independent work: one thread per table, then one writer.
-        let sorted: Vec<(String, ColumnType, SortedRows)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = tables
-                .into_iter()
-                .map(|(name, table)| scope.spawn(move || (name, table.value, table.rows.into_sorted())))
-                .collect();
-            workers
-                .into_iter()
-                .map(|worker| {
-                    worker.join().map_err(|_| ProjectionError::Corrupt("a thread sorting rebuilt rows panicked".into()))
-                })
-                .collect::<Result<_, _>>()
-        })?;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows sorted");
-        for (name, value, rows) in sorted {
-            let name = name.as_str();
-            let table_started = std::time::Instant::now();
-            let count = rows.len();
-            match value {
-                ColumnType::Bytes => write_rows::<&[u8]>(txn, name, rows)?,
-                ColumnType::Str => write_rows::<&str>(txn, name, rows)?,
-                ColumnType::U64 => write_rows::<u64>(txn, name, rows)?,
-                ColumnType::U32 => write_rows::<u32>(txn, name, rows)?,
-                ColumnType::Unit => write_rows::<()>(txn, name, rows)?,
+        // Three stages on their own threads: one sorts the tables in name order, this one writes
+        // each into redb as soon as it is sorted, one frees the rows written (millions of small
+        // allocations). Writing is the longest; the other two hide behind it.
+        std::thread::scope(|scope| {
+            let (sorted_sender, sorted) = std::sync::mpsc::sync_channel::<(String, ColumnType, SortedRows)>(1);
+            let (written_sender, written) = std::sync::mpsc::channel::<SortedRows>();
+            scope.spawn(move || {
+                for (name, table) in tables {
+                    let rows = table.rows.into_sorted();
+                    if sorted_sender.send((name, table.value, rows)).is_err() {
+                        return;
+                    }
+                }
+            });
+            scope.spawn(move || written.into_iter().for_each(drop));
+            for (name, value, rows) in sorted {
+                let name = name.as_str();
+                let table_started = std::time::Instant::now();
+                match value {
+                    ColumnType::Bytes => write_rows::<&[u8]>(txn, name, &rows)?,
+                    ColumnType::Str => write_rows::<&str>(txn, name, &rows)?,
+                    ColumnType::U64 => write_rows::<u64>(txn, name, &rows)?,
+                    ColumnType::U32 => write_rows::<u32>(txn, name, &rows)?,
+                    ColumnType::Unit => write_rows::<()>(txn, name, &rows)?,
+                }
+                tracing::debug!(
+                    table = name,
+                    rows = rows.len(),
+                    elapsed_ms = table_started.elapsed().as_millis() as u64,
+                    "rebuild table written"
+                );
+                let _ = written_sender.send(rows);
             }
-            tracing::debug!(
-                table = name,
-                rows = count,
-                elapsed_ms = table_started.elapsed().as_millis() as u64,
-                "rebuild table written"
-            );
-        }
-        Ok(())
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows written");
+            Ok(())
+        })
     }
 }
 
@@ -281,13 +285,13 @@ impl Overlay {
 type Row = (Box<str>, Option<Box<[u8]>>);
 type SortedRows = Vec<Row>;
 
-fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: SortedRows) -> Result<(), ProjectionError> {
+fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: &SortedRows) -> Result<(), ProjectionError> {
     let definition = redb::TableDefinition::<&str, V>::new(name);
     let mut opened = txn.open_table(definition)?;
     if opened.is_empty()? {
         // Ascending keys through the gap at the end: redb buffers the run.
         let mut cursor = opened.upper_bound_mut(Bound::<&str>::Unbounded)?;
-        for (key, value) in &rows {
+        for (key, value) in rows {
             let Some(value) = value else { continue };
             cursor.insert_before(&**key, V::from_bytes(value)).map_err(|error| match error {
                 redb::CursorError::Storage(error) => ProjectionError::Storage(error),
@@ -297,7 +301,7 @@ fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: SortedRows
         cursor.close()?;
         return Ok(());
     }
-    for (key, value) in &rows {
+    for (key, value) in rows {
         match value {
             Some(value) => {
                 opened.insert(&**key, V::from_bytes(value))?;

@@ -2,14 +2,15 @@
 //!
 //! Following the live log commits every 2048 events durably, because a reader may look at any
 //! of those states. A rebuild has no readers until it is flipped live, so it applies events to
-//! an in-memory [`Overlay`] (sorted maps over the last commit; see `overlay`) and writes the rows
-//! into redb in key order only when the overlay grows past [`OVERLAY_MEMORY_BYTES`] or
-//! `events_per_transaction` events, and at the end. Intermediate commits are not synced
-//! (`Durability::None`), only the last one; a crash mid-rebuild leaves a build nobody points
-//! at, deleted later (and a live build caught up this way after a crash simply restarts from its
-//! last synced checkpoint: redb recovers to the last durable commit, which holds the checkpoint
-//! of its own writes). Events are read and decoded on a second thread while the first applies
-//! the previous chunk.
+//! an in-memory [`Overlay`] (rows in hashed or appended maps over the last commit; see
+//! `overlay`) and writes the rows into redb in key order only when the overlay grows past
+//! [`OVERLAY_MEMORY_BYTES`] or `events_per_transaction` events, and at the end. Intermediate
+//! commits are not synced (`Durability::None`); the last one is synced by [`catch_up_to`], or
+//! by [`finish`] after [`catch_up_to_unsynced`], while the search index is built. A crash
+//! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
+//! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
+//! durable commit, which holds the checkpoint of its own writes). Events are read and decoded
+//! on a second thread while the first applies the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
