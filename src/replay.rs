@@ -123,7 +123,7 @@ fn replay(config: &Config, projection: ProjectionChoice, batch: usize) -> anyhow
     let until = log.next_offset()?;
     let bar = progress_bar("registry", 0, until);
     let started = Instant::now();
-    let views = Views::open(&directory.join(REGISTRY_FILE))?;
+    let views = Views::open_for_rebuild(&directory.join(REGISTRY_FILE))?;
     rebuild::catch_up_to_unsynced(&log, &views, until, batch, &mut |reached| bar.set_position(reached))
         .with_context(|| format!("rebuild into {} failed", directory.display()))?;
     let checkpoint = views.checkpoint()?;

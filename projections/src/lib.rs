@@ -99,6 +99,14 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 pub const REGISTRY: &str = "registry";
 pub const REGISTRY_VERSION: u32 = 7;
 
+/// redb's page cache for a build being rebuilt (its default, kept for serving, is 1 GiB). The
+/// write-out of a rebuild creates every page of a 2 GiB build in one transaction; with the
+/// default cache redb writes pages out and reads them back while it goes (10 s instead of 6 s
+/// for 7M rows), while with this one they are written once by the commit.
+const REBUILD_CACHE_BYTES: usize = 4 << 30;
+/// redb's own default page cache, for views that serve.
+const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
 /// Generations are unique in the process, across every [`Views`] ever opened: an answer cached
 /// for one build's generation can never be mistaken for another build's.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
@@ -131,16 +139,28 @@ impl Views {
         Ok(views)
     }
 
+    /// [`Views::open`] for a build about to be rebuilt (see [`rebuild`]): a page cache that
+    /// holds the whole build. Open the build again to serve it.
+    pub fn open_for_rebuild(path: &Path) -> Result<Self, ProjectionError> {
+        let views = Views::open_with_cache(path, REBUILD_CACHE_BYTES)?;
+        views.prepare()?;
+        Ok(views)
+    }
+
     /// Opens the views without looking at their version or creating tables: the caller decides
     /// (the runner keeps serving an outdated build while a fresh one is built beside it).
     pub fn open_as_is(path: &Path) -> Result<Self, ProjectionError> {
+        Views::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, ProjectionError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(ProjectionError::io(format!("cannot create {}", parent.display())))?;
         }
         // One process owns the views (they are disposable and rebuilt from the log), so the
         // default exclusive mode: no per-transaction file locking on the pull path.
-        let database = Database::builder().create(path)?;
+        let database = Database::builder().set_cache_size(cache_bytes).create(path)?;
         Ok(Views {
             database,
             generation: AtomicU64::new(next_generation()),

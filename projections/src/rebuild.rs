@@ -44,7 +44,7 @@ pub fn rebuild(
     until: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Views, ProjectionError> {
-    let views = Views::open(path)?;
+    let views = Views::open_for_rebuild(path)?;
     catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
     finish(&views, true)?;
     Ok(views)
@@ -233,7 +233,7 @@ pub fn verify(
         use redb::ReadableTable;
         live_read.open_table(CHECKPOINTS)?.get(REGISTRY)?.map(|value| value.value()).unwrap_or(0)
     };
-    let rebuilt = Views::open(scratch)?;
+    let rebuilt = Views::open_for_rebuild(scratch)?;
     catch_up_to(log, &rebuilt, checkpoint, events_per_transaction, progress)?;
     let rebuilt_read = rebuilt.database().begin_read()?;
     let tables = crate::digest::compare(&live_read, &rebuilt_read)?;
