@@ -34,11 +34,24 @@ const READ_CHUNK: usize = 4096;
 /// Chunks the reader may run ahead of the applier.
 const READ_AHEAD: usize = 8;
 
-/// Builds (or continues, from its checkpoint) every projection at `path` up to `until`
-/// (exclusive): the registry views, then their search index while the views are synced (see
-/// [`finish`]), reporting the offset reached after each chunk. Returns the views, durable, with
-/// the search index attached.
+/// Builds (or continues, from its checkpoint) the registry views at `path` up to `until`
+/// (exclusive), reporting the offset reached after each chunk. Returns the views, durable.
 pub fn rebuild(
+    log: &EventLog,
+    path: &Path,
+    until: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Views, ProjectionError> {
+    let views = Views::open_for_rebuild(path)?;
+    catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
+    finish(&views, false)?;
+    Ok(views)
+}
+
+/// [`rebuild`], then the search index of the build (in `search/` beside `path`, so one build
+/// per directory) while the views are synced (see [`finish`]). Returns the views, durable, with
+/// the search index attached.
+pub fn rebuild_with_search(
     log: &EventLog,
     path: &Path,
     until: u64,

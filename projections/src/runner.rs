@@ -132,7 +132,9 @@ impl ProjectionRunner {
             }
             let (build, directory) = store.new_build(&lock, REGISTRY)?;
             let until = log.next_offset()?;
-            let rebuilt = crate::rebuild::rebuild(&log, &directory.join(REGISTRY_FILE), until, &mut |_| {})?;
+            // The search index too: serve then swaps in a build that is ready to answer.
+            let rebuilt =
+                crate::rebuild::rebuild_with_search(&log, &directory.join(REGISTRY_FILE), until, &mut |_| {})?;
             drop(rebuilt);
             store.flip(&lock, REGISTRY, build)
         })
