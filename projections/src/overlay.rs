@@ -275,7 +275,7 @@ impl Overlay {
                 );
                 let _ = written_sender.send(rows);
             }
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows written");
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rebuild tables sorted and written");
             Ok(())
         })
     }

@@ -42,10 +42,7 @@ pub fn rebuild(
     until: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Views, ProjectionError> {
-    let views = Views::open_for_rebuild(path)?;
-    catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
-    finish(&views, false)?;
-    Ok(views)
+    rebuild_then(log, path, until, progress, false)
 }
 
 /// [`rebuild`], then the search index of the build (in `search/` beside `path`, so one build
@@ -57,9 +54,19 @@ pub fn rebuild_with_search(
     until: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Views, ProjectionError> {
+    rebuild_then(log, path, until, progress, true)
+}
+
+fn rebuild_then(
+    log: &EventLog,
+    path: &Path,
+    until: u64,
+    progress: &mut dyn FnMut(u64),
+    search: bool,
+) -> Result<Views, ProjectionError> {
     let views = Views::open_for_rebuild(path)?;
     catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
-    finish(&views, true)?;
+    finish(&views, search)?;
     Ok(views)
 }
 
@@ -173,14 +180,15 @@ fn write_out(views: &Views, overlay: Overlay, reached: u64, durability: Durabili
     let flushed = started.elapsed();
     txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
     txn.commit()?;
-    tracing::debug!(
-        flush_ms = flushed.as_millis() as u64,
-        commit_ms = (started.elapsed() - flushed).as_millis() as u64,
-        "rebuild transaction committed"
-    );
     // Readers in this process see the commit: answers cached before it are stale.
     views.bump_generation();
-    tracing::debug!(reached, memory, elapsed_ms = started.elapsed().as_millis() as u64, "rebuild rows written");
+    tracing::debug!(
+        reached,
+        memory,
+        flush_ms = flushed.as_millis() as u64,
+        commit_ms = (started.elapsed() - flushed).as_millis() as u64,
+        "rebuild rows written and committed"
+    );
     Ok(())
 }
 
