@@ -47,6 +47,9 @@ pub enum BenchCommand {
         /// Rebuilds to report (median is printed last).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Time the rebuilds only: no snapshot written and restored afterwards.
+        #[arg(long)]
+        no_snapshot: bool,
     },
     /// Push repositories one at a time into a copy of a data directory while the server runs
     /// in-process; report how long each takes to show up in `/api/v1/search` (p50/p99/max).
@@ -56,8 +59,8 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest { corpus, repeat, runs } => bench_ingest(corpus, repeat, runs).await,
-        BenchCommand::Replay { log_from, runs } => {
-            tokio::task::spawn_blocking(move || bench_replay(&log_from, runs)).await?
+        BenchCommand::Replay { log_from, runs, no_snapshot } => {
+            tokio::task::spawn_blocking(move || bench_replay(&log_from, runs, !no_snapshot)).await?
         }
         BenchCommand::Freshness(args) => crate::bench_freshness::bench_freshness(args).await,
         BenchCommand::Webhooks(args) => crate::bench_webhooks::bench_webhooks(args).await,
@@ -123,8 +126,8 @@ const RESTORES: usize = 3;
 
 /// Rebuilds the registry views from a data directory's log `runs` times into a temporary
 /// directory, then snapshots the last build and restores it [`RESTORES`] times, checking the
-/// last restored tables against the build.
-fn bench_replay(data_dir: &std::path::Path, runs: usize) -> anyhow::Result<()> {
+/// last restored tables against the build (unless `snapshot` is false).
+fn bench_replay(data_dir: &std::path::Path, runs: usize, snapshot: bool) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
     let log_path = data_dir.join("log.redb");
     let log = EventLog::open_read_only(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
@@ -166,7 +169,7 @@ fn bench_replay(data_dir: &std::path::Path, runs: usize) -> anyhow::Result<()> {
     if let Some(median) = rates.get(rates.len() / 2) {
         println!("median: {median:.0} events/s (log read + decode + apply, registry views and search index)");
     }
-    let Some(build) = last_build else { return Ok(()) };
+    let Some(build) = last_build.filter(|_| snapshot) else { return Ok(()) };
     let views = atcr_projections::Views::open(&build)?;
     let snapshot_path = directory.path().join("registry.snapshot");
     let started = Instant::now();

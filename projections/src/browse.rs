@@ -288,68 +288,81 @@ impl Views {
 
     /// The search document of a repository, or None when it has no manifests and no tags left.
     pub fn search_document(&self, did: &str, repository: &str) -> Result<Option<SearchDoc>, ProjectionError> {
-        let read = self.reader()?;
-        let Some(row) = read
-            .open_table(REPOSITORIES)?
-            .get(key(&[did, repository]).as_str())?
-            .map(|bytes| decode::<RepositoryRow>("repositories", bytes.value()))
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        let manifests = repository_manifests(&read, did, repository)?;
-        let tags = tag_rows(&read, did, repository)?;
-        if manifests.is_empty() && tags.is_empty() {
-            return Ok(None);
-        }
-        let handle = read
-            .open_table(IDENTITIES)?
-            .get(did)?
-            .map(|bytes| decode::<crate::IdentityRow>("identities", bytes.value()))
-            .transpose()?
-            .and_then(|identity| identity.handle);
-        // Cards show, link and search by a handle only while it verifies (names this DID).
-        let handles = read.open_table(HANDLES)?;
-        let handle = match handle {
-            Some(handle) if handles.get(handle.as_str())?.is_some_and(|owner| owner.value() == did) => Some(handle),
-            _ => None,
-        };
-        let page = read
-            .open_table(REPO_PAGES)?
-            .get(key(&[did, repository]).as_str())?
-            .map(|bytes| decode::<PageRow>("repo_pages", bytes.value()))
-            .transpose()?;
-        let stars = read
-            .open_table(STAR_COUNTS)?
-            .get(key(&[did, repository]).as_str())?
-            .map(|count| count.value())
-            .unwrap_or(0);
-        let facts = RepositoryFacts::of(&manifests, &tags);
-        let readme = page.and_then(|page| page.description);
-        let description = readme
-            .as_deref()
-            .and_then(summary_line)
-            .or_else(|| facts.annotations.get(DESCRIPTION_ANNOTATION).and_then(|text| summary_line(text)));
-        let annotations =
-            SEARCHABLE_ANNOTATIONS.iter().filter_map(|name| facts.annotations.get(*name).cloned()).collect();
-        let vulnerabilities = self.repository_scan_status(did, repository)?.tokens();
-        Ok(Some(SearchDoc {
-            did: did.to_string(),
-            handle,
-            repository: repository.to_string(),
-            description,
-            readme,
-            annotations,
-            tags: tags.into_iter().map(|(name, _)| name).collect(),
-            platforms: facts.platforms.into_iter().collect(),
-            holds: facts.holds.into_iter().collect(),
-            last_push: row.last_push,
-            stars,
-            size: facts.size,
-            vulnerabilities,
-            manifests: manifests.len() as u64,
-        }))
+        search_document_in(&self.reader()?, did, repository)
     }
+
+    /// The search documents of many repositories, read in one transaction (a rebuild of the
+    /// search index asks for every repository, a page at a time).
+    pub fn search_documents(
+        &self,
+        repositories: &[(String, String)],
+    ) -> Result<Vec<Option<SearchDoc>>, ProjectionError> {
+        let read = self.reader()?;
+        repositories.iter().map(|(did, repository)| search_document_in(&read, did, repository)).collect()
+    }
+}
+
+fn search_document_in(
+    read: &ReadTransaction,
+    did: &str,
+    repository: &str,
+) -> Result<Option<SearchDoc>, ProjectionError> {
+    let Some(row) = read
+        .open_table(REPOSITORIES)?
+        .get(key(&[did, repository]).as_str())?
+        .map(|bytes| decode::<RepositoryRow>("repositories", bytes.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let manifests = repository_manifests(read, did, repository)?;
+    let tags = tag_rows(read, did, repository)?;
+    if manifests.is_empty() && tags.is_empty() {
+        return Ok(None);
+    }
+    let handle = read
+        .open_table(IDENTITIES)?
+        .get(did)?
+        .map(|bytes| decode::<crate::IdentityRow>("identities", bytes.value()))
+        .transpose()?
+        .and_then(|identity| identity.handle);
+    // Cards show, link and search by a handle only while it verifies (names this DID).
+    let handles = read.open_table(HANDLES)?;
+    let handle = match handle {
+        Some(handle) if handles.get(handle.as_str())?.is_some_and(|owner| owner.value() == did) => Some(handle),
+        _ => None,
+    };
+    let page = read
+        .open_table(REPO_PAGES)?
+        .get(key(&[did, repository]).as_str())?
+        .map(|bytes| decode::<PageRow>("repo_pages", bytes.value()))
+        .transpose()?;
+    let stars =
+        read.open_table(STAR_COUNTS)?.get(key(&[did, repository]).as_str())?.map(|count| count.value()).unwrap_or(0);
+    let facts = RepositoryFacts::of(&manifests, &tags);
+    let readme = page.and_then(|page| page.description);
+    let description = readme
+        .as_deref()
+        .and_then(summary_line)
+        .or_else(|| facts.annotations.get(DESCRIPTION_ANNOTATION).and_then(|text| summary_line(text)));
+    let annotations = SEARCHABLE_ANNOTATIONS.iter().filter_map(|name| facts.annotations.get(*name).cloned()).collect();
+    let vulnerabilities = crate::scans::scan_status_of_tags(read, did, &tags)?.tokens();
+    Ok(Some(SearchDoc {
+        did: did.to_string(),
+        handle,
+        repository: repository.to_string(),
+        description,
+        readme,
+        annotations,
+        tags: tags.into_iter().map(|(name, _)| name).collect(),
+        platforms: facts.platforms.into_iter().collect(),
+        holds: facts.holds.into_iter().collect(),
+        last_push: row.last_push,
+        stars,
+        size: facts.size,
+        vulnerabilities,
+        manifests: manifests.len() as u64,
+    }))
 }
 
 /// What a repository's manifests say about it as a whole.
@@ -409,7 +422,11 @@ fn repository_manifests(
     Ok(out)
 }
 
-fn tag_rows(read: &ReadTransaction, did: &str, repository: &str) -> Result<Vec<(String, TagRow)>, ProjectionError> {
+pub(crate) fn tag_rows(
+    read: &ReadTransaction,
+    did: &str,
+    repository: &str,
+) -> Result<Vec<(String, TagRow)>, ProjectionError> {
     let mut out = Vec::new();
     scan_prefix(read, TAGS, &format!("{}\0", key(&[did, repository])), |tag, bytes| {
         out.push((tag.to_string(), decode("tags", bytes)?));

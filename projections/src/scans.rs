@@ -24,7 +24,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use atcr_storage::content::{ContentStore, sha256_hex_of_cid};
@@ -381,6 +381,70 @@ impl RepositoryScanStatus {
     }
 }
 
+/// The scans of a manifest, the one pages show first: its own hold's, else the latest.
+fn scans_in(read: &redb::ReadTransaction, did: &str, manifest: &str) -> Result<Vec<ScanRow>, ProjectionError> {
+    let Some(table) = open_read(read, SCANS)? else { return Ok(Vec::new()) };
+    let prefix = format!("{}\0", key(&[did, manifest]));
+    let mut rows = Vec::new();
+    for entry in table.range(prefix.as_str()..)? {
+        let (entry_key, value) = entry?;
+        if !entry_key.value().starts_with(prefix.as_str()) {
+            break;
+        }
+        rows.push(decode::<ScanRow>("scans", value.value())?);
+    }
+    if rows.len() > 1 {
+        let own_hold = read
+            .open_table(MANIFESTS)?
+            .get(key(&[did, manifest]).as_str())?
+            .map(|bytes| decode::<ManifestRow>("manifests", bytes.value()))
+            .transpose()?
+            .and_then(|row| row.hold_did);
+        rows.sort_by_key(|row| (Some(&row.hold_did) != own_hold.as_ref(), std::cmp::Reverse(row.offset)));
+    }
+    Ok(rows)
+}
+
+fn scan_report_summary_in(
+    read: &redb::ReadTransaction,
+    digest: &str,
+) -> Result<Option<ReportSummary>, ProjectionError> {
+    let Some(table) = open_read(read, SCAN_REPORT_SUMMARIES)? else { return Ok(None) };
+    table.get(digest)?.map(|bytes| decode("scan_report_summaries", bytes.value())).transpose()
+}
+
+/// Whether any image the tags point to was scanned, has critical findings, or has fixable ones,
+/// read in one transaction (the search index asks this for every repository it indexes).
+pub(crate) fn scan_status_of_tags(
+    read: &redb::ReadTransaction,
+    did: &str,
+    tags: &[(String, crate::views::TagRow)],
+) -> Result<RepositoryScanStatus, ProjectionError> {
+    let mut status = RepositoryScanStatus::default();
+    let Some(scans) = open_read(read, SCANS)? else { return Ok(status) };
+    if scans.is_empty()? {
+        return Ok(status);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, row) in tags {
+        if !seen.insert(row.digest.as_str()) {
+            continue;
+        }
+        let Some(scan) = scans_in(read, did, &row.digest)?.into_iter().next() else { continue };
+        if scan.status != "ok" {
+            continue;
+        }
+        status.scanned = true;
+        status.critical |= scan.critical > 0;
+        if let Some(digest) = &scan.report_digest
+            && let Some(summary) = scan_report_summary_in(read, digest)?
+        {
+            status.fixable |= summary.fixable > 0;
+        }
+    }
+    Ok(status)
+}
+
 fn open_read<V: redb::Value + 'static>(
     read: &redb::ReadTransaction,
     table: TableDefinition<&'static str, V>,
@@ -395,22 +459,7 @@ fn open_read<V: redb::Value + 'static>(
 impl Views {
     /// Every hold's latest scan of a manifest of `did`, the manifest's own hold first.
     pub fn scans(&self, did: &str, manifest: &str) -> Result<Vec<ScanRow>, ProjectionError> {
-        let read = self.read()?;
-        let Some(table) = open_read(&read, SCANS)? else { return Ok(Vec::new()) };
-        let prefix = format!("{}\0", key(&[did, manifest]));
-        let mut rows = Vec::new();
-        for entry in table.range(prefix.as_str()..)? {
-            let (entry_key, value) = entry?;
-            if !entry_key.value().starts_with(prefix.as_str()) {
-                break;
-            }
-            rows.push(decode::<ScanRow>("scans", value.value())?);
-        }
-        if rows.len() > 1 {
-            let own_hold = self.manifest(did, manifest)?.and_then(|row: ManifestRow| row.hold_did);
-            rows.sort_by_key(|row| (Some(&row.hold_did) != own_hold.as_ref(), std::cmp::Reverse(row.offset)));
-        }
-        Ok(rows)
+        scans_in(&self.read()?, did, manifest)
     }
 
     /// The scan pages show for a manifest: its own hold's, else the latest.
@@ -457,9 +506,7 @@ impl Views {
     }
 
     pub fn scan_report_summary(&self, digest: &str) -> Result<Option<ReportSummary>, ProjectionError> {
-        let read = self.read()?;
-        let Some(table) = open_read(&read, SCAN_REPORT_SUMMARIES)? else { return Ok(None) };
-        table.get(digest)?.map(|bytes| decode("scan_report_summaries", bytes.value())).transpose()
+        scan_report_summary_in(&self.read()?, digest)
     }
 
     /// The parsed SBOM, by content digest.
@@ -516,26 +563,9 @@ impl Views {
     /// Whether any image a tag of the repository points to was scanned, has critical findings,
     /// or has fixable ones (for search filters).
     pub fn repository_scan_status(&self, did: &str, repository: &str) -> Result<RepositoryScanStatus, ProjectionError> {
-        let mut status = RepositoryScanStatus::default();
-        let mut seen = std::collections::BTreeSet::new();
-        for tag in self.tags(did, repository, None, 1000)? {
-            let Some(row) = self.tag(did, repository, &tag)? else { continue };
-            if !seen.insert(row.digest.clone()) {
-                continue;
-            }
-            let Some(scan) = self.scan(did, &row.digest)? else { continue };
-            if scan.status != "ok" {
-                continue;
-            }
-            status.scanned = true;
-            status.critical |= scan.critical > 0;
-            if let Some(digest) = &scan.report_digest
-                && let Some(summary) = self.scan_report_summary(digest)?
-            {
-                status.fixable |= summary.fixable > 0;
-            }
-        }
-        Ok(status)
+        let read = self.read()?;
+        let tags = crate::browse::tag_rows(&read, did, repository)?;
+        scan_status_of_tags(&read, did, &tags)
     }
 
     /// Whether the manifest row exists (package hits for deleted manifests are dropped).

@@ -31,6 +31,11 @@ const REBUILD_PAGE: usize = 1024;
 pub trait SearchSource {
     /// The repository's document, `None` when the repository no longer exists.
     fn search_document(&self, did: &str, repository: &str) -> Result<Option<SearchDoc>, ProjectionError>;
+    /// The documents of many repositories (in the same order); sources that can read them
+    /// together (one transaction) do.
+    fn search_documents(&self, repositories: &[(String, String)]) -> Result<Vec<Option<SearchDoc>>, ProjectionError> {
+        repositories.iter().map(|(did, repository)| self.search_document(did, repository)).collect()
+    }
     /// Every repository name of a DID.
     fn repositories_of(&self, did: &str) -> Result<Vec<String>, ProjectionError>;
     /// Repositories as (did, name) in key order, after `after`, at most `limit`.
@@ -44,6 +49,10 @@ pub trait SearchSource {
 impl SearchSource for crate::Views {
     fn search_document(&self, did: &str, repository: &str) -> Result<Option<SearchDoc>, ProjectionError> {
         crate::Views::search_document(self, did, repository)
+    }
+
+    fn search_documents(&self, repositories: &[(String, String)]) -> Result<Vec<Option<SearchDoc>>, ProjectionError> {
+        crate::Views::search_documents(self, repositories)
     }
 
     fn repositories_of(&self, did: &str) -> Result<Vec<String>, ProjectionError> {
@@ -264,11 +273,9 @@ impl SearchProjection {
             let page =
                 source.repositories_after(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), REBUILD_PAGE)?;
             let Some(last) = page.last().cloned() else { break };
-            for (did, repository) in &page {
-                if let Some(doc) = source.search_document(did, repository)? {
-                    index.add(&doc)?;
-                    indexed += 1;
-                }
+            for doc in source.search_documents(&page)?.into_iter().flatten() {
+                index.add(&doc)?;
+                indexed += 1;
             }
             after = Some(last);
         }
