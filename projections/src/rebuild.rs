@@ -9,8 +9,8 @@
 //! by [`finish`] after [`catch_up_to_unsynced`], while the search index is built. A crash
 //! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
 //! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
-//! durable commit, which holds the checkpoint of its own writes). Events are read and decoded
-//! on a second thread while the first applies the previous chunk.
+//! durable commit, which holds the checkpoint of its own writes). Events are read, and their
+//! records decoded, on a second thread while the first applies the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -20,7 +20,8 @@ use redb::{Durability, ReadableDatabase};
 use atcr_storage::{EventLog, StoredEvent};
 
 use crate::overlay::Overlay;
-use crate::runner::apply_events;
+use crate::runner::apply_decoded_events;
+use crate::views::{DecodedRecord, Touched};
 use crate::{CHECKPOINTS, ProjectionError, REGISTRY, Views};
 
 /// Events per views transaction during a rebuild at most: the overlay's memory bound decides
@@ -29,6 +30,9 @@ pub const REBUILD_TRANSACTION_EVENTS: usize = 100_000_000;
 /// The overlay is written out once its rows take about this much memory (~5.5 million rows of a
 /// 1.3-million-event log take ~1.3 GiB).
 pub const OVERLAY_MEMORY_BYTES: usize = 3 << 30;
+/// Events read from the log, with their records decoded ([`DecodedRecord::of`] each body).
+type Chunk = (Vec<StoredEvent>, Vec<DecodedRecord>);
+
 /// Events read and decoded per chunk by the reading thread.
 const READ_CHUNK: usize = 4096;
 /// Chunks the reader may run ahead of the applier.
@@ -123,7 +127,7 @@ fn apply_range(
         return Ok(());
     }
     std::thread::scope(|scope| {
-        let (sender, receiver) = mpsc::sync_channel::<Result<Vec<StoredEvent>, ProjectionError>>(READ_AHEAD);
+        let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, ProjectionError>>(READ_AHEAD);
         scope.spawn(move || {
             let mut from = start;
             while from < until {
@@ -137,7 +141,8 @@ fn apply_range(
                 };
                 let Some(last) = chunk.last() else { return };
                 from = last.offset + 1;
-                if sender.send(Ok(chunk)).is_err() {
+                let decoded = chunk.iter().map(|stored| DecodedRecord::of(&stored.event.body)).collect();
+                if sender.send(Ok((chunk, decoded))).is_err() {
                     return;
                 }
             }
@@ -145,16 +150,22 @@ fn apply_range(
         let mut reached = start;
         let mut overlay = Overlay::new(views.database())?;
         let mut in_overlay = 0usize;
+        // Where this thread's time goes: applying, or waiting for the reader.
+        let (mut applying, mut waiting) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut asked = std::time::Instant::now();
         for chunk in receiver {
-            let chunk = chunk?;
-            let mut rest = chunk.as_slice();
-            while !rest.is_empty() {
-                let room = events_per_transaction.saturating_sub(in_overlay).clamp(1, rest.len());
-                let (piece, after) = rest.split_at(room);
-                rest = after;
+            waiting += asked.elapsed();
+            let started = std::time::Instant::now();
+            let (events, decoded) = chunk?;
+            let mut events = events.as_slice();
+            let mut decoded = decoded.into_iter();
+            while !events.is_empty() {
+                let room = events_per_transaction.saturating_sub(in_overlay).clamp(1, events.len());
+                let (piece, after) = events.split_at(room);
+                events = after;
                 let Some(last) = piece.last() else { break };
                 reached = last.offset + 1;
-                apply_events(&overlay, piece)?;
+                apply_decoded_events(&overlay, piece.iter().zip(decoded.by_ref()), &mut Touched::new())?;
                 in_overlay += piece.len();
                 if in_overlay >= events_per_transaction || overlay.memory_bytes() >= OVERLAY_MEMORY_BYTES {
                     write_out(views, overlay, reached, Durability::None)?;
@@ -163,7 +174,15 @@ fn apply_range(
                 }
             }
             progress(reached);
+            applying += started.elapsed();
+            asked = std::time::Instant::now();
         }
+        tracing::debug!(
+            reached,
+            apply_ms = applying.as_millis() as u64,
+            wait_for_reader_ms = waiting.as_millis() as u64,
+            "rebuild events applied"
+        );
         // A durable last commit makes every non-durable one before it durable too.
         write_out(views, overlay, reached, last_durability)?;
         Ok(())

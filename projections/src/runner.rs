@@ -23,6 +23,7 @@ use atcr_storage::{EventLog, Source, StoredEvent};
 
 use crate::store::{ProjectionStore, REGISTRY_FILE};
 use crate::tables::ViewTables;
+use crate::views::DecodedRecord;
 use crate::{CHECKPOINTS, DID_REVS, ProjectionError, REGISTRY, Views, ViewsHandle, views};
 
 /// Events applied per transaction at most while following the log.
@@ -224,23 +225,30 @@ fn update_search(views: &Views, touched: views::Touched, checkpoint: u64) -> Res
     Ok(())
 }
 
-/// Applies events in order inside one write transaction (the caller writes the checkpoint).
-pub(crate) fn apply_events(txn: &impl ViewTables, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-    apply_events_tracking(txn, events, &mut views::Touched::new())
-}
-
-/// [`apply_events`], noting which repositories changed (for the search index).
+/// [`apply_decoded_events`] for events whose records are decoded here.
 pub(crate) fn apply_events_tracking(
     txn: &impl ViewTables,
     events: &[StoredEvent],
     touched: &mut views::Touched,
 ) -> Result<(), ProjectionError> {
-    for stored in events {
+    let decoded = events.iter().map(|stored| (stored, DecodedRecord::of(&stored.event.body)));
+    apply_decoded_events(txn, decoded, touched)
+}
+
+/// Applies events in order inside one write transaction (the caller writes the checkpoint),
+/// each with its record decoded ([`DecodedRecord::of`] its body), noting which repositories
+/// changed (for the search index).
+pub(crate) fn apply_decoded_events<'a>(
+    txn: &impl ViewTables,
+    events: impl IntoIterator<Item = (&'a StoredEvent, DecodedRecord)>,
+    touched: &mut views::Touched,
+) -> Result<(), ProjectionError> {
+    for (stored, decoded) in events {
         if is_stale(txn, stored)? {
             tracing::debug!(offset = stored.offset, did = %stored.event.did, "older commit rev skipped");
             continue;
         }
-        views::apply_tracking(txn, stored.offset, &stored.event, touched)?;
+        views::apply_tracking(txn, stored.offset, &stored.event, decoded, touched)?;
     }
     Ok(())
 }
