@@ -9,8 +9,9 @@
 //! by [`finish`] after [`catch_up_to_unsynced`], while the search index is built. A crash
 //! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
 //! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
-//! durable commit, which holds the checkpoint of its own writes). Events are read, and their
-//! records decoded, on a second thread while the first applies the previous chunk.
+//! durable commit, which holds the checkpoint of its own writes). Events are read and prepared
+//! (records decoded, the rows that follow from an event alone encoded: [`PreparedEvent`]) on a
+//! second thread while the first applies the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -20,8 +21,8 @@ use redb::{Durability, ReadableDatabase};
 use atcr_storage::{EventLog, StoredEvent};
 
 use crate::overlay::Overlay;
-use crate::runner::apply_decoded_events;
-use crate::views::{DecodedRecord, Touched};
+use crate::runner::apply_prepared_events;
+use crate::views::{PreparedEvent, Touched};
 use crate::{CHECKPOINTS, ProjectionError, REGISTRY, Views};
 
 /// Events per views transaction during a rebuild at most: the overlay's memory bound decides
@@ -30,8 +31,8 @@ pub const REBUILD_TRANSACTION_EVENTS: usize = 100_000_000;
 /// The overlay is written out once its rows take about this much memory (~5.5 million rows of a
 /// 1.3-million-event log take ~1.3 GiB).
 pub const OVERLAY_MEMORY_BYTES: usize = 3 << 30;
-/// Events read from the log, with their records decoded ([`DecodedRecord::of`] each body).
-type Chunk = (Vec<StoredEvent>, Vec<DecodedRecord>);
+/// Events read from the log, each with its [`PreparedEvent`].
+type Chunk = (Vec<StoredEvent>, Vec<PreparedEvent>);
 
 /// Events read and decoded per chunk by the reading thread.
 const READ_CHUNK: usize = 4096;
@@ -141,8 +142,8 @@ fn apply_range(
                 };
                 let Some(last) = chunk.last() else { return };
                 from = last.offset + 1;
-                let decoded = chunk.iter().map(|stored| DecodedRecord::of(&stored.event.body)).collect();
-                if sender.send(Ok((chunk, decoded))).is_err() {
+                let prepared = chunk.iter().map(|stored| PreparedEvent::of(stored.offset, &stored.event)).collect();
+                if sender.send(Ok((chunk, prepared))).is_err() {
                     return;
                 }
             }
@@ -156,16 +157,16 @@ fn apply_range(
         for chunk in receiver {
             waiting += asked.elapsed();
             let started = std::time::Instant::now();
-            let (events, decoded) = chunk?;
+            let (events, prepared) = chunk?;
             let mut events = events.as_slice();
-            let mut decoded = decoded.into_iter();
+            let mut prepared = prepared.into_iter();
             while !events.is_empty() {
                 let room = events_per_transaction.saturating_sub(in_overlay).clamp(1, events.len());
                 let (piece, after) = events.split_at(room);
                 events = after;
                 let Some(last) = piece.last() else { break };
                 reached = last.offset + 1;
-                apply_decoded_events(&overlay, piece.iter().zip(decoded.by_ref()), &mut Touched::new())?;
+                apply_prepared_events(&overlay, piece.iter().zip(prepared.by_ref()), &mut Touched::new())?;
                 in_overlay += piece.len();
                 if in_overlay >= events_per_transaction || overlay.memory_bytes() >= OVERLAY_MEMORY_BYTES {
                     write_out(views, overlay, reached, Durability::None)?;

@@ -23,7 +23,7 @@ use atcr_storage::{EventLog, Source, StoredEvent};
 
 use crate::store::{ProjectionStore, REGISTRY_FILE};
 use crate::tables::ViewTables;
-use crate::views::DecodedRecord;
+use crate::views::PreparedEvent;
 use crate::{CHECKPOINTS, DID_REVS, ProjectionError, REGISTRY, Views, ViewsHandle, views};
 
 /// Events applied per transaction at most while following the log.
@@ -225,30 +225,30 @@ fn update_search(views: &Views, touched: views::Touched, checkpoint: u64) -> Res
     Ok(())
 }
 
-/// [`apply_decoded_events`] for events whose records are decoded here.
+/// [`apply_prepared_events`] for events prepared here.
 pub(crate) fn apply_events_tracking(
     txn: &impl ViewTables,
     events: &[StoredEvent],
     touched: &mut views::Touched,
 ) -> Result<(), ProjectionError> {
-    let decoded = events.iter().map(|stored| (stored, DecodedRecord::of(&stored.event.body)));
-    apply_decoded_events(txn, decoded, touched)
+    let prepared = events.iter().map(|stored| (stored, PreparedEvent::of(stored.offset, &stored.event)));
+    apply_prepared_events(txn, prepared, touched)
 }
 
 /// Applies events in order inside one write transaction (the caller writes the checkpoint),
-/// each with its record decoded ([`DecodedRecord::of`] its body), noting which repositories
+/// each with what follows from it alone ([`PreparedEvent::of`]), noting which repositories
 /// changed (for the search index).
-pub(crate) fn apply_decoded_events<'a>(
+pub(crate) fn apply_prepared_events<'a>(
     txn: &impl ViewTables,
-    events: impl IntoIterator<Item = (&'a StoredEvent, DecodedRecord)>,
+    events: impl IntoIterator<Item = (&'a StoredEvent, PreparedEvent)>,
     touched: &mut views::Touched,
 ) -> Result<(), ProjectionError> {
-    for (stored, decoded) in events {
+    for (stored, prepared) in events {
         if is_stale(txn, stored)? {
             tracing::debug!(offset = stored.offset, did = %stored.event.did, "older commit rev skipped");
             continue;
         }
-        views::apply_tracking(txn, stored.offset, &stored.event, decoded, touched)?;
+        views::apply_tracking(txn, stored.offset, &stored.event, prepared, touched)?;
     }
     Ok(())
 }
