@@ -51,6 +51,16 @@ pub enum BenchCommand {
         #[arg(long)]
         no_snapshot: bool,
     },
+    /// One rebuild of `replay`, in a process of its own (as an `atcr replay` runs): prints its
+    /// timings as one JSON line.
+    #[command(hide = true)]
+    ReplayOnce {
+        #[arg(long, value_name = "DIR")]
+        log_from: PathBuf,
+        /// Where the build goes (`views.redb`, `search/`).
+        #[arg(long, value_name = "DIR")]
+        into: PathBuf,
+    },
     /// Push repositories one at a time into a copy of a data directory while the server runs
     /// in-process; report how long each takes to show up in `/api/v1/search` (p50/p99/max).
     Freshness(crate::bench_freshness::FreshnessArgs),
@@ -61,6 +71,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest { corpus, repeat, runs } => bench_ingest(corpus, repeat, runs).await,
         BenchCommand::Replay { log_from, runs, no_snapshot } => {
             tokio::task::spawn_blocking(move || bench_replay(&log_from, runs, !no_snapshot)).await?
+        }
+        BenchCommand::ReplayOnce { log_from, into } => {
+            tokio::task::spawn_blocking(move || replay_once(&log_from, &into)).await?
         }
         BenchCommand::Freshness(args) => crate::bench_freshness::bench_freshness(args).await,
         BenchCommand::Webhooks(args) => crate::bench_webhooks::bench_webhooks(args).await,
@@ -124,44 +137,74 @@ async fn bench_ingest(corpus: PathBuf, repeat: usize, runs: usize) -> anyhow::Re
 /// Snapshot restores timed by `bench replay`.
 const RESTORES: usize = 3;
 
-/// Rebuilds the registry views from a data directory's log `runs` times into a temporary
-/// directory, then snapshots the last build and restores it [`RESTORES`] times, checking the
-/// last restored tables against the build (unless `snapshot` is false).
-fn bench_replay(data_dir: &std::path::Path, runs: usize, snapshot: bool) -> anyhow::Result<()> {
-    let directory = tempfile::tempdir()?;
+/// How one rebuild of `bench replay` went (the line `bench replay-once` prints).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReplayRun {
+    events: u64,
+    seconds: f64,
+    /// Applying the events and writing the views (unsynced).
+    views_seconds: f64,
+    documents: u64,
+}
+
+/// One rebuild of every projection, as `atcr replay` builds them: the views, then their search
+/// index while the views are synced.
+fn replay_once(data_dir: &std::path::Path, into: &std::path::Path) -> anyhow::Result<()> {
     let log_path = data_dir.join("log.redb");
     let log = EventLog::open_read_only(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
     let until = log.next_offset()?;
+    let started = Instant::now();
+    let views = atcr_projections::Views::open_for_rebuild(&into.join("views.redb"))?;
+    atcr_projections::rebuild::catch_up_to_unsynced(
+        &log,
+        &views,
+        until,
+        atcr_projections::rebuild::REBUILD_TRANSACTION_EVENTS,
+        &mut |_| {},
+    )?;
+    let views_seconds = started.elapsed().as_secs_f64();
+    atcr_projections::rebuild::finish(&views, true)?;
+    let documents = views.search().map(|search| search.index().num_docs()).unwrap_or(0);
+    let run = ReplayRun { events: until, seconds: started.elapsed().as_secs_f64(), views_seconds, documents };
+    println!("{}", serde_json::to_string(&run)?);
+    Ok(())
+}
+
+/// Rebuilds the registry views from a data directory's log `runs` times into a temporary
+/// directory, each in a new process (`bench replay-once`: memory a run freed and kept would make
+/// the next one faster than any real `atcr replay`), then snapshots the last build and restores
+/// it [`RESTORES`] times, checking the last restored tables against the build (unless
+/// `snapshot` is false).
+fn bench_replay(data_dir: &std::path::Path, runs: usize, snapshot: bool) -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let executable = std::env::current_exe()?;
     let mut rates = Vec::new();
     let mut last_build = None;
     for run in 0..runs.max(1) {
-        let path = directory.path().join(format!("registry-{run}")).join("views.redb");
-        let started = Instant::now();
-        // Every projection, as `atcr replay` builds them: the views, then their search index
-        // while the views are synced.
-        let views = atcr_projections::Views::open_for_rebuild(&path)?;
-        atcr_projections::rebuild::catch_up_to_unsynced(
-            &log,
-            &views,
-            until,
-            atcr_projections::rebuild::REBUILD_TRANSACTION_EVENTS,
-            &mut |_| {},
-        )?;
-        let views_elapsed = started.elapsed();
-        atcr_projections::rebuild::finish(&views, true)?;
-        let documents = views.search().map(|search| search.index().num_docs()).unwrap_or(0);
-        let elapsed = started.elapsed();
-        let rate = until as f64 / elapsed.as_secs_f64();
+        let build = directory.path().join(format!("registry-{run}"));
+        let output = std::process::Command::new(&executable)
+            .args(["bench", "replay-once", "--log-from"])
+            .arg(data_dir)
+            .arg("--into")
+            .arg(&build)
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(output.status.success(), "rebuild {} failed: {}", run + 1, output.status);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().context("the rebuild printed no timings")?;
+        let report: ReplayRun = serde_json::from_str(line).context("unreadable rebuild timings")?;
+        let rate = report.events as f64 / report.seconds;
         println!(
-            "run {}: rebuilt {until} events in {:.2} s = {rate:.0} events/s (views applied and written {:.2} s, then synced while the search index of {documents} repositories was built {:.2} s)",
+            "run {}: rebuilt {} events in {:.2} s = {rate:.0} events/s (views applied and written {:.2} s, then synced while the search index of {} repositories was built {:.2} s)",
             run + 1,
-            elapsed.as_secs_f64(),
-            views_elapsed.as_secs_f64(),
-            (elapsed - views_elapsed).as_secs_f64()
+            report.events,
+            report.seconds,
+            report.views_seconds,
+            report.documents,
+            report.seconds - report.views_seconds
         );
         rates.push(rate);
-        drop(views);
-        if let Some(previous) = last_build.replace(path) {
+        if let Some(previous) = last_build.replace(build.join("views.redb")) {
             let _ = std::fs::remove_dir_all(previous.parent().unwrap_or(&previous));
         }
     }
