@@ -536,7 +536,6 @@ mod tests {
         overlay.flush_into(&txn).unwrap();
         txn.commit().unwrap();
         // Never read: written out straight from the appended rows.
-        let overlay = Overlay::new(&staged).unwrap();
         let fresh = Database::create(directory.path().join("fresh.redb")).unwrap();
         let appended = Overlay::new(&fresh).unwrap();
         write(&appended, 0..1500).unwrap();
@@ -544,7 +543,6 @@ mod tests {
         let txn = fresh.begin_write().unwrap();
         appended.flush_into(&txn).unwrap();
         txn.commit().unwrap();
-        drop(overlay);
         for other in [&staged, &fresh] {
             let comparison =
                 crate::digest::compare(&direct.begin_read().unwrap(), &other.begin_read().unwrap()).unwrap();

@@ -276,11 +276,13 @@ pub(crate) struct PreparedEvent {
 #[derive(Debug)]
 enum DecodedRecord {
     /// Boxed: a manifest is four times the size of the other records.
-    Manifest(Box<Result<ManifestRecord, records::RecordError>>),
-    Tag(Result<TagRecord, records::RecordError>),
-    Star(Result<StarRecord, records::RecordError>),
-    RepoPage(Result<RepoPageRecord, records::RecordError>),
-    Profile(Result<ProfileRecord, records::RecordError>),
+    Manifest(Box<ManifestRecord>),
+    Tag(TagRecord),
+    Star(StarRecord),
+    RepoPage(RepoPageRecord),
+    Profile(ProfileRecord),
+    /// A record of one of the collections above that does not decode: skipped.
+    Invalid(records::RecordError),
     /// Not a put, or a collection these views do not decode.
     Other,
 }
@@ -290,13 +292,16 @@ impl PreparedEvent {
         let (record, history) = match &event.body {
             EventBody::RecordPut { collection, rkey, record, action, cid } => {
                 let decoded = match collection.as_str() {
-                    records::MANIFEST => DecodedRecord::Manifest(Box::new(ManifestRecord::decode(record))),
-                    records::TAG => DecodedRecord::Tag(TagRecord::decode(record)),
-                    records::STAR => DecodedRecord::Star(StarRecord::decode(record)),
-                    records::REPO_PAGE => DecodedRecord::RepoPage(RepoPageRecord::decode(record)),
-                    records::PROFILE => DecodedRecord::Profile(ProfileRecord::decode(record)),
-                    _ => DecodedRecord::Other,
+                    records::MANIFEST => {
+                        ManifestRecord::decode(record).map(|manifest| DecodedRecord::Manifest(manifest.into()))
+                    }
+                    records::TAG => TagRecord::decode(record).map(DecodedRecord::Tag),
+                    records::STAR => StarRecord::decode(record).map(DecodedRecord::Star),
+                    records::REPO_PAGE => RepoPageRecord::decode(record).map(DecodedRecord::RepoPage),
+                    records::PROFILE => ProfileRecord::decode(record).map(DecodedRecord::Profile),
+                    _ => Ok(DecodedRecord::Other),
                 };
+                let decoded = decoded.unwrap_or_else(DecodedRecord::Invalid);
                 (decoded, Some(history_row(offset, event, collection, rkey, Some(cid), action_name(*action))))
             }
             EventBody::RecordDeleted { collection, rkey, .. } => {
@@ -307,27 +312,24 @@ impl PreparedEvent {
         let activity = match &event.body {
             EventBody::RecordPut { rkey, .. } => {
                 let mut row = put_activity_row(event, offset, rkey);
-                let described = match &record {
-                    DecodedRecord::Manifest(manifest) => manifest.as_ref().as_ref().ok().map(|manifest| {
+                match &record {
+                    DecodedRecord::Manifest(manifest) => {
                         row.repository = Some(manifest.repository.clone());
                         row.digest = Some(manifest.digest.clone());
-                    }),
-                    DecodedRecord::Tag(tag) => tag.as_ref().ok().map(|tag| {
+                    }
+                    DecodedRecord::Tag(tag) => {
                         row.repository = Some(tag.repository.clone());
                         row.tag = Some(tag.tag.clone());
                         row.digest = Some(tag.digest.clone());
-                    }),
-                    DecodedRecord::Star(star) => star.as_ref().ok().map(|star| {
+                    }
+                    DecodedRecord::Star(star) => {
                         row.subject = Some(format!("{}/{}", star.subject_did, star.subject_repository));
-                    }),
-                    DecodedRecord::RepoPage(page) => page.as_ref().ok().map(|page| {
-                        row.repository = Some(page.repository.clone());
-                    }),
-                    DecodedRecord::Profile(profile) => profile.as_ref().ok().map(|_| ()),
-                    DecodedRecord::Other => Some(()),
-                };
+                    }
+                    DecodedRecord::RepoPage(page) => row.repository = Some(page.repository.clone()),
+                    DecodedRecord::Profile(_) | DecodedRecord::Invalid(_) | DecodedRecord::Other => {}
+                }
                 // A record that does not decode is skipped: no activity entry.
-                described.map(|()| activity_row(event, &row))
+                (!matches!(record, DecodedRecord::Invalid(_))).then(|| activity_row(event, &row))
             }
             _ => None,
         };
@@ -358,44 +360,30 @@ pub(crate) fn apply_tracking(
     }
     match &event.body {
         EventBody::RecordPut { rkey, .. } => match record {
-            DecodedRecord::Manifest(manifest) => match *manifest {
-                Ok(manifest) => {
-                    touched.insert((event.did.clone(), Some(manifest.repository.clone())));
-                    put_manifest(txn, offset, event, rkey, manifest)
-                }
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            DecodedRecord::Tag(tag) => match tag {
-                Ok(tag) => {
-                    touched.insert((event.did.clone(), Some(tag.repository.clone())));
-                    put_tag(txn, offset, event, rkey, tag, touched)
-                }
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            DecodedRecord::Star(star) => match star {
-                Ok(star) => put_star(txn, event, rkey, star, touched),
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            DecodedRecord::RepoPage(page) => match page {
-                Ok(page) => {
-                    touched.insert((event.did.clone(), Some(page.repository.clone())));
-                    put_page(txn, event, rkey, page, touched)
-                }
-                Err(error) => skip(offset, &error.to_string()),
-            },
-            DecodedRecord::Profile(profile) => match profile {
-                Ok(profile) => {
-                    let row = ProfileRow {
-                        oci_client: profile.oci_client,
-                        default_hold: profile.default_hold,
-                        registry_domain: profile.registry_domain,
-                    };
-                    txn.insert(PROFILES, event.did.as_str(), encode(&row).as_slice())?;
-                    touched.insert((event.did.clone(), None));
-                    Ok(())
-                }
-                Err(error) => skip(offset, &error.to_string()),
-            },
+            DecodedRecord::Manifest(manifest) => {
+                touched.insert((event.did.clone(), Some(manifest.repository.clone())));
+                put_manifest(txn, offset, event, rkey, *manifest)
+            }
+            DecodedRecord::Tag(tag) => {
+                touched.insert((event.did.clone(), Some(tag.repository.clone())));
+                put_tag(txn, offset, event, rkey, tag, touched)
+            }
+            DecodedRecord::Star(star) => put_star(txn, event, rkey, star, touched),
+            DecodedRecord::RepoPage(page) => {
+                touched.insert((event.did.clone(), Some(page.repository.clone())));
+                put_page(txn, event, rkey, page, touched)
+            }
+            DecodedRecord::Profile(profile) => {
+                let row = ProfileRow {
+                    oci_client: profile.oci_client,
+                    default_hold: profile.default_hold,
+                    registry_domain: profile.registry_domain,
+                };
+                txn.insert(PROFILES, event.did.as_str(), encode(&row).as_slice())?;
+                touched.insert((event.did.clone(), None));
+                Ok(())
+            }
+            DecodedRecord::Invalid(error) => skip(offset, &error.to_string()),
             DecodedRecord::Other => Ok(()),
         },
         EventBody::RecordDeleted { collection, rkey, .. } => {
