@@ -124,27 +124,24 @@ fn replay(config: &Config, projection: ProjectionChoice, batch: usize) -> anyhow
     let bar = progress_bar("registry", 0, until);
     let started = Instant::now();
     let views = Views::open_for_rebuild(&directory.join(REGISTRY_FILE))?;
-    rebuild::catch_up_to_unsynced(&log, &views, until, batch, &mut |reached| bar.set_position(reached))
+    // The search index lives in the build, so it flips with the views. With `--projection
+    // registry` serve builds it when it swaps the build in. Nothing is flipped before the views
+    // are synced and the index committed.
+    let search = projection == ProjectionChoice::All;
+    let times = rebuild::build(&log, &views, until, batch, search, &mut |reached| bar.set_position(reached))
         .with_context(|| format!("rebuild into {} failed", directory.display()))?;
     let checkpoint = views.checkpoint()?;
     bar.finish_and_clear();
-    let views_elapsed = started.elapsed();
     println!(
         "registry: rebuilt {checkpoint} events in {:.2} s ({:.0} events/s) into build {build}",
-        views_elapsed.as_secs_f64(),
-        rate(checkpoint, views_elapsed)
+        times.views.as_secs_f64(),
+        rate(checkpoint, times.views)
     );
-    // The search index lives in the build, so it flips with the views. With `--projection
-    // registry` serve builds it when it swaps the build in.
-    // The views are synced meanwhile (`rebuild::finish`): nothing is flipped before both end.
-    let search = projection == ProjectionChoice::All;
-    let finish_started = Instant::now();
-    rebuild::finish(&views, search).with_context(|| format!("finishing build {} failed", directory.display()))?;
     if search {
         let documents = views.search().map(|search| search.index().num_docs()).unwrap_or(0);
         println!(
-            "search: indexed {documents} repositories while the views were synced, in {:.2} s",
-            finish_started.elapsed().as_secs_f64()
+            "search: indexed {documents} repositories while the views were written and synced, done {:.2} s later",
+            (times.total - times.views).as_secs_f64()
         );
     }
     drop(views);

@@ -159,8 +159,47 @@ impl Drop for Server {
     }
 }
 
+/// Searches whose order does not depend on relevance scores (those count deleted documents,
+/// which a live index keeps until it merges): every field of the cards is compared.
+const SEARCHES: [&str; 5] =
+    ["sort:stars", "sort:size", "sort:recent", "nginx sort:name", "platform:linux/arm64 sort:name"];
+
+/// The answers of [`SEARCHES`] (without `took_us`), once the index has caught up with the views:
+/// the same twice in a row, 400 ms apart (a live index commits within 200 ms).
+async fn search_answers(server: &Server) -> Result<Vec<(String, u16, Vec<u8>)>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut previous: Option<Vec<(String, u16, Vec<u8>)>> = None;
+    loop {
+        let mut out = Vec::new();
+        for query in SEARCHES {
+            let path = format!("/api/v1/search?per_page=50&q={}", query.replace(' ', "+").replace(':', "%3A"));
+            let (status, body) = server.get(&path).await?;
+            let body = match serde_json::from_slice::<Value>(&body) {
+                Ok(mut value) => {
+                    value.as_object_mut().map(|object| object.remove("took_us"));
+                    serde_json::to_vec(&value)?
+                }
+                Err(_) => body,
+            };
+            out.push((path, status, body));
+        }
+        let ready = out.iter().all(|(_, status, _)| *status == 200);
+        if ready && previous.as_ref() == Some(&out) {
+            ensure!(out.iter().any(|(_, _, body)| body.len() > 1000), "searches found nothing: {out:?}");
+            return Ok(out);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "search answers did not settle: {:?}",
+            out.iter().map(|(path, status, _)| (path, status)).collect::<Vec<_>>()
+        );
+        previous = ready.then_some(out);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
 /// The answers compared across rebuilds: the whole catalog, then tags lists and manifests by
-/// tag for up to 150 repositories (status and body bytes of each).
+/// tag for up to 150 repositories (status and body bytes of each), then [`SEARCHES`].
 async fn answers(server: &Server) -> Result<Vec<(String, u16, Vec<u8>)>> {
     let mut out = Vec::new();
     let (status, catalog) = server.get("/v2/_catalog?n=1000000").await?;
@@ -187,6 +226,7 @@ async fn answers(server: &Server) -> Result<Vec<(String, u16, Vec<u8>)>> {
         }
         out.push((path, status, body));
     }
+    out.extend(search_answers(server).await?);
     Ok(out)
 }
 

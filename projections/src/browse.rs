@@ -302,6 +302,28 @@ impl Views {
     }
 }
 
+/// Whether a search document reads `table`: [`search_document_in`] and everything it calls, and
+/// the repository listing a rebuild of the index pages through. A rebuild writes these tables
+/// first and commits them, then builds the search index while it writes the others
+/// (`rebuild::build`), so a table read here and missing from this list would be read empty.
+/// `tests/replay.rs` compares search answers of a rebuild with those of live views.
+pub(crate) fn is_search_input(table: &str) -> bool {
+    use redb::TableHandle;
+    [
+        REPOSITORIES.name(),
+        REPO_MANIFESTS.name(),
+        MANIFESTS.name(),
+        TAGS.name(),
+        IDENTITIES.name(),
+        HANDLES.name(),
+        REPO_PAGES.name(),
+        STAR_COUNTS.name(),
+        crate::scans::SCANS.name(),
+        crate::scans::SCAN_REPORT_SUMMARIES.name(),
+    ]
+    .contains(&table)
+}
+
 fn search_document_in(
     read: &ReadTransaction,
     did: &str,

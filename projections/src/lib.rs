@@ -186,13 +186,19 @@ impl Views {
     /// views when it does not reflect exactly their checkpoint, and attaches it: from then on the
     /// runner keeps it in step. Returns the rebuild report when one was needed.
     pub fn open_search(&self) -> Result<Option<search::RebuildReport>, ProjectionError> {
+        self.open_search_at(self.checkpoint()?)
+    }
+
+    /// [`Views::open_search`] for views that will be at `checkpoint` once a transaction being
+    /// written commits (see `rebuild::build`): the index is built from what they hold now, which
+    /// must already be final in every table it reads.
+    pub(crate) fn open_search_at(&self, checkpoint: u64) -> Result<Option<search::RebuildReport>, ProjectionError> {
         if self.search.get().is_some() {
             return Ok(None);
         }
         let directory = self.path.with_file_name("search");
         let index = search::SearchIndex::open(&directory).map_err(ProjectionError::search)?;
         let projection = search::SearchProjection::new(Arc::new(index));
-        let checkpoint = self.checkpoint()?;
         let report = if projection.needs_rebuild(checkpoint) {
             let report = projection.rebuild(self, checkpoint).map_err(ProjectionError::search)?;
             tracing::info!(checkpoint, ?report, "search index rebuilt from the views");

@@ -238,37 +238,71 @@ impl Overlay {
     /// Writes every pending change into `txn` (tables in name order, rows in key order) and
     /// empties the overlay. The caller commits `txn`, then starts a new overlay over it.
     pub fn flush_into(self, txn: &WriteTransaction) -> Result<(), ProjectionError> {
+        self.write_tables(&|_| true, &mut |name, value, rows, _| write_table(txn, name, value, rows))
+    }
+
+    /// [`Overlay::flush_into`] in two transactions: the tables `first` picks go into `txn`
+    /// first; then `between` commits `txn` (and starts what the committed tables allow, such as
+    /// the search index reading them) and returns the transaction the other tables go into,
+    /// which this returns uncommitted. The other tables are sorted meanwhile, so the only pause
+    /// is the commit.
+    pub fn flush_split(
+        self,
+        txn: WriteTransaction,
+        first: &dyn Fn(&str) -> bool,
+        between: impl FnOnce(WriteTransaction) -> Result<WriteTransaction, ProjectionError>,
+    ) -> Result<WriteTransaction, ProjectionError> {
+        let mut between = Some(between);
+        let mut current = Some(txn);
+        let mut split = |current: &mut Option<WriteTransaction>| -> Result<(), ProjectionError> {
+            if let Some(between) = between.take() {
+                let txn = current.take().ok_or_else(|| ProjectionError::Corrupt("no transaction to commit".into()))?;
+                *current = Some(between(txn)?);
+            }
+            Ok(())
+        };
+        self.write_tables(first, &mut |name, value, rows, in_first| {
+            if !in_first {
+                split(&mut current)?;
+            }
+            let txn =
+                current.as_ref().ok_or_else(|| ProjectionError::Corrupt("no transaction to write into".into()))?;
+            write_table(txn, name, value, rows)
+        })?;
+        // Every pending table was one of the first (or there were none).
+        split(&mut current)?;
+        current.ok_or_else(|| ProjectionError::Corrupt("no transaction to write into".into()))
+    }
+
+    /// Hands every pending table to `write` with its rows in key order, the tables `first` picks
+    /// before the others, each group in name order (`true` for the first group), and empties the
+    /// overlay.
+    fn write_tables(self, first: &dyn Fn(&str) -> bool, write: &mut TableWriter<'_>) -> Result<(), ProjectionError> {
         let started = std::time::Instant::now();
         let State { tables, .. } = self.state.into_inner();
-        let mut tables = tables;
-        tables.sort_by(|(a, _), (b, _)| a.cmp(b));
-        // Three stages on their own threads: one sorts the tables in name order, this one writes
+        let mut tables: Vec<(bool, String, MemoryTable)> =
+            tables.into_iter().map(|(name, table)| (first(&name), name, table)).collect();
+        tables.sort_by(|(a_first, a, _), (b_first, b, _)| b_first.cmp(a_first).then_with(|| a.cmp(b)));
+        // Three stages on their own threads: one sorts the tables in order, this one writes
         // each into redb as soon as it is sorted, one frees the rows written (millions of small
         // allocations). Writing is the longest; the other two hide behind it. The sorter runs as
         // far ahead as it can (an unbounded queue: a sorted table holds the rows its map held):
         // one table ahead, the writer waited ~1 s in all for the 1M-row history tables' sorts.
         std::thread::scope(|scope| {
-            let (sorted_sender, sorted) = std::sync::mpsc::channel::<(String, ColumnType, SortedRows)>();
+            let (sorted_sender, sorted) = std::sync::mpsc::channel::<(bool, String, ColumnType, SortedRows)>();
             let (written_sender, written) = std::sync::mpsc::channel::<SortedRows>();
             scope.spawn(move || {
-                for (name, table) in tables {
+                for (in_first, name, table) in tables {
                     let rows = table.rows.into_sorted();
-                    if sorted_sender.send((name, table.value, rows)).is_err() {
+                    if sorted_sender.send((in_first, name, table.value, rows)).is_err() {
                         return;
                     }
                 }
             });
             scope.spawn(move || written.into_iter().for_each(drop));
-            for (name, value, rows) in sorted {
-                let name = name.as_str();
+            for (in_first, name, value, rows) in sorted {
                 let table_started = std::time::Instant::now();
-                match value {
-                    ColumnType::Bytes => write_rows::<&[u8]>(txn, name, &rows)?,
-                    ColumnType::Str => write_rows::<&str>(txn, name, &rows)?,
-                    ColumnType::U64 => write_rows::<u64>(txn, name, &rows)?,
-                    ColumnType::U32 => write_rows::<u32>(txn, name, &rows)?,
-                    ColumnType::Unit => write_rows::<()>(txn, name, &rows)?,
-                }
+                write(&name, value, &rows, in_first)?;
                 tracing::debug!(
                     table = name,
                     rows = rows.len(),
@@ -286,6 +320,23 @@ impl Overlay {
 /// A key and its value (`None`: removed).
 type Row = (Box<str>, Option<Box<[u8]>>);
 type SortedRows = Vec<Row>;
+/// Writes one table's sorted rows; the flag says whether the table is one of the first group.
+type TableWriter<'a> = dyn FnMut(&str, ColumnType, &SortedRows, bool) -> Result<(), ProjectionError> + 'a;
+
+fn write_table(
+    txn: &WriteTransaction,
+    name: &str,
+    value: ColumnType,
+    rows: &SortedRows,
+) -> Result<(), ProjectionError> {
+    match value {
+        ColumnType::Bytes => write_rows::<&[u8]>(txn, name, rows),
+        ColumnType::Str => write_rows::<&str>(txn, name, rows),
+        ColumnType::U64 => write_rows::<u64>(txn, name, rows),
+        ColumnType::U32 => write_rows::<u32>(txn, name, rows),
+        ColumnType::Unit => write_rows::<()>(txn, name, rows),
+    }
+}
 
 fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: &SortedRows) -> Result<(), ProjectionError> {
     let definition = redb::TableDefinition::<&str, V>::new(name);
@@ -501,6 +552,50 @@ mod tests {
             txn.commit().unwrap();
         }
         let comparison = crate::digest::compare(&direct.begin_read().unwrap(), &staged.begin_read().unwrap()).unwrap();
+        assert_eq!(comparison.len(), 3, "{comparison:?}");
+        assert!(comparison.values().all(|table| table.is_same()), "{comparison:?}");
+    }
+
+    /// A split write-out commits the tables picked first before `between` runs (it sees them
+    /// and none of the others), and leaves the rows one transaction leaves.
+    #[test]
+    fn a_split_write_out_commits_the_first_tables_before_the_others() {
+        let directory = tempfile::tempdir().unwrap();
+        let whole = Database::create(directory.path().join("whole.redb")).unwrap();
+        let split = Database::create(directory.path().join("split.redb")).unwrap();
+        fn write<T: ViewTables>(tables: &T) -> Result<(), ProjectionError> {
+            for step in 0..300u32 {
+                let key = format!("k{:03}", (step * 37) % 200);
+                tables.insert(BYTES, &key, step.to_be_bytes().as_slice())?;
+                tables.insert(COUNTS, &key, u64::from(step))?;
+                tables.insert(UNITS, &key, ())?;
+            }
+            Ok(())
+        }
+        let overlay = Overlay::new(&whole).unwrap();
+        write(&overlay).unwrap();
+        let txn = whole.begin_write().unwrap();
+        overlay.flush_into(&txn).unwrap();
+        txn.commit().unwrap();
+
+        let overlay = Overlay::new(&split).unwrap();
+        write(&overlay).unwrap();
+        let mut seen = None;
+        let rest = overlay
+            .flush_split(split.begin_write().unwrap(), &|name| name != "bytes", |first| {
+                first.commit()?;
+                let read = split.begin_read()?;
+                seen = Some((
+                    read.open_table(COUNTS)?.len()?,
+                    read.open_table(UNITS)?.len()?,
+                    read.open_table(BYTES).is_err(),
+                ));
+                Ok(split.begin_write()?)
+            })
+            .unwrap();
+        rest.commit().unwrap();
+        assert_eq!(seen, Some((200, 200, true)), "only the first tables were committed when `between` ran");
+        let comparison = crate::digest::compare(&whole.begin_read().unwrap(), &split.begin_read().unwrap()).unwrap();
         assert_eq!(comparison.len(), 3, "{comparison:?}");
         assert!(comparison.values().all(|table| table.is_same()), "{comparison:?}");
     }

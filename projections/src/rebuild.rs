@@ -6,15 +6,16 @@
 //! `overlay`) and writes the rows into redb in key order only when the overlay grows past
 //! [`OVERLAY_MEMORY_BYTES`] or `events_per_transaction` events, and at the end. Intermediate
 //! commits are not synced (`Durability::None`); the last one is synced by [`catch_up_to`], or
-//! by [`finish`] after [`catch_up_to_unsynced`], while the search index is built. A crash
-//! mid-rebuild leaves a build nobody points at, deleted later (and a live build caught up this
-//! way after a crash simply restarts from its last synced checkpoint: redb recovers to the last
-//! durable commit, which holds the checkpoint of its own writes). Events are read and prepared
+//! by [`build`], which also builds the search index while the last rows are written and synced
+//! (see there). A crash mid-rebuild leaves a build nobody points at, deleted later (and a live
+//! build caught up this way after a crash simply restarts from its last synced checkpoint: redb
+//! recovers to the last durable commit, which holds the checkpoint of its own writes). Events are read and prepared
 //! (records decoded, the rows that follow from an event alone encoded: [`PreparedEvent`]) on a
 //! second thread while the first applies the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableDatabase};
 
@@ -51,7 +52,7 @@ pub fn rebuild(
 }
 
 /// [`rebuild`], then the search index of the build (in `search/` beside `path`, so one build
-/// per directory) while the views are synced (see [`finish`]). Returns the views, durable, with
+/// per directory) while the last rows are written and the views synced (see [`build`]). Returns the views, durable, with
 /// the search index attached.
 pub fn rebuild_with_search(
     log: &EventLog,
@@ -70,8 +71,7 @@ fn rebuild_then(
     search: bool,
 ) -> Result<Views, ProjectionError> {
     let views = Views::open_for_rebuild(path)?;
-    catch_up_to_unsynced(log, &views, until, REBUILD_TRANSACTION_EVENTS, progress)?;
-    finish(&views, search)?;
+    build(log, &views, until, REBUILD_TRANSACTION_EVENTS, search, progress)?;
     Ok(views)
 }
 
@@ -84,48 +84,111 @@ pub fn catch_up_to(
     events_per_transaction: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ProjectionError> {
-    apply_range(log, views, until, events_per_transaction, progress, Durability::Immediate)
+    if let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? {
+        write_out(views, overlay, reached, Durability::Immediate)?;
+    }
+    Ok(())
 }
 
-/// [`catch_up_to`] with no commit synced, not even the last: readers in this process see the
-/// rows, a crash loses them (redb recovers the last synced state, checkpoint included). A build
-/// made this way must go through [`finish`] before it is flipped live.
-pub fn catch_up_to_unsynced(
+/// How long the parts of a [`build`] took.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildTimes {
+    /// Applying the events and writing every view row (not yet synced).
+    pub views: Duration,
+    /// Until the views were synced and the search index (when asked) committed.
+    pub total: Duration,
+}
+
+/// Builds views opened by [`Views::open_for_rebuild`] from their checkpoint up to `until`
+/// (exclusive), durable when it returns, and with `search` their search index (in `search/`
+/// beside them, so one build per directory).
+///
+/// Commits before the last are not synced. The last write-out puts the tables the index reads
+/// first (`browse::is_search_input`: a third of the bytes) and commits them; the index is built
+/// from them on another thread while this one writes the other tables, then syncs the build
+/// (writes and fsyncs gigabytes). A crash halfway leaves a build nobody points at; an index
+/// ahead of the views it describes is rebuilt when opened, since it no longer matches their
+/// checkpoint.
+pub fn build(
     log: &EventLog,
     views: &Views,
     until: u64,
     events_per_transaction: usize,
+    search: bool,
     progress: &mut dyn FnMut(u64),
-) -> Result<(), ProjectionError> {
-    apply_range(log, views, until, events_per_transaction, progress, Durability::None)
-}
-
-/// Makes a build applied by [`catch_up_to_unsynced`] durable and, with `search`, builds its
-/// search index meanwhile. Syncing a rebuild writes and fsyncs gigabytes (seconds of I/O wait)
-/// and the index is CPU work reading the committed views, so the two overlap. A crash halfway
-/// leaves a build nobody points at; an index ahead of the views it describes is rebuilt when
-/// opened, since it no longer matches their checkpoint.
-pub fn finish(views: &Views, search: bool) -> Result<(), ProjectionError> {
+) -> Result<BuildTimes, ProjectionError> {
+    let started = Instant::now();
+    let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? else {
+        // Nothing left to apply: make what is there durable, and index it.
+        let applied = started.elapsed();
+        std::thread::scope(|scope| {
+            let sync = scope.spawn(|| views.sync());
+            let indexed = if search { views.open_search().map(drop) } else { Ok(()) };
+            let synced =
+                sync.join().map_err(|_| ProjectionError::Corrupt("the thread syncing a rebuild panicked".into()))?;
+            synced.and(indexed)
+        })?;
+        return Ok(BuildTimes { views: applied, total: started.elapsed() });
+    };
+    if !search {
+        write_out(views, overlay, reached, Durability::Immediate)?;
+        let elapsed = started.elapsed();
+        return Ok(BuildTimes { views: elapsed, total: elapsed });
+    }
     std::thread::scope(|scope| {
-        let sync = scope.spawn(|| views.sync());
-        let indexed = if search { views.open_search().map(|_| ()) } else { Ok(()) };
-        let synced =
-            sync.join().map_err(|_| ProjectionError::Corrupt("the thread syncing a rebuild panicked".into()))?;
-        synced.and(indexed)
+        let writing = Instant::now();
+        let mut indexing = None;
+        let written = overlay
+            .flush_split(begin_write(views, Durability::None)?, &crate::browse::is_search_input, |inputs| {
+                inputs.commit()?;
+                tracing::debug!(elapsed_ms = writing.elapsed().as_millis() as u64, "rebuild search inputs committed");
+                indexing = Some(scope.spawn(|| views.open_search_at(reached)));
+                begin_write(views, Durability::None)
+            })
+            .and_then(|rest| {
+                rest.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
+                rest.commit()?;
+                Ok(())
+            });
+        views.bump_generation();
+        let applied = started.elapsed();
+        tracing::debug!(
+            reached,
+            elapsed_ms = writing.elapsed().as_millis() as u64,
+            "rebuild rows written and committed"
+        );
+        let synced = written.and_then(|()| views.sync());
+        let indexed = match indexing {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| ProjectionError::Corrupt("the thread building the search index panicked".into()))?
+                .map(drop),
+            None => Ok(()),
+        };
+        synced.and(indexed)?;
+        Ok(BuildTimes { views: applied, total: started.elapsed() })
     })
 }
 
+fn begin_write(views: &Views, durability: Durability) -> Result<redb::WriteTransaction, ProjectionError> {
+    let mut txn = views.database().begin_write()?;
+    txn.set_durability(durability)?;
+    Ok(txn)
+}
+
+/// Applies `[views.checkpoint(), until)`, writing the overlay out (unsynced) whenever it holds
+/// `events_per_transaction` events or [`OVERLAY_MEMORY_BYTES`]; returns the last overlay, not
+/// written, and the offset it reaches (`None`: nothing to apply).
 fn apply_range(
     log: &EventLog,
     views: &Views,
     until: u64,
     events_per_transaction: usize,
     progress: &mut dyn FnMut(u64),
-    last_durability: Durability,
-) -> Result<(), ProjectionError> {
+) -> Result<Option<(Overlay, u64)>, ProjectionError> {
     let start = views.checkpoint()?;
     if start >= until {
-        return Ok(());
+        return Ok(None);
     }
     std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, ProjectionError>>(READ_AHEAD);
@@ -152,11 +215,11 @@ fn apply_range(
         let mut overlay = Overlay::new(views.database())?;
         let mut in_overlay = 0usize;
         // Where this thread's time goes: applying, or waiting for the reader.
-        let (mut applying, mut waiting) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
-        let mut asked = std::time::Instant::now();
+        let (mut applying, mut waiting) = (Duration::ZERO, Duration::ZERO);
+        let mut asked = Instant::now();
         for chunk in receiver {
             waiting += asked.elapsed();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let (events, prepared) = chunk?;
             let mut events = events.as_slice();
             let mut prepared = prepared.into_iter();
@@ -176,7 +239,7 @@ fn apply_range(
             }
             progress(reached);
             applying += started.elapsed();
-            asked = std::time::Instant::now();
+            asked = Instant::now();
         }
         tracing::debug!(
             reached,
@@ -184,18 +247,15 @@ fn apply_range(
             wait_for_reader_ms = waiting.as_millis() as u64,
             "rebuild events applied"
         );
-        // A durable last commit makes every non-durable one before it durable too.
-        write_out(views, overlay, reached, last_durability)?;
-        Ok(())
+        Ok(Some((overlay, reached)))
     })
 }
 
 /// Writes the overlay's rows and the checkpoint `reached` in one transaction.
 fn write_out(views: &Views, overlay: Overlay, reached: u64, durability: Durability) -> Result<(), ProjectionError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let memory = overlay.memory_bytes();
-    let mut txn = views.database().begin_write()?;
-    txn.set_durability(durability)?;
+    let txn = begin_write(views, durability)?;
     overlay.flush_into(&txn)?;
     let flushed = started.elapsed();
     txn.open_table(CHECKPOINTS)?.insert(REGISTRY, reached)?;
