@@ -12,6 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+
+use hashbrown::hash_map::EntryRef;
 use std::ops::Bound;
 
 use foldhash::fast::RandomState;
@@ -39,20 +41,24 @@ const ROW_OVERHEAD: usize = 96;
 /// - `Sorted` for good as soon as a prefix scan needs order.
 enum Rows {
     Appended(Vec<(Box<str>, Box<[u8]>)>),
-    Hashed(HashMap<Box<str>, Option<Box<[u8]>>, RandomState>),
+    Hashed(hashbrown::HashMap<Box<str>, Option<Box<[u8]>>, RandomState>),
     Sorted(BTreeMap<Box<str>, Option<Box<[u8]>>>),
 }
 
 impl Rows {
     fn new(base_empty: bool) -> Rows {
-        if base_empty { Rows::Appended(Vec::new()) } else { Rows::Hashed(HashMap::with_hasher(RandomState::default())) }
+        if base_empty {
+            Rows::Appended(Vec::new())
+        } else {
+            Rows::Hashed(hashbrown::HashMap::with_hasher(RandomState::default()))
+        }
     }
 
     /// Rows that answer point reads: appended rows are hashed first (the last write of a key
     /// wins).
     fn readable(&mut self) -> &mut Rows {
         if let Rows::Appended(rows) = self {
-            let mut hashed = HashMap::with_capacity_and_hasher(rows.len(), RandomState::default());
+            let mut hashed = hashbrown::HashMap::with_capacity_and_hasher(rows.len(), RandomState::default());
             for (key, value) in std::mem::take(rows) {
                 hashed.insert(key, Some(value));
             }
@@ -74,6 +80,41 @@ impl Rows {
             Rows::Hashed(rows) => rows.get_mut(key),
             Rows::Sorted(rows) => rows.get_mut(key),
             Rows::Appended(_) => unreachable!("readable rows are not appended"),
+        }
+    }
+
+    /// Writes `value` under `key`, returning how many bytes the map grew by (a replaced value's
+    /// bytes count negative): one hash probe for a hashed map.
+    fn upsert(&mut self, key: &str, value: Box<[u8]>) -> isize {
+        let added = value.len() as isize;
+        let fresh = added + (key.len() + ROW_OVERHEAD) as isize;
+        match self {
+            Rows::Appended(rows) => {
+                rows.push((key.into(), value));
+                fresh
+            }
+            Rows::Hashed(rows) => match rows.entry_ref(key) {
+                EntryRef::Occupied(mut slot) => {
+                    let removed = slot.get().as_ref().map_or(0, |old| old.len()) as isize;
+                    *slot.get_mut() = Some(value);
+                    added - removed
+                }
+                EntryRef::Vacant(slot) => {
+                    slot.insert(Some(value));
+                    fresh
+                }
+            },
+            Rows::Sorted(rows) => match rows.get_mut(key) {
+                Some(slot) => {
+                    let removed = slot.as_ref().map_or(0, |old| old.len()) as isize;
+                    *slot = Some(value);
+                    added - removed
+                }
+                None => {
+                    rows.insert(key.into(), Some(value));
+                    fresh
+                }
+            },
         }
     }
 
@@ -405,23 +446,8 @@ impl ViewTables for Overlay {
     ) -> Result<(), ProjectionError> {
         let bytes: Box<[u8]> = V::as_bytes(&value).as_ref().into();
         self.with_table(table, |memory, total| {
-            let added = bytes.len();
-            if let Rows::Appended(rows) = &mut memory.rows {
-                *total = total.saturating_add(added + key.len() + ROW_OVERHEAD);
-                rows.push((key.into(), bytes));
-                return;
-            }
-            match memory.rows.get_mut(key) {
-                Some(slot) => {
-                    let removed = slot.as_ref().map_or(0, |old| old.len());
-                    *slot = Some(bytes);
-                    *total = total.saturating_add(added).saturating_sub(removed);
-                }
-                None => {
-                    *total = total.saturating_add(added + key.len() + ROW_OVERHEAD);
-                    memory.rows.insert(key.into(), Some(bytes));
-                }
-            }
+            let grown = memory.rows.upsert(key, bytes);
+            *total = total.saturating_add_signed(grown);
         })
     }
 
