@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use atcr_storage::records::{self, HoldCaptainRecord, HoldCrewRecord, HoldLayerRecord, HoldStatsRecord};
+use atcr_storage::records::{
+    self, HoldCaptainRecord, HoldCrewRecord, HoldLayerRecord, HoldStatsRecord, ManifestRecord,
+};
 use atcr_storage::{Event, EventBody};
 
 use crate::tables::ViewTables;
@@ -111,12 +113,18 @@ fn day_of(time: &str) -> Option<&str> {
     atcr_storage::pulls::days_from_string(day).map(|_| day)
 }
 
-/// Applies what an event means for the hold views. Idempotent, like every view.
-pub(crate) fn apply(txn: &impl ViewTables, offset: u64, event: &Event) -> Result<(), ProjectionError> {
+/// Applies what an event means for the hold views. Idempotent, like every view. `manifest`: the
+/// event's manifest record, decoded, when it is one and it decodes.
+pub(crate) fn apply(
+    txn: &impl ViewTables,
+    offset: u64,
+    event: &Event,
+    manifest: Option<&ManifestRecord>,
+) -> Result<(), ProjectionError> {
     let hold = event.did.as_str();
     match &event.body {
         EventBody::RecordPut { collection, rkey, record, .. } => match collection.as_str() {
-            records::MANIFEST => index_manifest(txn, hold, record),
+            records::MANIFEST => index_manifest(txn, hold, record, manifest),
             records::HOLD_CAPTAIN => match HoldCaptainRecord::decode(record) {
                 Ok(captain) if rkey == "self" => {
                     let row = CaptainRow {
@@ -244,8 +252,26 @@ fn put_stats(
     Ok(())
 }
 
-fn index_manifest(txn: &impl ViewTables, did: &str, record: &[u8]) -> Result<(), ProjectionError> {
-    let Some((digest, named)) = records::manifest_hold(record) else { return Ok(()) };
+/// `manifest`: the record already decoded, when it decodes (the views decode every manifest; the
+/// few bytes the index needs are read from `record` only when it does not).
+fn index_manifest(
+    txn: &impl ViewTables,
+    did: &str,
+    record: &[u8],
+    manifest: Option<&ManifestRecord>,
+) -> Result<(), ProjectionError> {
+    let found = match manifest {
+        // What `records::manifest_hold` reads, with the same checks (decoding already checked
+        // the digest and the media type).
+        Some(manifest) => Some((
+            manifest.digest.clone(),
+            Some(manifest.repository.clone())
+                .filter(|repository| !repository.contains('\0'))
+                .zip(manifest.hold_did.clone().filter(|did| atcr_storage::syntax::is_valid_did(did))),
+        )),
+        None => records::manifest_hold(record),
+    };
+    let Some((digest, named)) = found else { return Ok(()) };
     // An update of the same digest may name another hold, or none: the old entry goes first.
     if let Some(bytes) = txn.get(MANIFESTS, key(&[did, &digest]).as_str())? {
         let previous: ManifestRow = decode("manifests", &bytes)?;

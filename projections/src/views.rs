@@ -348,7 +348,11 @@ pub(crate) fn apply_tracking(
     touched: &mut Touched,
 ) -> Result<(), ProjectionError> {
     // Before the views change: a manifest delete needs the row they are about to remove.
-    crate::holds::apply(txn, offset, event)?;
+    let manifest = match &prepared.record {
+        DecodedRecord::Manifest(manifest) => Some(&**manifest),
+        _ => None,
+    };
+    crate::holds::apply(txn, offset, event, manifest)?;
     crate::scans::apply(txn, offset, event, touched)?;
     note_first_seen(txn, event)?;
     let PreparedEvent { record, history, activity } = prepared;
