@@ -12,11 +12,10 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-
-use hashbrown::hash_map::EntryRef;
 use std::ops::Bound;
 
 use foldhash::fast::RandomState;
+use hashbrown::hash_map::EntryRef;
 
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction,

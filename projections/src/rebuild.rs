@@ -9,9 +9,9 @@
 //! by [`build`], which also builds the search index while the last rows are written and synced
 //! (see there). A crash mid-rebuild leaves a build nobody points at, deleted later (and a live
 //! build caught up this way after a crash simply restarts from its last synced checkpoint: redb
-//! recovers to the last durable commit, which holds the checkpoint of its own writes). Events are read and prepared
-//! (records decoded, the rows that follow from an event alone encoded: [`PreparedEvent`]) on a
-//! second thread while the first applies the previous chunk.
+//! recovers to the last durable commit, which holds the checkpoint of its own writes). Events
+//! are read and prepared (records decoded, the rows that follow from an event alone encoded:
+//! [`PreparedEvent`]) on a second thread while the first applies the previous chunk.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -52,8 +52,8 @@ pub fn rebuild(
 }
 
 /// [`rebuild`], then the search index of the build (in `search/` beside `path`, so one build
-/// per directory) while the last rows are written and the views synced (see [`build`]). Returns the views, durable, with
-/// the search index attached.
+/// per directory) while the last rows are written and the views synced (see [`build`]).
+/// Returns the views, durable, with the search index attached.
 pub fn rebuild_with_search(
     log: &EventLog,
     path: &Path,
