@@ -408,8 +408,8 @@ impl RepositoryFacts {
             if let Some(hold) = manifest.hold_did.clone().or_else(|| manifest.hold_endpoint.clone()) {
                 facts.holds.insert(hold);
             }
-            for (digest, size) in &manifest.blobs {
-                blobs.insert(digest.as_str(), size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0));
+            for (digest, size) in manifest.blobs() {
+                blobs.insert(digest, size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0));
             }
             if manifest.subject.is_none()
                 && !manifest.annotations.is_empty()

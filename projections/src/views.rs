@@ -128,10 +128,10 @@ pub struct ManifestRow {
     pub hold_did: Option<String>,
     pub hold_endpoint: Option<String>,
     pub subject: Option<String>,
-    /// Every blob the manifest references (config and layers), with sizes.
-    pub blobs: Vec<(String, Option<i64>)>,
     /// The config blob's digest, when the manifest has one.
     pub config: Option<String>,
+    /// The config blob's size, as the manifest gives it.
+    pub config_size: Option<i64>,
     /// Layers in order: (digest, media type, size).
     pub layers: Vec<(String, Option<String>, Option<i64>)>,
     /// Children of an index.
@@ -139,6 +139,14 @@ pub struct ManifestRow {
     pub annotations: BTreeMap<String, String>,
     pub created_at: Option<String>,
     pub offset: u64,
+}
+
+impl ManifestRow {
+    /// Every blob the manifest references with its size: the config, then the layers in order.
+    pub fn blobs(&self) -> impl Iterator<Item = (&str, Option<i64>)> {
+        let config = self.config.as_deref().map(|digest| (digest, self.config_size));
+        config.into_iter().chain(self.layers.iter().map(|(digest, _, size)| (digest.as_str(), *size)))
+    }
 }
 
 /// One child of an index, with its platform as `os/arch[/variant]`.
@@ -759,12 +767,7 @@ fn put_manifest(
         // An update of the same digest: drop the old indexes first so apply stays idempotent.
         remove_manifest_indexes(txn, did, &manifest.digest)?;
     }
-    let mut blobs: Vec<(String, Option<i64>)> = Vec::new();
-    if let Some(config) = &manifest.config {
-        blobs.push((config.digest.clone(), config.size));
-    }
-    blobs.extend(manifest.layers.iter().map(|layer| (layer.digest.clone(), layer.size)));
-    blobs.retain(|(digest, _)| records::is_sha256_digest(digest));
+    let config = manifest.config.as_ref().filter(|config| records::is_sha256_digest(&config.digest));
     let children = manifest
         .manifests
         .iter()
@@ -789,12 +792,8 @@ fn put_manifest(
         hold_did: manifest.hold_did.clone(),
         hold_endpoint: manifest.hold_endpoint.clone(),
         subject: subject.clone(),
-        blobs,
-        config: manifest
-            .config
-            .as_ref()
-            .map(|config| config.digest.clone())
-            .filter(|digest| records::is_sha256_digest(digest)),
+        config: config.map(|config| config.digest.clone()),
+        config_size: config.and_then(|config| config.size),
         layers: manifest
             .layers
             .iter()
@@ -810,7 +809,7 @@ fn put_manifest(
     crate::layers::note_manifest(txn, did, &manifest.digest, &row)?;
     txn.insert(MANIFEST_RKEYS, key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
     txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
-    for (blob, _) in &row.blobs {
+    for (blob, _) in row.blobs() {
         let blob_key = key(&[did, &row.repository, blob]);
         let mut referencing: Vec<String> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
             Some(bytes) => decode("repo_blobs", &bytes)?,
@@ -852,7 +851,7 @@ fn remove_manifest_indexes(
         None => return Ok(None),
     };
     crate::layers::forget_manifest(txn, did, digest, &row)?;
-    for (blob, _) in &row.blobs {
+    for (blob, _) in row.blobs() {
         let blob_key = key(&[did, &row.repository, blob]);
         let referencing: Option<Vec<String>> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
             Some(bytes) => Some(decode("repo_blobs", &bytes)?),

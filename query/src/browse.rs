@@ -374,7 +374,7 @@ impl Browse {
             .collect();
         let kind = if manifest.children.is_empty() {
             let size_of = |digest: &str| {
-                manifest.blobs.iter().find(|(blob, _)| blob == digest).and_then(|(_, size)| size.and_then(to_u64))
+                manifest.blobs().find(|(blob, _)| *blob == digest).and_then(|(_, size)| size.and_then(to_u64))
             };
             let config = manifest.config.as_ref().map(|digest| LayerEntry {
                 digest: digest.clone(),
@@ -547,7 +547,7 @@ fn platforms_of(manifest: &ManifestRow) -> Vec<String> {
 /// Bytes of an image (its blobs), or of an index: every platform image's blobs when the views
 /// hold that image, else the size its descriptor gives.
 fn total_size(manifest: &ManifestRow, by_digest: &BTreeMap<&str, &ManifestRow>) -> u64 {
-    let blobs: u64 = manifest.blobs.iter().filter_map(|(_, size)| size.and_then(to_u64)).sum();
+    let blobs: u64 = manifest.blobs().filter_map(|(_, size)| size.and_then(to_u64)).sum();
     let children: u64 = manifest
         .children
         .iter()
@@ -561,7 +561,7 @@ fn total_size(manifest: &ManifestRow, by_digest: &BTreeMap<&str, &ManifestRow>) 
 
 /// Bytes of an image (its blobs) or of an index (its children's manifests and what they say).
 fn manifest_size(manifest: &ManifestRow) -> u64 {
-    let blobs: u64 = manifest.blobs.iter().filter_map(|(_, size)| size.and_then(|size| u64::try_from(size).ok())).sum();
+    let blobs: u64 = manifest.blobs().filter_map(|(_, size)| size.and_then(|size| u64::try_from(size).ok())).sum();
     let children: u64 =
         manifest.children.iter().filter_map(|child| child.size.and_then(|size| u64::try_from(size).ok())).sum();
     blobs + children

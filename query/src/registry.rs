@@ -423,7 +423,7 @@ impl RegistryQuery {
         let referencing = views.blob_referrers(&repository.did, &repository.repository, digest)?;
         for manifest_digest in referencing {
             let Some(row) = views.manifest(&repository.did, &manifest_digest)? else { continue };
-            let size = row.blobs.iter().find(|(blob, _)| blob == digest).and_then(|(_, size)| *size);
+            let size = row.blobs().find(|(blob, _)| *blob == digest).and_then(|(_, size)| size);
             let hold_endpoint = match &row.hold_did {
                 Some(hold) => {
                     views.identity(hold)?.and_then(|identity| identity.hold_endpoint.or(identity.pds_endpoint))
