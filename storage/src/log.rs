@@ -32,7 +32,7 @@ use crate::event::{
 /// gains nothing from staying cached: a 1 GiB cache only cost fresh memory, which the kernel
 /// clears on first touch. With 64 MiB a 1.3M-event rebuild peaks at 3.8 GB instead of 5.1 GB
 /// and spends 2.8 s in the kernel instead of 4.3-5.9 s. It still holds the trees' upper levels.
-pub const READ_ONLY_CACHE_BYTES: usize = 64 << 20;
+const READ_ONLY_CACHE_BYTES: usize = 64 << 20;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const COMMIT_BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("commit_blocks");
@@ -160,7 +160,7 @@ impl EventLog {
     }
 
     /// Opens an existing log for reading, alongside a writer in another process if there is one,
-    /// with a small page cache ([`READ_ONLY_CACHE_BYTES`]).
+    /// with a small page cache (`READ_ONLY_CACHE_BYTES`).
     pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(StorageError::Io(std::io::Error::new(
