@@ -33,7 +33,7 @@ use anyhow::{Context, Result, ensure};
 
 use atcr_ingest::backfill::LogState;
 use atcr_projections::Views;
-use atcr_storage::EventLog;
+use atcr_storage::{EventBody, EventLog};
 use support::{
     Account, Atcr, Pds, bsky_post, image_manifest, kind, manifest_record, profile_record, repo_page_record,
     star_record, tag_record,
@@ -289,7 +289,12 @@ async fn scenario(pds_url: &str) -> Result<()> {
         .map(|stored| stored.event.source.as_str())
         .collect();
     let mut by_rev: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    // The record CID each put put (the views' record history keeps the offsets).
+    let mut cids: BTreeMap<u64, String> = BTreeMap::new();
     for stored in serve_log.read_from(0, usize::MAX)? {
+        if let EventBody::RecordPut { cid, .. } = &stored.event.body {
+            cids.insert(stored.offset, cid.clone());
+        }
         let event = &stored.event;
         if dids.contains(&event.did) && event.body.collection().is_some() {
             let key = (event.did.clone(), event.source.as_str().to_string(), event.rev.clone().unwrap_or_default());
@@ -305,8 +310,9 @@ async fn scenario(pds_url: &str) -> Result<()> {
     let serve_views = rebuild_views(&serving.data_dir, &scratch.path().join("serve.redb"))?;
     for (did, records) in &truth {
         for (collection, rkey) in records.keys() {
-            let history = serve_views.record_history(did, collection, rkey)?;
-            let repeated = history.windows(2).find(|pair| pair[0].cid == pair[1].cid);
+            let history: Vec<Option<&String>> =
+                serve_views.record_history(did, collection, rkey)?.iter().map(|offset| cids.get(offset)).collect();
+            let repeated = history.windows(2).find(|pair| pair[0] == pair[1]);
             ensure!(
                 repeated.is_none(),
                 "{did} {collection}/{rkey}: a version applied twice (serve --backfill-pds): {history:?}"

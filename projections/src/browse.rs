@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::views::{
     ACTIVITY, ActivityRow, FIRST_SEEN, HANDLES, IDENTITIES, MANIFESTS, ManifestRow, PROFILES, PageRow, ProfileRow,
     RECORD_HISTORY, REPO_MANIFESTS, REPO_PAGES, REPOS_BY_FIRST, REPOS_BY_PUSH, REPOS_BY_STARS, REPOSITORIES,
-    RecordVersionRow, RepositoryRow, STAR_COUNTS, STARS, TAG_HISTORY, TAGS, TagMoveRow, TagRow, decode, key,
+    RepositoryRow, STAR_COUNTS, STARS, TAG_HISTORY, TAGS, TagMoveRow, TagRow, activity_entry, decode, key, offset_key,
 };
 use crate::{ProjectionError, Views};
+use atcr_storage::{EventLog, StoredEvent};
 
 /// Everything the search index knows about one repository. Built from the registry views by
 /// [`crate::Views::search_document`], so the index can always be rebuilt from them.
@@ -81,6 +82,12 @@ fn scan_prefix<V: redb::Value + 'static>(
         }
     }
     Ok(())
+}
+
+/// A log offset from the end of a history key (16 hex digits).
+fn parse_offset(table: &str, text: &str) -> Result<u64, ProjectionError> {
+    u64::from_str_radix(text, 16)
+        .map_err(|_| ProjectionError::Corrupt(format!("{table}: key ends with {text:?}, not an offset")))
 }
 
 /// The first paragraph of a markdown text, without heading marks, as one line of plain text.
@@ -250,24 +257,28 @@ impl Views {
         Ok(out)
     }
 
-    /// Every version of one record, oldest first.
-    pub fn record_history(
-        &self,
-        did: &str,
-        collection: &str,
-        rkey: &str,
-    ) -> Result<Vec<RecordVersionRow>, ProjectionError> {
+    /// The log offsets of every version of one record, oldest first: each is the event that put
+    /// or deleted it.
+    pub fn record_history(&self, did: &str, collection: &str, rkey: &str) -> Result<Vec<u64>, ProjectionError> {
         let read = self.reader()?;
         let mut out = Vec::new();
-        scan_prefix(&read, RECORD_HISTORY, &format!("{}\0", key(&[did, collection, rkey])), |_, bytes| {
-            out.push(decode("record_history", bytes)?);
+        scan_prefix(&read, RECORD_HISTORY, &format!("{}\0", key(&[did, collection, rkey])), |offset, ()| {
+            out.push(parse_offset("record_history", offset)?);
             Ok(true)
         })?;
         Ok(out)
     }
 
-    /// A DID's activity, newest first, starting below offset `before`.
-    pub fn activity(&self, did: &str, before: Option<u64>, limit: usize) -> Result<Vec<ActivityRow>, ProjectionError> {
+    /// A DID's activity, newest first, starting below offset `before`: each entry is the record
+    /// event at its offset in `log` (the log these views were built from), completed by what
+    /// the views knew of a delete.
+    pub fn activity(
+        &self,
+        log: &EventLog,
+        did: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ActivityRow>, ProjectionError> {
         let read = self.reader()?;
         let table = read.open_table(ACTIVITY)?;
         let low = format!("{did}\0");
@@ -277,13 +288,29 @@ impl Views {
         };
         let mut out = Vec::new();
         for entry in table.range(low.as_str()..high.as_str())?.rev() {
-            let (_, bytes) = entry?;
-            out.push(decode("activity", bytes.value())?);
+            let (key, stored) = entry?;
+            let offset = parse_offset("activity", key.value().strip_prefix(low.as_str()).unwrap_or_default())?;
+            let Some(event) = log.event(offset)? else {
+                return Err(ProjectionError::Corrupt(format!("activity: the log has no event at offset {offset}")));
+            };
+            if let Some(row) = activity_entry(offset, &event, stored.value())? {
+                out.push(row);
+            }
             if out.len() == limit {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// The activity entry of one stored event, when the views keep one for it.
+    pub fn activity_of(&self, stored: &StoredEvent) -> Result<Option<ActivityRow>, ProjectionError> {
+        let read = self.reader()?;
+        let table = read.open_table(ACTIVITY)?;
+        let Some(row) = table.get(key(&[&stored.event.did, &offset_key(stored.offset)]).as_str())? else {
+            return Ok(None);
+        };
+        activity_entry(stored.offset, &stored.event, row.value())
     }
 
     /// The search document of a repository, or None when it has no manifests and no tags left.

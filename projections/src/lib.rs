@@ -97,9 +97,10 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// The name and version of the registry projection. Bump the version when `views::apply`
 /// changes meaning or a row changes shape: the views are then rebuilt from offset 0 on start
 /// (8: a manifest row keeps its config's size instead of a `blobs` list that repeated the config
-/// and the layers, a fifth of its bytes).
+/// and the layers, a fifth of its bytes; 9: `record_history` and `activity` keep log offsets, not
+/// copies of what the events at them say).
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 8;
+pub const REGISTRY_VERSION: u32 = 9;
 
 /// redb's page cache for a build being rebuilt (its default, kept for serving, is 1 GiB). The
 /// write-out of a rebuild creates every page of a 2 GiB build in one transaction; with the

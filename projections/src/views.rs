@@ -25,14 +25,19 @@
 //! | `profiles` | did | [`ProfileRow`] |
 //! | `first_seen` | did | upstream time of the DID's first event |
 //! | `tag_history` | did `\0` repo `\0` tag `\0` offset (16 hex) | [`TagMoveRow`] |
-//! | `record_history` | did `\0` collection `\0` rkey `\0` offset (16 hex) | [`RecordVersionRow`] |
-//! | `activity` | did `\0` offset (16 hex) | [`ActivityRow`] |
+//! | `record_history` | did `\0` collection `\0` rkey `\0` offset (16 hex) | () |
+//! | `activity` | did `\0` offset (16 hex) | empty for a put; for a delete, what it was about |
 //! | `repos_by_push` | last push `\0` did `\0` repo | () |
 //! | `repos_by_stars` | (u64::MAX - stars) (16 hex) `\0` did `\0` repo | () |
 //! | `repos_by_first` | first offset (16 hex) `\0` did `\0` repo | () |
 //!
 //! History tables are keyed by log offset, so applying an event twice writes the same row and a
-//! replay rebuilds them byte for byte.
+//! replay rebuilds them byte for byte. `record_history` and `activity` are indexes into the log:
+//! a version's action, CID, rev and times, and what a put was about, are in the event at the
+//! offset its key ends with (read back by [`activity_entry`] and the audit queries), so the
+//! views do not keep a second copy of them (they were a quarter of the views' bytes). Only what
+//! the event cannot say is stored: what a delete was about ([`DeletedSubject`]: the event names
+//! only the record key) and the digest a tag moved from (`tag_history`).
 
 use std::collections::BTreeMap;
 
@@ -65,7 +70,7 @@ pub(crate) const PAGE_RKEYS: TableDefinition<&str, &str> = TableDefinition::new(
 pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 pub(crate) const FIRST_SEEN: TableDefinition<&str, &str> = TableDefinition::new("first_seen");
 pub(crate) const TAG_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("tag_history");
-pub(crate) const RECORD_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("record_history");
+pub(crate) const RECORD_HISTORY: TableDefinition<&str, ()> = TableDefinition::new("record_history");
 pub(crate) const ACTIVITY: TableDefinition<&str, &[u8]> = TableDefinition::new("activity");
 pub(crate) const REPOS_BY_PUSH: TableDefinition<&str, ()> = TableDefinition::new("repos_by_push");
 pub(crate) const REPOS_BY_STARS: TableDefinition<&str, ()> = TableDefinition::new("repos_by_stars");
@@ -198,20 +203,8 @@ pub struct TagMoveRow {
     pub upstream_seq: Option<i64>,
 }
 
-/// One version of a record: the event at `offset` put (with `cid`) or deleted it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordVersionRow {
-    pub offset: u64,
-    /// `create`, `update` or `delete`.
-    pub action: String,
-    pub cid: Option<String>,
-    pub rev: Option<String>,
-    pub upstream_seq: Option<i64>,
-    pub time: Option<String>,
-    pub commit_cid: Option<String>,
-}
-
-/// One entry of a user's activity feed.
+/// One entry of a user's activity feed: built from the log event at `offset` (and, for a delete,
+/// the [`DeletedSubject`] the `activity` row keeps) by [`activity_entry`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActivityRow {
     pub offset: u64,
@@ -269,16 +262,18 @@ pub(crate) fn open_all(txn: &WriteTransaction) -> Result<(), ProjectionError> {
 }
 
 /// What follows from one event alone, prepared ahead of [`apply_tracking`]: its record decoded,
-/// and the rows that need no other state (its `record_history` version, the `activity` entry of
-/// a put). A rebuild prepares them on the thread that reads the log while the previous events
-/// are applied (they were ~25 % of applying); following the log prepares them inline.
+/// and the keys of the rows that need no other state (its `record_history` version, the
+/// `activity` entry of a put). A rebuild prepares them on the thread that reads the log while the
+/// previous events are applied (they were ~25 % of applying); following the log prepares them
+/// inline.
 #[derive(Debug)]
 pub(crate) struct PreparedEvent {
     record: DecodedRecord,
-    /// (key, encoded [`RecordVersionRow`]) of a put or a delete.
-    history: Option<(String, Vec<u8>)>,
-    /// (key, encoded [`ActivityRow`]) of a put whose record decoded.
-    activity: Option<(String, Vec<u8>)>,
+    /// The `record_history` key of a put or a delete.
+    history: Option<String>,
+    /// The `activity` key of a put whose record decoded (its row is empty: the event says what
+    /// it was about).
+    activity: Option<String>,
 }
 
 #[derive(Debug)]
@@ -295,53 +290,99 @@ enum DecodedRecord {
     Other,
 }
 
+impl DecodedRecord {
+    fn of(collection: &str, record: &[u8]) -> DecodedRecord {
+        let decoded = match collection {
+            records::MANIFEST => {
+                ManifestRecord::decode(record).map(|manifest| DecodedRecord::Manifest(manifest.into()))
+            }
+            records::TAG => TagRecord::decode(record).map(DecodedRecord::Tag),
+            records::STAR => StarRecord::decode(record).map(DecodedRecord::Star),
+            records::REPO_PAGE => RepoPageRecord::decode(record).map(DecodedRecord::RepoPage),
+            records::PROFILE => ProfileRecord::decode(record).map(DecodedRecord::Profile),
+            _ => Ok(DecodedRecord::Other),
+        };
+        decoded.unwrap_or_else(DecodedRecord::Invalid)
+    }
+
+    /// Fills in what a put of this record was about.
+    fn describe(&self, row: &mut ActivityRow) {
+        match self {
+            DecodedRecord::Manifest(manifest) => {
+                row.repository = Some(manifest.repository.clone());
+                row.digest = Some(manifest.digest.clone());
+            }
+            DecodedRecord::Tag(tag) => {
+                row.repository = Some(tag.repository.clone());
+                row.tag = Some(tag.tag.clone());
+                row.digest = Some(tag.digest.clone());
+            }
+            DecodedRecord::Star(star) => {
+                row.subject = Some(format!("{}/{}", star.subject_did, star.subject_repository));
+            }
+            DecodedRecord::RepoPage(page) => row.repository = Some(page.repository.clone()),
+            DecodedRecord::Profile(_) | DecodedRecord::Invalid(_) | DecodedRecord::Other => {}
+        }
+    }
+}
+
 impl PreparedEvent {
     pub(crate) fn of(offset: u64, event: &Event) -> PreparedEvent {
-        let (record, history) = match &event.body {
-            EventBody::RecordPut { collection, rkey, record, action, cid } => {
-                let decoded = match collection.as_str() {
-                    records::MANIFEST => {
-                        ManifestRecord::decode(record).map(|manifest| DecodedRecord::Manifest(manifest.into()))
-                    }
-                    records::TAG => TagRecord::decode(record).map(DecodedRecord::Tag),
-                    records::STAR => StarRecord::decode(record).map(DecodedRecord::Star),
-                    records::REPO_PAGE => RepoPageRecord::decode(record).map(DecodedRecord::RepoPage),
-                    records::PROFILE => ProfileRecord::decode(record).map(DecodedRecord::Profile),
-                    _ => Ok(DecodedRecord::Other),
-                };
-                let decoded = decoded.unwrap_or_else(DecodedRecord::Invalid);
-                (decoded, Some(history_row(offset, event, collection, rkey, Some(cid), action_name(*action))))
+        let (record, history, activity) = match &event.body {
+            EventBody::RecordPut { collection, rkey, record, .. } => {
+                let decoded = DecodedRecord::of(collection, record);
+                // A record that does not decode is skipped: no activity entry.
+                let activity = (!matches!(decoded, DecodedRecord::Invalid(_))).then(|| activity_key(event, offset));
+                (decoded, Some(history_key(offset, event, collection, rkey)), activity)
             }
             EventBody::RecordDeleted { collection, rkey, .. } => {
-                (DecodedRecord::Other, Some(history_row(offset, event, collection, rkey, None, "delete")))
+                (DecodedRecord::Other, Some(history_key(offset, event, collection, rkey)), None)
             }
-            _ => (DecodedRecord::Other, None),
-        };
-        let activity = match &event.body {
-            EventBody::RecordPut { rkey, .. } => {
-                let mut row = put_activity_row(event, offset, rkey);
-                match &record {
-                    DecodedRecord::Manifest(manifest) => {
-                        row.repository = Some(manifest.repository.clone());
-                        row.digest = Some(manifest.digest.clone());
-                    }
-                    DecodedRecord::Tag(tag) => {
-                        row.repository = Some(tag.repository.clone());
-                        row.tag = Some(tag.tag.clone());
-                        row.digest = Some(tag.digest.clone());
-                    }
-                    DecodedRecord::Star(star) => {
-                        row.subject = Some(format!("{}/{}", star.subject_did, star.subject_repository));
-                    }
-                    DecodedRecord::RepoPage(page) => row.repository = Some(page.repository.clone()),
-                    DecodedRecord::Profile(_) | DecodedRecord::Invalid(_) | DecodedRecord::Other => {}
-                }
-                // A record that does not decode is skipped: no activity entry.
-                (!matches!(record, DecodedRecord::Invalid(_))).then(|| activity_row(event, &row))
-            }
-            _ => None,
+            _ => (DecodedRecord::Other, None, None),
         };
         PreparedEvent { record, history, activity }
+    }
+}
+
+/// What a delete was about, as the views knew it just before (a delete names only the record
+/// key): the `activity` row of a delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct DeletedSubject {
+    repository: Option<String>,
+    tag: Option<String>,
+    digest: Option<String>,
+    subject: Option<String>,
+}
+
+/// The activity entry of the record event at `offset`, completed by the `activity` row `stored`
+/// under it: a put says itself what it was about (its record, decoded again), a delete's subject
+/// is the [`DeletedSubject`] stored. `None` for an event that is not a record change, or a put
+/// whose record does not decode (no entry is kept for it).
+pub(crate) fn activity_entry(
+    offset: u64,
+    event: &Event,
+    stored: &[u8],
+) -> Result<Option<ActivityRow>, ProjectionError> {
+    match &event.body {
+        EventBody::RecordPut { collection, rkey, record, action, .. } => {
+            let decoded = DecodedRecord::of(collection, record);
+            if matches!(decoded, DecodedRecord::Invalid(_)) {
+                return Ok(None);
+            }
+            let mut row = activity_base(event, offset, collection, rkey, action_name(*action));
+            decoded.describe(&mut row);
+            Ok(Some(row))
+        }
+        EventBody::RecordDeleted { collection, rkey, .. } => {
+            let subject = decode::<DeletedSubject>("activity", stored)?;
+            let mut row = activity_base(event, offset, collection, rkey, "delete");
+            row.repository = subject.repository;
+            row.tag = subject.tag;
+            row.digest = subject.digest;
+            row.subject = subject.subject;
+            Ok(Some(row))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -364,11 +405,11 @@ pub(crate) fn apply_tracking(
     crate::scans::apply(txn, offset, event, touched)?;
     note_first_seen(txn, event)?;
     let PreparedEvent { record, history, activity } = prepared;
-    if let Some((history_key, row)) = history {
-        txn.insert(RECORD_HISTORY, history_key.as_str(), row.as_slice())?;
+    if let Some(history_key) = history {
+        txn.insert(RECORD_HISTORY, history_key.as_str(), ())?;
     }
-    if let Some((activity_key, row)) = activity {
-        txn.insert(ACTIVITY, activity_key.as_str(), row.as_slice())?;
+    if let Some(activity_key) = activity {
+        txn.insert(ACTIVITY, activity_key.as_str(), [].as_slice())?;
     }
     match &event.body {
         EventBody::RecordPut { rkey, .. } => match record {
@@ -518,42 +559,22 @@ fn note_first_seen(txn: &impl ViewTables, event: &Event) -> Result<(), Projectio
     Ok(())
 }
 
-/// The `record_history` row of a put (with the record's CID) or a delete.
-fn history_row(
-    offset: u64,
-    event: &Event,
-    collection: &str,
-    rkey: &str,
-    cid: Option<&String>,
-    action: &str,
-) -> (String, Vec<u8>) {
-    let row = RecordVersionRow {
-        offset,
-        action: action.to_string(),
-        cid: cid.cloned(),
-        rev: event.rev.clone(),
-        upstream_seq: event.upstream_seq,
-        time: event.upstream_time.clone(),
-        commit_cid: event.commit_cid.clone(),
-    };
-    (key(&[&event.did, collection, rkey, &offset_key(offset)]), encode(&row))
+/// The `record_history` key of a put or a delete: the version itself is the event at `offset`.
+fn history_key(offset: u64, event: &Event, collection: &str, rkey: &str) -> String {
+    key(&[&event.did, collection, rkey, &offset_key(offset)])
 }
 
-/// An `activity` row: (key, encoded row).
-fn activity_row(event: &Event, row: &ActivityRow) -> (String, Vec<u8>) {
-    (key(&[&event.did, &offset_key(row.offset)]), encode(row))
+/// The `activity` key of the event at `offset`.
+fn activity_key(event: &Event, offset: u64) -> String {
+    key(&[&event.did, &offset_key(offset)])
 }
 
-fn put_activity_row(event: &Event, offset: u64, rkey: &str) -> ActivityRow {
-    let (collection, action) = match &event.body {
-        EventBody::RecordPut { collection, action, .. } => (collection.clone(), action_name(*action).to_string()),
-        EventBody::RecordDeleted { collection, .. } => (collection.clone(), "delete".to_string()),
-        _ => (String::new(), String::new()),
-    };
+/// An activity entry with what every record event says: what it did to which record, when.
+fn activity_base(event: &Event, offset: u64, collection: &str, rkey: &str, action: &str) -> ActivityRow {
     ActivityRow {
         offset,
-        action,
-        collection,
+        action: action.to_string(),
+        collection: collection.to_string(),
         rkey: rkey.to_string(),
         repository: None,
         tag: None,
@@ -572,7 +593,7 @@ fn note_deletion(
     rkey: &str,
 ) -> Result<(), ProjectionError> {
     let did = event.did.as_str();
-    let mut row = put_activity_row(event, offset, rkey);
+    let mut row = DeletedSubject::default();
     match collection {
         records::MANIFEST => {
             if let Some(digest) = txn.get(MANIFEST_RKEYS, key(&[did, rkey]).as_str())? {
@@ -602,8 +623,7 @@ fn note_deletion(
         }
         _ => {}
     }
-    let (activity_key, row) = activity_row(event, &row);
-    txn.insert(ACTIVITY, activity_key.as_str(), row.as_slice())?;
+    txn.insert(ACTIVITY, activity_key(event, offset).as_str(), encode(&row).as_slice())?;
     Ok(())
 }
 

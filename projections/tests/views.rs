@@ -262,11 +262,21 @@ fn browse_views_count_stars_keep_pages_profiles_and_tag_history() {
 
     let versions = views.record_history(ALICE, "io.atcr.tag", "web~app_latest").unwrap();
     assert_eq!(versions.len(), 2, "two applied versions of the latest tag record");
-    let activity = views.activity(ALICE, None, 3).unwrap();
+    let activity = views.activity(&log, ALICE, None, 3).unwrap();
     assert_eq!(activity.len(), 3);
     assert!(activity[0].offset > activity[1].offset, "newest first");
-    let older = views.activity(ALICE, Some(activity[2].offset), 100).unwrap();
+    let older = views.activity(&log, ALICE, Some(activity[2].offset), 100).unwrap();
     assert!(older.iter().all(|row| row.offset < activity[2].offset));
+    // A put says what it was about from its record in the log; a delete from what the views
+    // knew just before it (the event names only the record key).
+    let every = views.activity(&log, ALICE, None, 100).unwrap();
+    let tag_delete = every.iter().find(|row| row.action == "delete" && row.collection == "io.atcr.tag").unwrap();
+    assert_eq!((tag_delete.repository.as_deref(), tag_delete.tag.as_deref()), (Some("web/app"), Some("v1")));
+    let tag_put = every.iter().find(|row| row.action == "create" && row.collection == "io.atcr.tag").unwrap();
+    assert_eq!(tag_put.repository.as_deref(), Some("web/app"));
+    assert!(tag_put.digest.as_deref().is_some_and(|digest| digest.starts_with("sha256:")), "{tag_put:?}");
+    let stored = log.read_from(tag_put.offset, 1).unwrap().remove(0);
+    assert_eq!(views.activity_of(&stored).unwrap().as_ref(), Some(tag_put));
 
     let document = views.search_document(ALICE, "web/app").unwrap().unwrap();
     assert_eq!(document.description.as_deref(), Some("App"));

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use atcr_projections::views::{ActivityRow, RecordVersionRow, TagMoveRow};
+use atcr_projections::views::{ActivityRow, TagMoveRow};
 use atcr_projections::{ProjectionError, Views};
 use atcr_storage::did::parse_did_document;
 use atcr_storage::json::dag_cbor_to_json;
@@ -79,18 +79,29 @@ pub struct RecordVersion {
     pub record: Option<Value>,
 }
 
-impl From<RecordVersionRow> for RecordVersion {
-    fn from(row: RecordVersionRow) -> Self {
-        RecordVersion {
-            offset: row.offset,
-            action: row.action,
-            cid: row.cid,
-            rev: row.rev,
-            upstream_seq: row.upstream_seq,
-            time: row.time,
-            commit_cid: row.commit_cid,
-            record: None,
-        }
+impl RecordVersion {
+    /// The version the event at `offset` makes of the record `collection`/`rkey`, with its JSON;
+    /// `None` when the event is not a put or a delete of that record.
+    fn of(offset: u64, event: &Event, collection: &str, rkey: &str) -> Option<RecordVersion> {
+        let (action, cid, record) = match &event.body {
+            EventBody::RecordPut { collection: c, rkey: k, cid, action, record } if c == collection && k == rkey => {
+                (action_name(*action), Some(cid.clone()), Some(record_json(record)))
+            }
+            EventBody::RecordDeleted { collection: c, rkey: k, .. } if c == collection && k == rkey => {
+                ("delete", None, None)
+            }
+            _ => return None,
+        };
+        Some(RecordVersion {
+            offset,
+            action: action.to_string(),
+            cid,
+            rev: event.rev.clone(),
+            upstream_seq: event.upstream_seq,
+            time: event.upstream_time.clone(),
+            commit_cid: event.commit_cid.clone(),
+            record,
+        })
     }
 }
 
@@ -264,28 +275,9 @@ pub fn record_history(
 ) -> Result<Vec<RecordVersion>, AuditError> {
     let mut versions = Vec::new();
     scan_log(log, |offset, event| {
-        if event.did != did {
-            return Ok(());
+        if event.did == did {
+            versions.extend(RecordVersion::of(offset, event, collection, rkey));
         }
-        let (action, cid, record) = match &event.body {
-            EventBody::RecordPut { collection: c, rkey: k, cid, action, record } if c == collection && k == rkey => {
-                (action_name(*action), Some(cid.clone()), Some(record_json(record)))
-            }
-            EventBody::RecordDeleted { collection: c, rkey: k, .. } if c == collection && k == rkey => {
-                ("delete", None, None)
-            }
-            _ => return Ok(()),
-        };
-        versions.push(RecordVersion {
-            offset,
-            action: action.to_string(),
-            cid,
-            rev: event.rev.clone(),
-            upstream_seq: event.upstream_seq,
-            time: event.upstream_time.clone(),
-            commit_cid: event.commit_cid.clone(),
-            record,
-        });
         Ok(())
     })?;
     Ok(versions)
@@ -772,16 +764,19 @@ impl AuditQuery {
     pub fn record(&self, owner: &str, collection: &str, rkey: &str) -> Result<Option<RecordView>, AuditError> {
         let views = self.views();
         let Some(owner) = Self::owner_in(&views, owner)? else { return Ok(None) };
-        let rows = views.record_history(&owner.did, collection, rkey)?;
-        if rows.is_empty() {
+        let offsets = views.record_history(&owner.did, collection, rkey)?;
+        if offsets.is_empty() {
             return Ok(None);
         }
-        let mut versions = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut version = RecordVersion::from(row);
-            if let Some(Event { body: EventBody::RecordPut { record, .. }, .. }) = self.log.event(version.offset)? {
-                version.record = Some(record_json(&record));
-            }
+        let mut versions = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            let event = self.log.event(offset)?;
+            let Some(version) = event.and_then(|event| RecordVersion::of(offset, &event, collection, rkey)) else {
+                return Err(AuditError::Views(ProjectionError::Corrupt(format!(
+                    "record_history: the event at offset {offset} is not a version of at://{}/{collection}/{rkey}",
+                    owner.did
+                ))));
+            };
             versions.push(version);
         }
         let current = versions.last().filter(|version| version.action != "delete").and_then(|v| v.record.clone());
@@ -818,7 +813,7 @@ impl AuditQuery {
         let views = self.views();
         let Some(owner) = Self::owner_in(&views, handle_or_did)? else { return Ok(None) };
         let limit = limit.clamp(1, MAX_ACTIVITY_PAGE);
-        let mut rows = views.activity(&owner.did, before, limit + 1)?;
+        let mut rows = views.activity(&self.log, &owner.did, before, limit + 1)?;
         if rows.is_empty() && before.is_none() && views.identity(&owner.did)?.is_none() {
             return Ok(None);
         }

@@ -93,12 +93,7 @@ fn subjects(views: Option<&Views>, stored: &StoredEvent) -> Result<Vec<(String, 
     let Some(views) = views else { return Ok(out) };
     match &event.body {
         EventBody::RecordPut { .. } | EventBody::RecordDeleted { .. } => {
-            let row = views
-                .activity(&event.did, Some(stored.offset + 1), 1)
-                .map_err(QueryError::Projection)?
-                .into_iter()
-                .find(|row| row.offset == stored.offset);
-            if let Some(row) = row {
+            if let Some(row) = views.activity_of(stored).map_err(QueryError::Projection)? {
                 if let Some(repository) = row.repository {
                     out.push((event.did.clone(), Some(repository)));
                 }
