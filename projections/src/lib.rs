@@ -20,6 +20,7 @@
 //! - [`Views`] and [`ViewsHandle`]: the read side the query crate uses.
 
 pub mod browse;
+mod compact;
 pub mod digest;
 pub mod holds;
 pub mod layers;
@@ -98,9 +99,10 @@ pub(crate) const DID_REVS: TableDefinition<&str, &str> = TableDefinition::new("d
 /// changes meaning or a row changes shape: the views are then rebuilt from offset 0 on start
 /// (8: a manifest row keeps its config's size instead of a `blobs` list that repeated the config
 /// and the layers, a fifth of its bytes; 9: `record_history` and `activity` keep log offsets, not
-/// copies of what the events at them say).
+/// copies of what the events at them say; 10: digests, media types and annotation keys in
+/// manifest, tag and `repo_blobs` rows are packed: `compact`).
 pub const REGISTRY: &str = "registry";
-pub const REGISTRY_VERSION: u32 = 9;
+pub const REGISTRY_VERSION: u32 = 10;
 
 /// redb's page cache for a build being rebuilt (its default, kept for serving, is 1 GiB). The
 /// write-out of a rebuild creates every page of a 2 GiB build in one transaction; with the
@@ -420,7 +422,7 @@ impl Views {
         let read = self.read()?;
         let table = read.open_table(REPO_BLOBS)?;
         match table.get(key(&[did, repository, blob]).as_str())? {
-            Some(bytes) => decode("repo_blobs", bytes.value()),
+            Some(bytes) => Ok(decode::<crate::views::BlobReferrers>("repo_blobs", bytes.value())?.0),
             None => Ok(Vec::new()),
         }
     }

@@ -128,19 +128,25 @@ pub struct RepositoryRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestRow {
     pub repository: String,
+    #[serde(with = "crate::compact::text")]
     pub rkey: String,
+    #[serde(with = "crate::compact::text")]
     pub media_type: String,
     pub hold_did: Option<String>,
     pub hold_endpoint: Option<String>,
+    #[serde(with = "crate::compact::optional")]
     pub subject: Option<String>,
     /// The config blob's digest, when the manifest has one.
+    #[serde(with = "crate::compact::optional")]
     pub config: Option<String>,
     /// The config blob's size, as the manifest gives it.
     pub config_size: Option<i64>,
     /// Layers in order: (digest, media type, size).
+    #[serde(with = "crate::compact::layers")]
     pub layers: Vec<(String, Option<String>, Option<i64>)>,
     /// Children of an index.
     pub children: Vec<ChildRow>,
+    #[serde(with = "crate::compact::annotations")]
     pub annotations: BTreeMap<String, String>,
     pub created_at: Option<String>,
     pub offset: u64,
@@ -157,7 +163,9 @@ impl ManifestRow {
 /// One child of an index, with its platform as `os/arch[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildRow {
+    #[serde(with = "crate::compact::text")]
     pub digest: String,
+    #[serde(with = "crate::compact::optional")]
     pub media_type: Option<String>,
     pub size: Option<i64>,
     pub platform: Option<String>,
@@ -165,6 +173,7 @@ pub struct ChildRow {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRow {
+    #[serde(with = "crate::compact::text")]
     pub digest: String,
     pub rkey: String,
     /// The record's own `updatedAt` (or legacy `createdAt`): what the publisher claims.
@@ -196,7 +205,9 @@ pub struct ProfileRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagMoveRow {
     pub offset: u64,
+    #[serde(with = "crate::compact::optional")]
     pub from: Option<String>,
+    #[serde(with = "crate::compact::optional")]
     pub to: Option<String>,
     pub time: Option<String>,
     pub rev: Option<String>,
@@ -219,6 +230,10 @@ pub struct ActivityRow {
     pub subject: Option<String>,
     pub time: Option<String>,
 }
+
+/// A `repo_blobs` row: the digests of the repository's manifests that reference the blob.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlobReferrers(#[serde(with = "crate::compact::list")] pub(crate) Vec<String>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferrerRow {
@@ -831,12 +846,12 @@ fn put_manifest(
     txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
     for (blob, _) in row.blobs() {
         let blob_key = key(&[did, &row.repository, blob]);
-        let mut referencing: Vec<String> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
-            Some(bytes) => decode("repo_blobs", &bytes)?,
-            None => Vec::new(),
+        let mut referencing = match txn.get(REPO_BLOBS, blob_key.as_str())? {
+            Some(bytes) => decode::<BlobReferrers>("repo_blobs", &bytes)?,
+            None => BlobReferrers::default(),
         };
-        if !referencing.contains(&manifest.digest) {
-            referencing.push(manifest.digest.clone());
+        if !referencing.0.contains(&manifest.digest) {
+            referencing.0.push(manifest.digest.clone());
         }
         txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
     }
@@ -873,13 +888,13 @@ fn remove_manifest_indexes(
     crate::layers::forget_manifest(txn, did, digest, &row)?;
     for (blob, _) in row.blobs() {
         let blob_key = key(&[did, &row.repository, blob]);
-        let referencing: Option<Vec<String>> = match txn.get(REPO_BLOBS, blob_key.as_str())? {
-            Some(bytes) => Some(decode("repo_blobs", &bytes)?),
+        let referencing = match txn.get(REPO_BLOBS, blob_key.as_str())? {
+            Some(bytes) => Some(decode::<BlobReferrers>("repo_blobs", &bytes)?),
             None => None,
         };
         if let Some(mut referencing) = referencing {
-            referencing.retain(|other| other != digest);
-            if referencing.is_empty() {
+            referencing.0.retain(|other| other != digest);
+            if referencing.0.is_empty() {
                 txn.remove(REPO_BLOBS, blob_key.as_str())?;
             } else {
                 txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
