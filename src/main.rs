@@ -52,8 +52,9 @@ fn batch_memory_settings() {
 
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes an integer flag and changes only this process's memory
-    // policy (inherited by children, which a batch command does not start). It disables huge
-    // pages for mappings made before the call too (mimalloc's first arena).
+    // policy, and that of the processes it starts (`bench replay` starts its rebuilds, batch
+    // commands themselves). It disables huge pages for mappings made before the call too
+    // (mimalloc's first arena).
     let disabled = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     if disabled != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not disable transparent huge pages");
