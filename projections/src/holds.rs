@@ -261,13 +261,11 @@ fn index_manifest(
     manifest: Option<&ManifestRecord>,
 ) -> Result<(), ProjectionError> {
     let found = match manifest {
-        // What `records::manifest_hold` reads, with the same checks (decoding already checked
-        // the digest and the media type).
+        // What `records::manifest_hold` reads (decoding already checked the digest and the
+        // media type).
         Some(manifest) => Some((
             manifest.digest.clone(),
-            Some(manifest.repository.clone())
-                .filter(|repository| !repository.contains('\0'))
-                .zip(manifest.hold_did.clone().filter(|did| atcr_storage::syntax::is_valid_did(did))),
+            records::named_hold(Some(manifest.repository.clone()), manifest.hold_did.clone()),
         )),
         None => records::manifest_hold(record),
     };

@@ -431,9 +431,16 @@ pub fn manifest_hold(bytes: &[u8]) -> Option<(String, Option<(String, String)>)>
     let wire: ManifestHoldWire = serde_ipld_dagcbor::from_slice(bytes).ok()?;
     wire.media_type.as_ref()?;
     let digest = wire.digest.filter(|digest| is_sha256_digest(digest))?;
-    let repository = wire.repository.filter(|repository| !repository.is_empty() && !repository.contains('\0'));
-    let hold = wire.hold_did.filter(|did| crate::syntax::is_valid_did(did));
-    Some((digest, repository.zip(hold)))
+    Some((digest, named_hold(wire.repository, wire.hold_did)))
+}
+
+/// The (repository, hold DID) a manifest names, when both can key an index: the repository
+/// non-empty and without NUL, the hold a valid DID. Shared by [`manifest_hold`] and the views,
+/// which read it from a [`ManifestRecord`] they already decoded.
+pub fn named_hold(repository: Option<String>, hold_did: Option<String>) -> Option<(String, String)> {
+    let repository = repository.filter(|repository| !repository.is_empty() && !repository.contains('\0'));
+    let hold = hold_did.filter(|did| crate::syntax::is_valid_did(did));
+    repository.zip(hold)
 }
 
 /// `io.atcr.hold.captain` (record key `self`): who owns the hold and how it is run.
