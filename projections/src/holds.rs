@@ -16,6 +16,8 @@
 //! | `hold_manifests` | hold did `\0` owner did `\0` repo `\0` digest | () |
 //! | `hold_manifest_counts` | hold did | manifests naming the hold |
 //!
+//! The last two are fan-out indexes: [`crate::fanout::FanOut`] changes them.
+//!
 //! Stats records hold cumulative counters; each version is kept per day (the record's
 //! `updatedAt`, else the commit's time), so a chart can show the counters over time. Their
 //! history is kept when the record is deleted (the log keeps it too); the current counts go.
@@ -30,6 +32,7 @@ use atcr_storage::records::{
 };
 use atcr_storage::{Event, EventBody};
 
+use crate::fanout::FanOut;
 use crate::tables::ViewTables;
 use crate::views::{MANIFEST_RKEYS, MANIFESTS, ManifestRow, decode, encode, key};
 use crate::{ProjectionError, Views};
@@ -276,26 +279,19 @@ fn index_manifest(
         unindex(txn, did, &digest, &previous)?;
     }
     let Some((repository, hold)) = named else { return Ok(()) };
-    let index_key = key(&[&hold, did, &repository, &digest]);
-    if !txn.contains(HOLD_MANIFESTS, index_key.as_str())? {
-        txn.insert(HOLD_MANIFESTS, index_key.as_str(), ())?;
-        let count = txn.get(HOLD_MANIFEST_COUNTS, &hold)?.unwrap_or(0);
-        txn.insert(HOLD_MANIFEST_COUNTS, &hold, count + 1)?;
-    }
-    Ok(())
+    txn.fan_out(FanOut::Hold { hold, did: did.to_string(), repository, digest, added: true })
 }
 
+/// The manifest `row` no longer names its hold (if it named one).
 fn unindex(txn: &impl ViewTables, did: &str, digest: &str, row: &ManifestRow) -> Result<(), ProjectionError> {
-    let Some(hold) = row.hold_did.as_deref() else { return Ok(()) };
-    if txn.remove(HOLD_MANIFESTS, key(&[hold, did, &row.repository, digest]).as_str())?.is_some() {
-        let count = txn.get(HOLD_MANIFEST_COUNTS, hold)?.unwrap_or(0).saturating_sub(1);
-        if count == 0 {
-            txn.remove(HOLD_MANIFEST_COUNTS, hold)?;
-        } else {
-            txn.insert(HOLD_MANIFEST_COUNTS, hold, count)?;
-        }
-    }
-    Ok(())
+    let Some(hold) = &row.hold_did else { return Ok(()) };
+    txn.fan_out(FanOut::Hold {
+        hold: hold.clone(),
+        did: did.to_string(),
+        repository: row.repository.clone(),
+        digest: digest.to_string(),
+        added: false,
+    })
 }
 
 fn unindex_manifest(txn: &impl ViewTables, did: &str, rkey: &str) -> Result<(), ProjectionError> {

@@ -8,8 +8,8 @@
 //!
 //! `image_content` follows `ContentStored` / `ContentRejected` events of the two kinds (a later
 //! event replaces an earlier one: a stored config after a failed fetch wins, and the other way
-//! round). `layer_users` follows manifest records (`views::put_manifest` and
-//! `views::remove_manifest_indexes` call [`note_manifest`] and [`forget_manifest`]).
+//! round). `layer_users` follows manifest records: [`crate::fanout::FanOut`] calls
+//! [`note_manifest`] and [`forget_manifest`].
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};

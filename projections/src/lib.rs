@@ -22,6 +22,7 @@
 pub mod browse;
 mod compact;
 pub mod digest;
+pub mod fanout;
 pub mod holds;
 pub mod layers;
 pub mod overlay;

@@ -23,6 +23,7 @@ use redb::{
 
 use crate::ProjectionError;
 use crate::digest::ColumnType;
+use crate::fanout::FanOut;
 use crate::tables::{ViewTable, ViewTables, ViewValue};
 
 /// Bytes a row costs beyond its key and value (map node share, two allocations).
@@ -215,12 +216,45 @@ impl State {
 pub struct Overlay {
     base: ReadTransaction,
     state: RefCell<State>,
+    /// Changes of the fan-out indexes kept for another overlay ([`Overlay::deferring_fan_out`]).
+    deferred: Option<RefCell<Vec<FanOut>>>,
 }
 
 impl Overlay {
     /// An empty overlay over what `database` holds now.
     pub fn new(database: &Database) -> Result<Self, ProjectionError> {
-        Ok(Overlay { base: database.begin_read()?, state: RefCell::new(State::default()) })
+        Ok(Overlay { base: database.begin_read()?, state: RefCell::new(State::default()), deferred: None })
+    }
+
+    /// An empty overlay that keeps the changes of the fan-out indexes (`fanout`) for
+    /// [`Overlay::take_fan_out`] instead of applying them: another overlay applies them, in the
+    /// same order, and is [absorbed](Overlay::absorb) before the rows are written. Touching a
+    /// fan-out table in this one is an error: it would see a state the other overlay has not
+    /// reached.
+    pub fn deferring_fan_out(database: &Database) -> Result<Self, ProjectionError> {
+        Ok(Overlay { deferred: Some(RefCell::new(Vec::new())), ..Overlay::new(database)? })
+    }
+
+    /// The fan-out changes deferred since the last call, in order.
+    pub fn take_fan_out(&self) -> Vec<FanOut> {
+        self.deferred.as_ref().map(|deferred| std::mem::take(&mut *deferred.borrow_mut())).unwrap_or_default()
+    }
+
+    /// Takes over the pending tables of `other`, which must be tables this overlay has not
+    /// touched (the fan-out tables of a [deferring](Overlay::deferring_fan_out) overlay).
+    pub fn absorb(&self, other: Overlay) -> Result<(), ProjectionError> {
+        let mut state = self.state.borrow_mut();
+        let other = other.state.into_inner();
+        for (name, table) in other.tables {
+            if state.by_name.contains_key(&name) {
+                return Err(ProjectionError::Corrupt(format!("table {name} is pending in two overlays")));
+            }
+            state.tables.push((name.clone(), table));
+            let index = state.tables.len() - 1;
+            state.by_name.insert(name, index);
+        }
+        state.bytes = state.bytes.saturating_add(other.bytes);
+        Ok(())
     }
 
     /// Rough bytes of memory the pending changes take.
@@ -249,6 +283,9 @@ impl Overlay {
         let index = match state.position(name) {
             Some(index) => index,
             None => {
+                if self.deferred.is_some() && crate::fanout::TABLES.contains(&name) {
+                    return Err(ProjectionError::Corrupt(format!("table {name} is applied by another overlay")));
+                }
                 let base_empty = self.base_is_empty(table)?;
                 let rows = Rows::new(base_empty);
                 state.tables.push((name.to_string(), MemoryTable { value: V::COLUMN, base_empty, rows }));
@@ -502,6 +539,16 @@ impl ViewTables for Overlay {
             merged.insert(key, value);
         }
         Ok(merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect())
+    }
+
+    fn fan_out(&self, change: FanOut) -> Result<(), ProjectionError> {
+        match &self.deferred {
+            Some(deferred) => {
+                deferred.borrow_mut().push(change);
+                Ok(())
+            }
+            None => change.apply(self),
+        }
     }
 }
 

@@ -11,9 +11,13 @@
 //! build caught up this way after a crash simply restarts from its last synced checkpoint: redb
 //! recovers to the last durable commit, which holds the checkpoint of its own writes). Events
 //! are read and prepared (records decoded, the rows that follow from an event alone encoded:
-//! [`PreparedEvent`]) on a second thread while the first applies the previous chunk.
+//! [`PreparedEvent`]) on a second thread while the first applies the previous chunk, and a
+//! third applies the changes of the manifest fan-out indexes (`fanout`) to an overlay of its
+//! own, in log order, while the first goes on ([`FanOutThread`]); its overlay joins the first's
+//! before the rows are written.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,7 @@ use redb::{Durability, ReadableDatabase};
 
 use atcr_storage::{EventLog, StoredEvent};
 
+use crate::fanout::FanOut;
 use crate::overlay::Overlay;
 use crate::runner::apply_prepared_events;
 use crate::views::{PreparedEvent, Touched};
@@ -39,6 +44,8 @@ type Chunk = (Vec<StoredEvent>, Vec<PreparedEvent>);
 const READ_CHUNK: usize = 4096;
 /// Chunks the reader may run ahead of the applier.
 const READ_AHEAD: usize = 8;
+/// Batches of fan-out changes (one per chunk) the applier may run ahead of the fan-out thread.
+const FAN_OUT_AHEAD: usize = 8;
 
 /// Builds (or continues, from its checkpoint) the registry views at `path` up to `until`
 /// (exclusive), reporting the offset reached after each chunk. Returns the views, durable.
@@ -212,7 +219,8 @@ fn apply_range(
             }
         });
         let mut reached = start;
-        let mut overlay = Overlay::new(views.database())?;
+        let mut overlay = Overlay::deferring_fan_out(views.database())?;
+        let mut fan_out = FanOutThread::spawn(scope, views)?;
         let mut in_overlay = 0usize;
         // Where this thread's time goes: applying, or waiting for the reader.
         let (mut applying, mut waiting) = (Duration::ZERO, Duration::ZERO);
@@ -230,10 +238,15 @@ fn apply_range(
                 let Some(last) = piece.last() else { break };
                 reached = last.offset + 1;
                 apply_prepared_events(&overlay, piece.iter().zip(prepared.by_ref()), &mut Touched::new())?;
+                fan_out.send(overlay.take_fan_out())?;
                 in_overlay += piece.len();
-                if in_overlay >= events_per_transaction || overlay.memory_bytes() >= OVERLAY_MEMORY_BYTES {
+                if in_overlay >= events_per_transaction
+                    || overlay.memory_bytes() + fan_out.memory_bytes() >= OVERLAY_MEMORY_BYTES
+                {
+                    overlay.absorb(fan_out.finish()?)?;
                     write_out(views, overlay, reached, Durability::None)?;
-                    overlay = Overlay::new(views.database())?;
+                    overlay = Overlay::deferring_fan_out(views.database())?;
+                    fan_out = FanOutThread::spawn(scope, views)?;
                     in_overlay = 0;
                 }
             }
@@ -241,14 +254,80 @@ fn apply_range(
             applying += started.elapsed();
             asked = Instant::now();
         }
+        let joined = Instant::now();
+        overlay.absorb(fan_out.finish()?)?;
         tracing::debug!(
             reached,
             apply_ms = applying.as_millis() as u64,
             wait_for_reader_ms = waiting.as_millis() as u64,
+            wait_for_fan_out_ms = joined.elapsed().as_millis() as u64,
             "rebuild events applied"
         );
         Ok(Some((overlay, reached)))
     })
+}
+
+/// The thread that applies a rebuild's fan-out changes (`fanout`) to an overlay of its own,
+/// in the order the applying thread deferred them, while that thread goes on with the next
+/// events: a third of the applying moves to the second core.
+struct FanOutThread<'scope> {
+    /// `None` once told to finish.
+    changes: Option<mpsc::SyncSender<Vec<FanOut>>>,
+    /// `None` once joined.
+    thread: Option<std::thread::ScopedJoinHandle<'scope, Result<Overlay, ProjectionError>>>,
+    /// The rough bytes its overlay holds, after the last batch.
+    memory: std::sync::Arc<AtomicUsize>,
+}
+
+impl<'scope> FanOutThread<'scope> {
+    /// Starts the thread with an empty overlay over what `views` hold now (what the applying
+    /// thread's new overlay is over).
+    fn spawn(scope: &'scope std::thread::Scope<'scope, '_>, views: &Views) -> Result<Self, ProjectionError> {
+        let (changes, received) = mpsc::sync_channel::<Vec<FanOut>>(FAN_OUT_AHEAD);
+        let memory = std::sync::Arc::new(AtomicUsize::new(0));
+        let reported = memory.clone();
+        let overlay = Overlay::new(views.database())?;
+        let thread = scope.spawn(move || {
+            for batch in received {
+                for change in batch {
+                    change.apply(&overlay)?;
+                }
+                reported.store(overlay.memory_bytes(), Ordering::Relaxed);
+            }
+            Ok(overlay)
+        });
+        Ok(FanOutThread { changes: Some(changes), thread: Some(thread), memory })
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    fn send(&mut self, batch: Vec<FanOut>) -> Result<(), ProjectionError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sent = self.changes.as_ref().is_some_and(|changes| changes.send(batch).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // Only an error stops the thread before it is told to finish: report that error.
+        match self.join() {
+            Err(error) => Err(error),
+            Ok(_) => Err(ProjectionError::Corrupt("the fan-out thread stopped early".into())),
+        }
+    }
+
+    /// Waits for every change sent to be applied and returns the overlay holding them.
+    fn finish(mut self) -> Result<Overlay, ProjectionError> {
+        self.changes = None;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Overlay, ProjectionError> {
+        let thread = self.thread.take().ok_or_else(|| ProjectionError::Corrupt("the fan-out thread is gone".into()))?;
+        thread.join().map_err(|_| ProjectionError::Corrupt("the fan-out thread panicked".into()))?
+    }
 }
 
 /// Writes the overlay's rows and the checkpoint `reached` in one transaction.

@@ -20,6 +20,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::ProjectionError;
 use crate::digest::ColumnType;
+use crate::fanout::FanOut;
 
 /// A view table: string keys, a [`ViewValue`] value.
 pub type ViewTable<V> = TableDefinition<'static, &'static str, V>;
@@ -93,6 +94,17 @@ pub trait ViewTables {
         table: ViewTable<V>,
         prefix: &str,
     ) -> Result<Vec<(String, V::Owned)>, ProjectionError>;
+
+    /// Applies a change of the manifest fan-out indexes (`fanout`): at once, unless the
+    /// implementation hands it on (a rebuild overlay can, see [`Overlay::deferring_fan_out`]).
+    ///
+    /// [`Overlay::deferring_fan_out`]: crate::overlay::Overlay::deferring_fan_out
+    fn fan_out(&self, change: FanOut) -> Result<(), ProjectionError>
+    where
+        Self: Sized,
+    {
+        change.apply(self)
+    }
 }
 
 impl ViewTables for WriteTransaction {

@@ -48,6 +48,7 @@ use atcr_storage::records::{self, ManifestRecord, ProfileRecord, RepoPageRecord,
 use atcr_storage::{Event, EventBody, PutAction};
 
 use crate::ProjectionError;
+use crate::fanout::FanOut;
 use crate::tables::ViewTables;
 use atcr_storage::did::parse_did_document;
 
@@ -841,20 +842,8 @@ fn put_manifest(
         offset,
     };
     txn.insert(MANIFESTS, manifest_key.as_str(), encode(&row).as_slice())?;
-    crate::layers::note_manifest(txn, did, &manifest.digest, &row)?;
     txn.insert(MANIFEST_RKEYS, key(&[did, rkey]).as_str(), manifest.digest.as_str())?;
     txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &manifest.digest]).as_str(), ())?;
-    for (blob, _) in row.blobs() {
-        let blob_key = key(&[did, &row.repository, blob]);
-        let mut referencing = match txn.get(REPO_BLOBS, blob_key.as_str())? {
-            Some(bytes) => decode::<BlobReferrers>("repo_blobs", &bytes)?,
-            None => BlobReferrers::default(),
-        };
-        if !referencing.0.contains(&manifest.digest) {
-            referencing.0.push(manifest.digest.clone());
-        }
-        txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
-    }
     if let Some(subject) = &subject {
         let referrer = ReferrerRow {
             media_type: manifest.media_type.clone(),
@@ -871,40 +860,33 @@ fn put_manifest(
         offset,
         event.upstream_time.as_deref(),
         if existed { 0 } else { 1 },
-    )
+    )?;
+    txn.fan_out(FanOut::Manifest { did: did.to_string(), digest: manifest.digest, row, added: true })
 }
 
-/// Removes what a manifest row put into the blob and referrer indexes (not the row itself).
+/// What a deleted manifest row leaves for its repository's row.
+struct RemovedManifest {
+    repository: String,
+    offset: u64,
+}
+
+/// Removes what a manifest row put into the referrer and fan-out indexes (not the row itself).
 fn remove_manifest_indexes(
     txn: &impl ViewTables,
     did: &str,
     digest: &str,
-) -> Result<Option<ManifestRow>, ProjectionError> {
+) -> Result<Option<RemovedManifest>, ProjectionError> {
     let manifest_key = key(&[did, digest]);
     let row = match txn.get(MANIFESTS, manifest_key.as_str())? {
         Some(bytes) => decode::<ManifestRow>("manifests", &bytes)?,
         None => return Ok(None),
     };
-    crate::layers::forget_manifest(txn, did, digest, &row)?;
-    for (blob, _) in row.blobs() {
-        let blob_key = key(&[did, &row.repository, blob]);
-        let referencing = match txn.get(REPO_BLOBS, blob_key.as_str())? {
-            Some(bytes) => Some(decode::<BlobReferrers>("repo_blobs", &bytes)?),
-            None => None,
-        };
-        if let Some(mut referencing) = referencing {
-            referencing.0.retain(|other| other != digest);
-            if referencing.0.is_empty() {
-                txn.remove(REPO_BLOBS, blob_key.as_str())?;
-            } else {
-                txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
-            }
-        }
-    }
     if let Some(subject) = &row.subject {
         txn.remove(REFERRERS, key(&[did, subject, digest]).as_str())?;
     }
-    Ok(Some(row))
+    let (repository, offset) = (row.repository.clone(), row.offset);
+    txn.fan_out(FanOut::Manifest { did: did.to_string(), digest: digest.to_string(), row, added: false })?;
+    Ok(Some(RemovedManifest { repository, offset }))
 }
 
 fn delete_manifest(txn: &impl ViewTables, did: &str, rkey: &str) -> Result<(), ProjectionError> {
