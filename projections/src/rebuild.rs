@@ -237,7 +237,7 @@ fn apply_range(
                 events = after;
                 let Some(last) = piece.last() else { break };
                 reached = last.offset + 1;
-                apply_prepared_events(&overlay, piece.iter().zip(prepared.by_ref()), &mut Touched::new())?;
+                apply_prepared_events(&overlay, piece.iter().zip(prepared.by_ref()), &mut Touched::untracked())?;
                 fan_out.send(overlay.take_fan_out())?;
                 in_overlay += piece.len();
                 if in_overlay >= events_per_transaction

@@ -218,7 +218,7 @@ pub(crate) fn catch_up(log: &EventLog, views: &Views) -> Result<u64, ProjectionE
 /// checkpoint no longer matches).
 fn update_search(views: &Views, touched: views::Touched, checkpoint: u64) -> Result<(), ProjectionError> {
     let Some(search) = views.search() else { return Ok(()) };
-    let touched: Vec<(String, Option<String>)> = touched.into_iter().collect();
+    let touched = touched.into_repositories();
     if let Err(error) = search.on_batch(views, &touched, checkpoint) {
         tracing::error!(%error, checkpoint, "search index update failed; it will be rebuilt on the next start");
     }

@@ -173,7 +173,7 @@ pub(crate) fn apply(
             txn.insert(SCAN_CONTENT, key(&[kind, subject]).as_str(), encode(&row).as_slice())?;
             parse_document(txn, offset, kind, digest)?;
             if let Some((owner, manifest, scan)) = scan_of_subject(txn, subject)? {
-                touched.insert((owner.clone(), Some(scan.repository.clone())));
+                touched.insert(&owner, Some(&scan.repository));
                 if kind == SBOM_KIND && scan.sbom_digest.as_deref() == Some(digest.as_str()) {
                     index_packages(txn, &owner, &manifest, &scan, true)?;
                 }
@@ -186,7 +186,7 @@ pub(crate) fn apply(
             let row = ScanContentRow { digest: digest.clone(), size: 0, rejected: Some(reason.clone()) };
             txn.insert(SCAN_CONTENT, key(&[kind, subject]).as_str(), encode(&row).as_slice())?;
             if let Some((owner, _, scan)) = scan_of_subject(txn, subject)? {
-                touched.insert((owner, Some(scan.repository)));
+                touched.insert(&owner, Some(&scan.repository));
             }
             Ok(())
         }
@@ -323,7 +323,7 @@ fn put_scan(
     txn.insert(SCAN_RKEYS, key(&[hold, rkey]).as_str(), key(&[&owner, &manifest]).as_str())?;
     txn.insert(SCANS, key(&[&owner, &manifest, hold]).as_str(), encode(&row).as_slice())?;
     index_packages(txn, &owner, &manifest, &row, true)?;
-    touched.insert((owner, Some(row.repository)));
+    touched.insert(&owner, Some(&row.repository));
     Ok(())
 }
 
@@ -333,7 +333,7 @@ fn delete_scan(txn: &impl ViewTables, hold: &str, rkey: &str, touched: &mut Touc
     if let Some(bytes) = txn.remove(SCANS, key(&[owner, manifest, hold]).as_str())? {
         let row: ScanRow = decode("scans", &bytes)?;
         index_packages(txn, owner, manifest, &row, false)?;
-        touched.insert((owner.to_string(), Some(row.repository)));
+        touched.insert(owner, Some(&row.repository));
     }
     Ok(())
 }

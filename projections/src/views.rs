@@ -82,10 +82,42 @@ pub(crate) const IDENTITY_FAILURES: TableDefinition<&str, &str> = TableDefinitio
 /// `handles`; a DID with no check keeps the document's word (logs written before checks).
 pub(crate) const HANDLE_CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("handle_checks");
 
-/// Repositories an event changed: `(did, Some(repo))`, or `(did, None)` for every repository of
+/// Repositories events changed: `(did, Some(repo))`, or `(did, None)` for every repository of
 /// the DID (identity changes, deletes whose repository is no longer known). The search index
-/// recomputes exactly these.
-pub type Touched = std::collections::BTreeSet<(String, Option<String>)>;
+/// recomputes exactly these. A rebuild does not note them ([`Touched::untracked`]): it indexes
+/// every repository at the end, and noting them cost two string copies per event.
+#[derive(Debug)]
+pub struct Touched {
+    repositories: Option<std::collections::BTreeSet<(String, Option<String>)>>,
+}
+
+impl Touched {
+    pub fn new() -> Touched {
+        Touched { repositories: Some(std::collections::BTreeSet::new()) }
+    }
+
+    /// Notes nothing.
+    pub fn untracked() -> Touched {
+        Touched { repositories: None }
+    }
+
+    pub fn insert(&mut self, did: &str, repository: Option<&str>) {
+        if let Some(repositories) = &mut self.repositories {
+            repositories.insert((did.to_string(), repository.map(str::to_string)));
+        }
+    }
+
+    /// What was noted, in order.
+    pub fn into_repositories(self) -> Vec<(String, Option<String>)> {
+        self.repositories.map(|repositories| repositories.into_iter().collect()).unwrap_or_default()
+    }
+}
+
+impl Default for Touched {
+    fn default() -> Touched {
+        Touched::new()
+    }
+}
 
 /// A log offset as a fixed-width key part, so keys sort in log order.
 pub(crate) fn offset_key(offset: u64) -> String {
@@ -430,16 +462,16 @@ pub(crate) fn apply_tracking(
     match &event.body {
         EventBody::RecordPut { rkey, .. } => match record {
             DecodedRecord::Manifest(manifest) => {
-                touched.insert((event.did.clone(), Some(manifest.repository.clone())));
+                touched.insert(&event.did, Some(&manifest.repository));
                 put_manifest(txn, offset, event, rkey, *manifest)
             }
             DecodedRecord::Tag(tag) => {
-                touched.insert((event.did.clone(), Some(tag.repository.clone())));
+                touched.insert(&event.did, Some(&tag.repository));
                 put_tag(txn, offset, event, rkey, tag, touched)
             }
             DecodedRecord::Star(star) => put_star(txn, event, rkey, star, touched),
             DecodedRecord::RepoPage(page) => {
-                touched.insert((event.did.clone(), Some(page.repository.clone())));
+                touched.insert(&event.did, Some(&page.repository));
                 put_page(txn, event, rkey, page, touched)
             }
             DecodedRecord::Profile(profile) => {
@@ -449,7 +481,7 @@ pub(crate) fn apply_tracking(
                     registry_domain: profile.registry_domain,
                 };
                 txn.insert(PROFILES, event.did.as_str(), encode(&row).as_slice())?;
-                touched.insert((event.did.clone(), None));
+                touched.insert(&event.did, None);
                 Ok(())
             }
             DecodedRecord::Invalid(error) => skip(offset, &error.to_string()),
@@ -457,7 +489,7 @@ pub(crate) fn apply_tracking(
         },
         EventBody::RecordDeleted { collection, rkey, .. } => {
             note_deletion(txn, offset, event, collection, rkey)?;
-            touched.insert((event.did.clone(), None));
+            touched.insert(&event.did, None);
             match collection.as_str() {
                 records::MANIFEST => delete_manifest(txn, &event.did, rkey),
                 records::TAG => delete_tag(txn, offset, event, rkey, true),
@@ -491,7 +523,7 @@ pub(crate) fn apply_tracking(
                         txn.insert(HANDLES, handle.as_str(), event.did.as_str())?;
                     }
                 }
-                touched.insert((event.did.clone(), None));
+                touched.insert(&event.did, None);
                 row.handle = facts.handle;
                 row.pds_endpoint = facts.pds_endpoint;
                 row.hold_endpoint = facts.hold_endpoint;
@@ -510,7 +542,7 @@ pub(crate) fn apply_tracking(
             };
             row.active = *active;
             row.status = status.clone();
-            touched.insert((event.did.clone(), None));
+            touched.insert(&event.did, None);
             txn.insert(IDENTITIES, event.did.as_str(), encode(&row).as_slice())?;
             Ok(())
         }
@@ -520,7 +552,7 @@ pub(crate) fn apply_tracking(
         }
         EventBody::IdentityUnresolvable { reason } => {
             txn.insert(IDENTITY_FAILURES, event.did.as_str(), reason.as_str())?;
-            touched.insert((event.did.clone(), None));
+            touched.insert(&event.did, None);
             Ok(())
         }
         EventBody::HandleChecked { handle, verified, .. } => {
@@ -538,7 +570,7 @@ pub(crate) fn apply_tracking(
                 } else if txn.get(HANDLES, handle.as_str())?.is_some_and(|did| did == event.did) {
                     txn.remove(HANDLES, handle.as_str())?;
                 }
-                touched.insert((event.did.clone(), None));
+                touched.insert(&event.did, None);
             }
             Ok(())
         }
@@ -666,7 +698,7 @@ fn put_star(
     txn.insert(STARS, star_key.as_str(), star.created_at.as_deref().unwrap_or(""))?;
     txn.insert(STAR_RKEYS, key(&[&event.did, rkey]).as_str(), subject.as_str())?;
     change_star_count(txn, &star.subject_did, &star.subject_repository, 1)?;
-    touched.insert((star.subject_did, Some(star.subject_repository)));
+    touched.insert(&star.subject_did, Some(&star.subject_repository));
     Ok(())
 }
 
@@ -678,7 +710,7 @@ fn delete_star(txn: &impl ViewTables, did: &str, rkey: &str, touched: &mut Touch
     txn.remove(STARS, key(&[&subject, did, rkey]).as_str())?;
     if let Some((subject_did, repository)) = subject.split_once('\0') {
         change_star_count(txn, subject_did, repository, -1)?;
-        touched.insert((subject_did.to_string(), Some(repository.to_string())));
+        touched.insert(subject_did, Some(repository));
     }
     Ok(())
 }
@@ -717,7 +749,7 @@ fn put_page(
         && previous != page.repository
     {
         delete_page(txn, did, rkey)?;
-        touched.insert((did.to_string(), Some(previous)));
+        touched.insert(did, Some(&previous));
     }
     let row = PageRow {
         rkey: rkey.to_string(),
@@ -926,7 +958,7 @@ fn put_tag(
     };
     if renamed {
         delete_tag(txn, offset, event, rkey, true)?;
-        touched.insert((did.to_string(), None));
+        touched.insert(did, None);
     }
     let previous = match txn.get(TAGS, tag_key.as_str())? {
         Some(bytes) => Some(decode::<TagRow>("tags", &bytes)?.digest),
