@@ -25,6 +25,16 @@ const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
 const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
 /// `<subscription>\0<offset, 20 digits>` → [`DeliveryRecord`] JSON.
 const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
+/// Subscription → how many records `deliveries` holds for it (counted once when missing).
+const DELIVERY_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("delivery_counts");
+
+/// Delivery records kept per subscription: the newest. The history is for people looking at
+/// what happened lately; kept whole it grew by a record per request for good (at 100
+/// subscriptions × 1,000 events/s, ~25 MB/s).
+pub const DELIVERY_HISTORY_KEPT: u64 = 10_000;
+/// Records a subscription may hold past [`DELIVERY_HISTORY_KEPT`] before its oldest go, so the
+/// pruning runs once per this many deliveries rather than on each.
+const DELIVERY_HISTORY_SLACK: u64 = 1_000;
 const CLASSIFIED: &str = "classified";
 
 fn corrupt(table: &str, error: serde_json::Error) -> StorageError {
@@ -163,6 +173,7 @@ impl WebhookStore {
             write.open_table(HANDLES)?;
             write.open_table(CHECKPOINTS)?;
             write.open_table(DELIVERIES)?;
+            write.open_table(DELIVERY_COUNTS)?;
         }
         write.commit()?;
         let store = WebhookStore {
@@ -303,20 +314,12 @@ impl WebhookStore {
 
     /// Records how a delivery ended (if any) and moves the subscription's checkpoint, together.
     pub fn commit_progress(&self, subscription: &str, record: Option<&DeliveryRecord>, checkpoint: u64) -> Result<()> {
-        let mut write = self.db.begin_write()?;
-        write.set_durability(Durability::Immediate)?;
-        {
-            if let Some(record) = record {
-                let key = format!("{subscription}\0{:020}", record.offset);
-                let json = serde_json::to_string(record).map_err(|error| corrupt("deliveries", error))?;
-                write.open_table(DELIVERIES)?.insert(key.as_str(), json.as_str())?;
-            }
-            write.open_table(CHECKPOINTS)?.insert(subscription, checkpoint)?;
-        }
-        Ok(write.commit()?)
+        let progress = Progress { subscription: subscription.to_string(), record: record.cloned(), checkpoint };
+        self.commit_group(std::slice::from_ref(&progress))
     }
 
-    /// Commits the progress of many deliveries (any subscriptions) in one durable transaction.
+    /// Commits the progress of many deliveries (any subscriptions) in one durable transaction,
+    /// pruning each subscription's history to its newest [`DELIVERY_HISTORY_KEPT`] records.
     pub fn commit_group(&self, group: &[Progress]) -> Result<()> {
         let mut write = self.db.begin_write()?;
         write.set_durability(Durability::Immediate)?;
@@ -329,14 +332,32 @@ impl WebhookStore {
                 if let Some(record) = &progress.record {
                     let key = format!("{}\0{:020}", progress.subscription, record.offset);
                     let json = serde_json::to_string(record).map_err(|error| corrupt("deliveries", error))?;
-                    records.push((key, json));
+                    records.push((key, json, progress.subscription.as_str()));
                 }
                 newest.insert(progress.subscription.as_str(), progress.checkpoint);
             }
             records.sort_unstable();
             let mut deliveries = write.open_table(DELIVERIES)?;
-            for (key, json) in &records {
-                deliveries.insert(key.as_str(), json.as_str())?;
+            // Records each subscription gained (a record sent again after a crash replaces one).
+            let mut added: BTreeMap<&str, u64> = BTreeMap::new();
+            for (key, json, subscription) in &records {
+                let replaced = deliveries.insert(key.as_str(), json.as_str())?.is_some();
+                *added.entry(subscription).or_default() += u64::from(!replaced);
+            }
+            let mut counts = write.open_table(DELIVERY_COUNTS)?;
+            for (subscription, added) in added {
+                let held = match counts.get(subscription)?.map(|count| count.value()) {
+                    Some(count) => count + added,
+                    // Kept before counts were: count once.
+                    None => history_len(&deliveries, subscription)?,
+                };
+                let held = if held > DELIVERY_HISTORY_KEPT + DELIVERY_HISTORY_SLACK {
+                    prune_history(&mut deliveries, subscription, held - DELIVERY_HISTORY_KEPT)?;
+                    DELIVERY_HISTORY_KEPT
+                } else {
+                    held
+                };
+                counts.insert(subscription, held)?;
             }
             let mut checkpoints = write.open_table(CHECKPOINTS)?;
             for (subscription, checkpoint) in newest {
@@ -350,8 +371,7 @@ impl WebhookStore {
     pub fn deliveries(&self, subscription: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
         let read = self.db.begin_read()?;
         let table = read.open_table(DELIVERIES)?;
-        let start = format!("{subscription}\0");
-        let end = format!("{subscription}\u{1}");
+        let (start, end) = history_bounds(subscription);
         let mut out = Vec::new();
         for entry in table.range(start.as_str()..end.as_str())?.rev().take(limit) {
             let (_, value) = entry?;
@@ -363,6 +383,34 @@ impl WebhookStore {
     pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
         self.outbox_head.subscribe()
     }
+}
+
+/// The keys of a subscription's delivery records: `subscription \0 offset`.
+fn history_bounds(subscription: &str) -> (String, String) {
+    (format!("{subscription}\0"), format!("{subscription}\u{1}"))
+}
+
+fn history_len(deliveries: &impl ReadableTable<&'static str, &'static str>, subscription: &str) -> Result<u64> {
+    let (start, end) = history_bounds(subscription);
+    let mut count = 0;
+    for entry in deliveries.range(start.as_str()..end.as_str())? {
+        entry?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Removes a subscription's `oldest` oldest delivery records.
+fn prune_history(deliveries: &mut redb::Table<&str, &str>, subscription: &str, oldest: u64) -> Result<()> {
+    let (start, end) = history_bounds(subscription);
+    let mut keys = Vec::new();
+    for entry in deliveries.range(start.as_str()..end.as_str())?.take(usize::try_from(oldest).unwrap_or(usize::MAX)) {
+        keys.push(entry?.0.value().to_string());
+    }
+    for key in keys {
+        deliveries.remove(key.as_str())?;
+    }
+    Ok(())
 }
 
 /// One delivery's progress: its record (none for events a filter skipped) and the checkpoint
@@ -436,5 +484,60 @@ mod tests {
         store.commit_group(&[progress(1), progress(2)]).expect("group");
         assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
         assert_eq!(store.deliveries("ci", 10).expect("history"), vec![later(2), later(1), record]);
+    }
+
+    fn delivered(subscription: &str, offset: u64) -> Progress {
+        let record = DeliveryRecord {
+            delivery_id: format!("{subscription}-{offset}"),
+            offset,
+            event_type: "tag.created".into(),
+            status: "delivered".into(),
+            attempts: 1,
+            response_code: Some(200),
+            latency_ms: 1,
+            end_to_end_ms: 2,
+            error: None,
+            finished_at_ms: 3,
+            last_offset: None,
+            batch_size: None,
+        };
+        Progress { subscription: subscription.into(), record: Some(record), checkpoint: offset + 1 }
+    }
+
+    /// A subscription keeps its newest records only, a redelivery does not count twice, other
+    /// subscriptions (one whose name starts the same) keep theirs, and a history kept before
+    /// the counts is counted on its next delivery.
+    #[test]
+    fn the_history_keeps_the_newest_records_of_each_subscription() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("open");
+        let total = DELIVERY_HISTORY_KEPT + DELIVERY_HISTORY_SLACK + 500;
+        let group: Vec<Progress> = (0..total).map(|offset| delivered("ci", offset)).collect();
+        for chunk in group.chunks(2_000) {
+            store.commit_group(chunk).expect("group");
+            store.commit_group(&[delivered("cid", chunk[0].checkpoint)]).expect("other");
+        }
+        let kept = store.deliveries("ci", usize::MAX).expect("history");
+        assert!(
+            (DELIVERY_HISTORY_KEPT..=DELIVERY_HISTORY_KEPT + DELIVERY_HISTORY_SLACK).contains(&(kept.len() as u64)),
+            "{} records kept",
+            kept.len()
+        );
+        assert_eq!(kept.first().map(|record| record.offset), Some(total - 1), "the newest stays");
+        assert!(kept.windows(2).all(|pair| pair[0].offset == pair[1].offset + 1), "no gap: the oldest went");
+        assert_eq!(store.deliveries("cid", usize::MAX).expect("other").len(), 6);
+
+        // Sending the newest again replaces it; forgetting the counts makes the store count.
+        store.commit_group(&[delivered("ci", total - 1)]).expect("again");
+        assert_eq!(store.deliveries("ci", usize::MAX).expect("history").len(), kept.len());
+        let write = store.db.begin_write().expect("write");
+        write.open_table(DELIVERY_COUNTS).expect("counts").remove("ci").expect("forget");
+        write.commit().expect("commit");
+        let end = total + DELIVERY_HISTORY_SLACK + 1;
+        let more: Vec<Progress> = (total..end).map(|offset| delivered("ci", offset)).collect();
+        store.commit_group(&more).expect("more");
+        let kept = store.deliveries("ci", usize::MAX).expect("history");
+        assert_eq!(kept.len() as u64, DELIVERY_HISTORY_KEPT, "recounted, past the slack, pruned");
+        assert_eq!(kept.first().map(|record| record.offset), Some(end - 1));
     }
 }
