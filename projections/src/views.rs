@@ -92,6 +92,7 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// Notes every repository inserted (the live runner: the search index recomputes them).
     pub fn new() -> Touched {
         Touched { repositories: Some(std::collections::BTreeSet::new()) }
     }
