@@ -457,20 +457,7 @@ mod tests {
         let store = WebhookStore::open(dir.path()).expect("reopen");
         assert_eq!(store.outbox_entries_from(0, 10).expect("redb"), memory);
         assert!(store.outbox_entries_from(5, 10).expect("past the head").is_empty());
-        let record = DeliveryRecord {
-            delivery_id: "ci-0".into(),
-            offset: 0,
-            event_type: "tag.created".into(),
-            status: "delivered".into(),
-            attempts: 1,
-            response_code: Some(200),
-            latency_ms: 1,
-            end_to_end_ms: 2,
-            error: None,
-            finished_at_ms: 3,
-            last_offset: None,
-            batch_size: None,
-        };
+        let record = delivered("ci", 0).record.expect("a delivery record");
         store.commit_progress("ci", Some(&record), 1).expect("progress");
         store
             .commit_progress("cid", Some(&DeliveryRecord { delivery_id: "cid-0".into(), ..record.clone() }), 1)
