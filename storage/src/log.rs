@@ -30,9 +30,11 @@ use crate::event::{
 /// redb's page cache for a log opened read-only (its default is 1 GiB). The commands that do so
 /// (`replay`, `audit`, `log`, benchmarks) mostly go through the log once, and a page read once
 /// gains nothing from staying cached: a 1 GiB cache only cost fresh memory, which the kernel
-/// clears on first touch. With 64 MiB a 1.3M-event rebuild peaks at 3.8 GB instead of 5.1 GB
-/// and spends 2.8 s in the kernel instead of 4.3-5.9 s. It still holds the trees' upper levels.
-const READ_ONLY_CACHE_BYTES: usize = 64 << 20;
+/// clears on first touch. With 64 MiB a 1.3M-event rebuild peaked at 3.8 GB instead of 5.1 GB
+/// and spent 2.8 s in the kernel instead of 4.3-5.9 s; with 4 MiB the page buffers it recycles
+/// (zeroed, then filled, once per page read) are still in the CPU caches when reused. It still
+/// holds the trees' upper levels.
+const READ_ONLY_CACHE_BYTES: usize = 4 << 20;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const COMMIT_BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("commit_blocks");
