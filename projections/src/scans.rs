@@ -415,6 +415,14 @@ fn scan_report_summary_in(
 
 /// Whether any image the tags point to was scanned, has critical findings, or has fixable ones,
 /// read in one transaction (the search index asks this for every repository it indexes).
+/// Whether any scan is recorded: without one, every repository's scan status is the default.
+pub(crate) fn any_scans(read: &redb::ReadTransaction) -> Result<bool, ProjectionError> {
+    match open_read(read, SCANS)? {
+        Some(scans) => Ok(!scans.is_empty()?),
+        None => Ok(false),
+    }
+}
+
 pub(crate) fn scan_status_of_tags(
     read: &redb::ReadTransaction,
     did: &str,
