@@ -13,7 +13,7 @@
 use crate::ProjectionError;
 use crate::holds::{HOLD_MANIFEST_COUNTS, HOLD_MANIFESTS};
 use crate::tables::ViewTables;
-use crate::views::{BlobReferrers, ManifestRow, REPO_BLOBS, decode, encode, key};
+use crate::views::{BlobReferrers, ManifestRow, REPO_BLOBS, decode, key};
 
 /// The tables only [`FanOut::apply`] writes or reads while events are applied.
 pub(crate) const TABLES: [&str; 4] = ["repo_blobs", "layer_users", "hold_manifests", "hold_manifest_counts"];
@@ -44,7 +44,7 @@ impl FanOut {
                     if !referencing.0.contains(&digest) {
                         referencing.0.push(digest.clone());
                     }
-                    txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
+                    txn.insert_row(REPO_BLOBS, blob_key.as_str(), &referencing)?;
                 }
                 Ok(())
             }
@@ -58,7 +58,7 @@ impl FanOut {
                     if referencing.0.is_empty() {
                         txn.remove(REPO_BLOBS, blob_key.as_str())?;
                     } else {
-                        txn.insert(REPO_BLOBS, blob_key.as_str(), encode(&referencing).as_slice())?;
+                        txn.insert_row(REPO_BLOBS, blob_key.as_str(), &referencing)?;
                     }
                 }
                 Ok(())

@@ -138,7 +138,7 @@ pub(crate) fn apply(
                         deployed_at: captain.deployed_at,
                         allow_all_crew: captain.allow_all_crew,
                     };
-                    txn.insert(HOLD_CAPTAINS, hold, encode(&row).as_slice())
+                    txn.insert_row(HOLD_CAPTAINS, hold, &row)
                 }
                 Ok(_) => skip(offset, &format!("captain record under key {rkey:?}, not \"self\"")),
                 Err(error) => skip(offset, &error.to_string()),
@@ -152,7 +152,7 @@ pub(crate) fn apply(
                         tier: crew.tier,
                         added_at: crew.added_at,
                     };
-                    txn.insert(HOLD_CREW, key(&[hold, rkey]).as_str(), encode(&row).as_slice())
+                    txn.insert_row(HOLD_CREW, key(&[hold, rkey]).as_str(), &row)
                 }
                 Err(error) => skip(offset, &error.to_string()),
             },
@@ -167,7 +167,7 @@ pub(crate) fn apply(
                         user_did: layer.user_did,
                     };
                     change_layer_totals(txn, hold, 1, i128::from(row.size))?;
-                    txn.insert(HOLD_LAYERS, key(&[hold, rkey]).as_str(), encode(&row).as_slice())
+                    txn.insert_row(HOLD_LAYERS, key(&[hold, rkey]).as_str(), &row)
                 }
                 Err(error) => skip(offset, &error.to_string()),
             },
@@ -205,7 +205,7 @@ fn change_layer_totals(txn: &impl ViewTables, hold: &str, layers: i64, bytes: i1
     if count == 0 {
         txn.remove(HOLD_LAYER_TOTALS, hold)?;
     } else {
-        txn.insert(HOLD_LAYER_TOTALS, hold, encode(&(count, total)).as_slice())?;
+        txn.insert_row(HOLD_LAYER_TOTALS, hold, &(count, total))?;
     }
     Ok(())
 }
@@ -240,7 +240,7 @@ fn put_stats(
         last_push: stats.last_push,
         updated_at: stats.updated_at,
     };
-    txn.insert(HOLD_STATS, stats_key.as_str(), encode(&row).as_slice())?;
+    txn.insert_row(HOLD_STATS, stats_key.as_str(), &row)?;
     txn.insert(REPO_HOLD_STATS, key(&[&row.owner_did, &row.repository, hold, rkey]).as_str(), ())?;
     let day = row.updated_at.as_deref().and_then(day_of).or_else(|| event.upstream_time.as_deref().and_then(day_of));
     if let Some(day) = day {

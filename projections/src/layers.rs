@@ -18,7 +18,7 @@ use atcr_storage::EventBody;
 use atcr_storage::image::{IMAGE_CONFIG_KIND, LAYER_FILES_KIND};
 
 use crate::tables::ViewTables;
-use crate::views::{ManifestRow, decode, encode, key};
+use crate::views::{ManifestRow, decode, key};
 use crate::{ProjectionError, Views};
 
 pub(crate) const IMAGE_CONTENT: TableDefinition<&str, &[u8]> = TableDefinition::new("image_content");
@@ -87,7 +87,7 @@ pub(crate) fn apply_content(txn: &impl ViewTables, body: &EventBody) -> Result<(
     if kind != IMAGE_CONFIG_KIND && kind != LAYER_FILES_KIND {
         return Ok(());
     }
-    txn.insert(IMAGE_CONTENT, key(&[kind, subject]).as_str(), encode(&row).as_slice())
+    txn.insert_row(IMAGE_CONTENT, key(&[kind, subject]).as_str(), &row)
 }
 
 /// A manifest row was written: its layers are used by it.

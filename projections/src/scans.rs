@@ -33,7 +33,7 @@ use atcr_storage::scan_formats::{Sbom, SbomPackage, Vulnerability, parse_spdx, p
 use atcr_storage::{Event, EventBody};
 
 use crate::tables::ViewTables;
-use crate::views::{MANIFESTS, ManifestRow, Touched, decode, encode, key};
+use crate::views::{MANIFESTS, ManifestRow, Touched, decode, key};
 use crate::{ProjectionError, Views};
 
 pub const VULNERABILITIES_KIND: &str = "scan.vulnerabilities";
@@ -170,7 +170,7 @@ pub(crate) fn apply(
             if kind == VULNERABILITIES_KIND || kind == SBOM_KIND =>
         {
             let row = ScanContentRow { digest: digest.clone(), size: *size, rejected: None };
-            txn.insert(SCAN_CONTENT, key(&[kind, subject]).as_str(), encode(&row).as_slice())?;
+            txn.insert_row(SCAN_CONTENT, key(&[kind, subject]).as_str(), &row)?;
             parse_document(txn, offset, kind, digest)?;
             if let Some((owner, manifest, scan)) = scan_of_subject(txn, subject)? {
                 touched.insert(&owner, Some(&scan.repository));
@@ -184,7 +184,7 @@ pub(crate) fn apply(
             if kind == VULNERABILITIES_KIND || kind == SBOM_KIND =>
         {
             let row = ScanContentRow { digest: digest.clone(), size: 0, rejected: Some(reason.clone()) };
-            txn.insert(SCAN_CONTENT, key(&[kind, subject]).as_str(), encode(&row).as_slice())?;
+            txn.insert_row(SCAN_CONTENT, key(&[kind, subject]).as_str(), &row)?;
             if let Some((owner, _, scan)) = scan_of_subject(txn, subject)? {
                 touched.insert(&owner, Some(&scan.repository));
             }
@@ -218,7 +218,7 @@ fn parse_document(txn: &impl ViewTables, offset: u64, kind: &str, digest: &str) 
     };
     if kind == SBOM_KIND {
         match parse_spdx(&bytes) {
-            Ok(sbom) => txn.insert(SCAN_SBOMS, digest, encode(&SbomRow::from(sbom)).as_slice())?,
+            Ok(sbom) => txn.insert_row(SCAN_SBOMS, digest, &SbomRow::from(sbom))?,
             Err(error) => tracing::warn!(offset, digest, %error, "stored SBOM does not parse"),
         }
     } else {
@@ -237,8 +237,8 @@ fn parse_document(txn: &impl ViewTables, offset: u64, kind: &str, digest: &str) 
                         })
                         .count() as u64,
                 };
-                txn.insert(SCAN_REPORTS, digest, encode(&report.vulnerabilities).as_slice())?;
-                txn.insert(SCAN_REPORT_SUMMARIES, digest, encode(&summary).as_slice())?;
+                txn.insert_row(SCAN_REPORTS, digest, &report.vulnerabilities)?;
+                txn.insert_row(SCAN_REPORT_SUMMARIES, digest, &summary)?;
             }
             Err(error) => tracing::warn!(offset, digest, %error, "stored vulnerability report does not parse"),
         }
@@ -321,7 +321,7 @@ fn put_scan(
         offset,
     };
     txn.insert(SCAN_RKEYS, key(&[hold, rkey]).as_str(), key(&[&owner, &manifest]).as_str())?;
-    txn.insert(SCANS, key(&[&owner, &manifest, hold]).as_str(), encode(&row).as_slice())?;
+    txn.insert_row(SCANS, key(&[&owner, &manifest, hold]).as_str(), &row)?;
     index_packages(txn, &owner, &manifest, &row, true)?;
     touched.insert(&owner, Some(&row.repository));
     Ok(())

@@ -85,6 +85,19 @@ pub trait ViewTables {
         value: V::SelfType<'v>,
     ) -> Result<(), ProjectionError>;
 
+    /// Writes `row` encoded (`views::encode`'s format) under `key`.
+    fn insert_row<T: serde::Serialize>(
+        &self,
+        table: ViewTable<&'static [u8]>,
+        key: &str,
+        row: &T,
+    ) -> Result<(), ProjectionError>
+    where
+        Self: Sized,
+    {
+        crate::views::with_encoded(row, |bytes| self.insert(table, key, bytes))
+    }
+
     /// Removes a row, returning what it held.
     fn remove<V: ViewValue>(&self, table: ViewTable<V>, key: &str) -> Result<Option<V::Owned>, ProjectionError>;
 

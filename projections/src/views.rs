@@ -136,6 +136,27 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
+thread_local! {
+    /// The buffer [`with_encoded`] encodes into, kept between rows.
+    static ENCODE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Hands `value` encoded as [`encode`] does to `use_bytes`, from a buffer this thread keeps: a
+/// row written into the views is copied where it is kept, so the encoding is only a step, and
+/// growing a fresh vector for each (seven reallocations for a manifest row) was 6-10 % of
+/// applying the log.
+pub(crate) fn with_encoded<T: Serialize, R>(value: &T, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buffer = ENCODE_BUFFER.take();
+    buffer.clear();
+    let buffer = match postcard::to_extend(value, buffer) {
+        Ok(bytes) => bytes,
+        Err(error) => panic!("postcard encoding of a view row failed: {error}"),
+    };
+    let result = use_bytes(&buffer);
+    ENCODE_BUFFER.set(buffer);
+    result
+}
+
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(table: &str, bytes: &[u8]) -> Result<T, ProjectionError> {
     postcard::from_bytes(bytes).map_err(|error| ProjectionError::Corrupt(format!("{table}: {error}")))
 }
@@ -481,7 +502,7 @@ pub(crate) fn apply_tracking(
                     default_hold: profile.default_hold,
                     registry_domain: profile.registry_domain,
                 };
-                txn.insert(PROFILES, event.did.as_str(), encode(&row).as_slice())?;
+                txn.insert_row(PROFILES, event.did.as_str(), &row)?;
                 touched.insert(&event.did, None);
                 Ok(())
             }
@@ -529,7 +550,7 @@ pub(crate) fn apply_tracking(
                 row.pds_endpoint = facts.pds_endpoint;
                 row.hold_endpoint = facts.hold_endpoint;
                 row.signing_key = facts.signing_key;
-                txn.insert(IDENTITIES, event.did.as_str(), encode(&row).as_slice())?;
+                txn.insert_row(IDENTITIES, event.did.as_str(), &row)?;
                 txn.remove(IDENTITY_FAILURES, event.did.as_str())?;
                 Ok(())
             }
@@ -544,11 +565,11 @@ pub(crate) fn apply_tracking(
             row.active = *active;
             row.status = status.clone();
             touched.insert(&event.did, None);
-            txn.insert(IDENTITIES, event.did.as_str(), encode(&row).as_slice())?;
+            txn.insert_row(IDENTITIES, event.did.as_str(), &row)?;
             Ok(())
         }
         EventBody::ManifestStored { digest, media_type, size } => {
-            txn.insert(MANIFEST_CONTENT, digest.as_str(), encode(&(media_type, size)).as_slice())?;
+            txn.insert_row(MANIFEST_CONTENT, digest.as_str(), &(media_type, size))?;
             Ok(())
         }
         EventBody::IdentityUnresolvable { reason } => {
@@ -558,7 +579,7 @@ pub(crate) fn apply_tracking(
         }
         EventBody::HandleChecked { handle, verified, .. } => {
             let handle = handle.to_ascii_lowercase();
-            txn.insert(HANDLE_CHECKS, event.did.as_str(), encode(&(&handle, *verified)).as_slice())?;
+            txn.insert_row(HANDLE_CHECKS, event.did.as_str(), &(&handle, *verified))?;
             // The document this check belongs to may already be applied (a re-check without a
             // new document): bring `handles` in line with the verdict.
             let claimed = match txn.get(IDENTITIES, event.did.as_str())? {
@@ -672,7 +693,7 @@ fn note_deletion(
         }
         _ => {}
     }
-    txn.insert(ACTIVITY, activity_key(event, offset).as_str(), encode(&row).as_slice())?;
+    txn.insert_row(ACTIVITY, activity_key(event, offset).as_str(), &row)?;
     Ok(())
 }
 
@@ -758,7 +779,7 @@ fn put_page(
         avatar_cid: page.avatar.map(|avatar| avatar.cid),
         updated_at: page.updated_at,
     };
-    txn.insert(REPO_PAGES, key(&[did, &page.repository]).as_str(), encode(&row).as_slice())?;
+    txn.insert_row(REPO_PAGES, key(&[did, &page.repository]).as_str(), &row)?;
     txn.insert(PAGE_RKEYS, key(&[did, rkey]).as_str(), page.repository.as_str())?;
     Ok(())
 }
@@ -815,7 +836,7 @@ fn touch_repository(
         txn.insert(REPOS_BY_PUSH, format!("{time}\0{repo_key}").as_str(), ())?;
         row.last_push = Some(time.to_string());
     }
-    txn.insert(REPOSITORIES, repo_key.as_str(), encode(&row).as_slice())?;
+    txn.insert_row(REPOSITORIES, repo_key.as_str(), &row)?;
     Ok(())
 }
 
@@ -889,11 +910,11 @@ fn put_manifest(
         created_at,
         offset,
     };
-    txn.insert(MANIFESTS, manifest_key.as_str(), encode(&row).as_slice())?;
+    txn.insert_row(MANIFESTS, manifest_key.as_str(), &row)?;
     txn.insert(MANIFEST_RKEYS, key(&[did, rkey]).as_str(), digest.as_str())?;
     txn.insert(REPO_MANIFESTS, key(&[did, &row.repository, &digest]).as_str(), ())?;
     if let (Some(subject), Some(referrer)) = (&row.subject, &referrer) {
-        txn.insert(REFERRERS, key(&[did, subject, &digest]).as_str(), encode(referrer).as_slice())?;
+        txn.insert_row(REFERRERS, key(&[did, subject, &digest]).as_str(), referrer)?;
     }
     touch_repository(txn, did, &row.repository, offset, event.upstream_time.as_deref(), if existed { 0 } else { 1 })?;
     txn.fan_out(FanOut::Manifest { did: did.to_string(), digest, row, added: true })
@@ -975,7 +996,7 @@ fn put_tag(
             upstream_seq: event.upstream_seq,
         };
         let history_key = format!("{tag_key}\0{}", offset_key(offset));
-        txn.insert(TAG_HISTORY, history_key.as_str(), encode(&change).as_slice())?;
+        txn.insert_row(TAG_HISTORY, history_key.as_str(), &change)?;
     }
     let row = TagRow {
         digest: tag.digest,
@@ -984,7 +1005,7 @@ fn put_tag(
         offset,
         pushed_at: event.upstream_time.clone(),
     };
-    txn.insert(TAGS, tag_key.as_str(), encode(&row).as_slice())?;
+    txn.insert_row(TAGS, tag_key.as_str(), &row)?;
     txn.insert(TAG_RKEYS, key(&[did, rkey]).as_str(), key(&[&tag.repository, &tag.tag]).as_str())?;
     touch_repository(txn, did, &tag.repository, offset, event.upstream_time.as_deref(), 0)
 }
@@ -1022,8 +1043,29 @@ fn delete_tag(
                 upstream_seq: event.upstream_seq,
             };
             let history_key = format!("{tag_key}\0{}", offset_key(offset));
-            txn.insert(TAG_HISTORY, history_key.as_str(), encode(&change).as_slice())?;
+            txn.insert_row(TAG_HISTORY, history_key.as_str(), &change)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_encoded_through_the_kept_buffer_are_the_rows_encode_gives() {
+        let long =
+            RepositoryRow { first_offset: 7, last_push: Some("2026-12-05T00:00:00Z".into()), ..Default::default() };
+        let short = (String::from("m"), 1u64);
+        let (outer, inner) = with_encoded(&long, |outer| {
+            // Encoding again while the first encoding is in use, as a nested write would.
+            (outer.to_vec(), with_encoded(&short, <[u8]>::to_vec))
+        });
+        assert_eq!(outer, encode(&long));
+        assert_eq!(inner, encode(&short));
+        // The buffer kept from the longer row holds no trace of it in the next encoding.
+        assert_eq!(with_encoded(&short, <[u8]>::to_vec), encode(&short));
+        assert_eq!(with_encoded(&long, <[u8]>::to_vec), encode(&long));
+    }
 }
