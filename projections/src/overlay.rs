@@ -434,7 +434,10 @@ impl Overlay {
                     }
                 }
             });
-            scope.spawn(move || written.into_iter().for_each(drop));
+            scope.spawn(move || {
+                crate::rebuild::yield_to_the_writer();
+                written.into_iter().for_each(drop)
+            });
             for (in_first, name, value, rows) in sorted {
                 let table_started = std::time::Instant::now();
                 write(&name, value, &rows, in_first)?;
