@@ -276,12 +276,20 @@ pub struct Overlay {
     state: RefCell<State>,
     /// Changes of the fan-out indexes kept for another overlay ([`Overlay::deferring_fan_out`]).
     deferred: Option<RefCell<Vec<FanOut>>>,
+    /// Whether the ranking tables are derived once before the write-out
+    /// ([`ViewTables::derives_rankings`]).
+    derives_rankings: bool,
 }
 
 impl Overlay {
     /// An empty overlay over what `database` holds now.
     pub fn new(database: &Database) -> Result<Self, ProjectionError> {
-        Ok(Overlay { base: database.begin_read()?, state: RefCell::new(State::default()), deferred: None })
+        Ok(Overlay {
+            base: database.begin_read()?,
+            state: RefCell::new(State::default()),
+            deferred: None,
+            derives_rankings: false,
+        })
     }
 
     /// An empty overlay that keeps the changes of the fan-out indexes (`fanout`) for
@@ -291,6 +299,14 @@ impl Overlay {
     /// reached.
     pub fn deferring_fan_out(database: &Database) -> Result<Self, ProjectionError> {
         Ok(Overlay { deferred: Some(RefCell::new(Vec::new())), ..Overlay::new(database)? })
+    }
+
+    /// This overlay with the ranking tables derived once before its write-out
+    /// ([`crate::views::derive_rankings`]) instead of kept up to date by each change. Only for an
+    /// overlay over views without repositories or stars yet: the derivation sees only the
+    /// overlay's rows.
+    pub fn deriving_rankings(self) -> Self {
+        Overlay { derives_rankings: true, ..self }
     }
 
     /// The fan-out changes deferred since the last call, in order.
@@ -600,6 +616,10 @@ impl ViewTables for Overlay {
             merged.insert(key, value);
         }
         Ok(merged.into_iter().filter_map(|(key, value)| value.map(|value| (key, value))).collect())
+    }
+
+    fn derives_rankings(&self) -> bool {
+        self.derives_rankings
     }
 
     fn fan_out(&self, change: FanOut) -> Result<(), ProjectionError> {

@@ -145,6 +145,7 @@ pub fn build(
         let elapsed = started.elapsed();
         return Ok(BuildTimes { views: elapsed, total: elapsed });
     }
+    derive_rankings(&overlay)?;
     std::thread::scope(|scope| {
         let writing = Instant::now();
         let mut indexing = None;
@@ -240,7 +241,7 @@ fn apply_range(
             }
         });
         let mut reached = start;
-        let mut overlay = Overlay::deferring_fan_out(views.database())?;
+        let mut overlay = applying_overlay(views)?;
         let mut fan_out = FanOutThread::spawn(scope, views)?;
         let mut in_overlay = 0usize;
         // Where this thread's time goes: applying, or waiting for the reader.
@@ -266,7 +267,7 @@ fn apply_range(
                 {
                     overlay.absorb(fan_out.finish()?)?;
                     write_out(views, overlay, reached, Durability::None)?;
-                    overlay = Overlay::deferring_fan_out(views.database())?;
+                    overlay = applying_overlay(views)?;
                     fan_out = FanOutThread::spawn(scope, views)?;
                     in_overlay = 0;
                 }
@@ -286,6 +287,39 @@ fn apply_range(
         );
         Ok(Some((overlay, reached)))
     })
+}
+
+/// A new overlay for the applying thread: its fan-out changes deferred to the fan-out thread,
+/// and, over views with no repository and no star count yet (a fresh rebuild, until its first
+/// write-out), the ranking tables derived once before the write-out instead of kept up to date
+/// by each change (`views::derive_rankings`).
+fn applying_overlay(views: &Views) -> Result<Overlay, ProjectionError> {
+    let overlay = Overlay::deferring_fan_out(views.database())?;
+    let read = views.database().begin_read()?;
+    let fresh = is_empty(&read, crate::views::REPOSITORIES)? && is_empty(&read, crate::views::STAR_COUNTS)?;
+    Ok(if fresh { overlay.deriving_rankings() } else { overlay })
+}
+
+/// Writes the ranking tables into `overlay` when it derives them (see [`applying_overlay`]),
+/// just before its rows are written out.
+fn derive_rankings(overlay: &Overlay) -> Result<(), ProjectionError> {
+    use crate::tables::ViewTables;
+    if overlay.derives_rankings() {
+        crate::views::derive_rankings(overlay)?;
+    }
+    Ok(())
+}
+
+fn is_empty<V: crate::tables::ViewValue>(
+    read: &redb::ReadTransaction,
+    table: crate::tables::ViewTable<V>,
+) -> Result<bool, ProjectionError> {
+    use redb::ReadableTableMetadata;
+    match read.open_table(table) {
+        Ok(opened) => Ok(opened.is_empty()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The thread that applies a rebuild's fan-out changes (`fanout`) to an overlay of its own,
@@ -354,6 +388,7 @@ impl<'scope> FanOutThread<'scope> {
 /// Writes the overlay's rows and the checkpoint `reached` in one transaction.
 fn write_out(views: &Views, overlay: Overlay, reached: u64, durability: Durability) -> Result<(), ProjectionError> {
     let started = Instant::now();
+    derive_rankings(&overlay)?;
     let memory = overlay.memory_bytes();
     let txn = begin_write(views, durability)?;
     overlay.flush_into(&txn)?;

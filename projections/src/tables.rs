@@ -108,6 +108,13 @@ pub trait ViewTables {
         prefix: &str,
     ) -> Result<Vec<(String, V::Owned)>, ProjectionError>;
 
+    /// Whether the ranking tables (`repos_by_push`, `repos_by_first`, `repos_by_stars`) are
+    /// left to [`crate::views::derive_rankings`] instead of being kept up to date by each change:
+    /// a fresh rebuild's overlay derives them once from the final rows.
+    fn derives_rankings(&self) -> bool {
+        false
+    }
+
     /// Applies a change of the manifest fan-out indexes (`fanout`): at once, unless the
     /// implementation hands it on (a rebuild overlay can, see [`Overlay::deferring_fan_out`]).
     ///

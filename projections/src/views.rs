@@ -745,12 +745,39 @@ fn change_star_count(txn: &impl ViewTables, did: &str, repository: &str, delta: 
     let repo_key = key(&[did, repository]);
     let before = txn.get(STAR_COUNTS, repo_key.as_str())?.unwrap_or(0);
     let after = before.saturating_add_signed(delta);
-    txn.remove(REPOS_BY_STARS, stars_rank_key(before, &repo_key).as_str())?;
+    let ranks = !txn.derives_rankings();
+    if ranks {
+        txn.remove(REPOS_BY_STARS, stars_rank_key(before, &repo_key).as_str())?;
+    }
     if after == 0 {
         txn.remove(STAR_COUNTS, repo_key.as_str())?;
     } else {
         txn.insert(STAR_COUNTS, repo_key.as_str(), after)?;
-        txn.insert(REPOS_BY_STARS, stars_rank_key(after, &repo_key).as_str(), ())?;
+        if ranks {
+            txn.insert(REPOS_BY_STARS, stars_rank_key(after, &repo_key).as_str(), ())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the ranking tables as the repository rows and star counts in `txn` imply them: one
+/// `repos_by_first` entry per repository (its first offset), one `repos_by_push` entry per
+/// repository pushed to (its last push), one `repos_by_stars` entry per starred repository.
+/// What [`touch_repository`] and [`change_star_count`] keep up to date change by change, for an
+/// overlay that [derives them](ViewTables::derives_rankings) instead: a rebuild touched every
+/// repository ~7 times on average (a remove and an insert of `repos_by_push` each), for one
+/// final entry. `txn` must hold every repository and star count (an overlay over views that had
+/// none).
+pub(crate) fn derive_rankings(txn: &impl ViewTables) -> Result<(), ProjectionError> {
+    for (repo_key, bytes) in txn.prefix(REPOSITORIES, "")? {
+        let row = decode::<RepositoryRow>("repositories", &bytes)?;
+        txn.insert(REPOS_BY_FIRST, format!("{}\0{repo_key}", offset_key(row.first_offset)).as_str(), ())?;
+        if let Some(last) = &row.last_push {
+            txn.insert(REPOS_BY_PUSH, format!("{last}\0{repo_key}").as_str(), ())?;
+        }
+    }
+    for (repo_key, stars) in txn.prefix(STAR_COUNTS, "")? {
+        txn.insert(REPOS_BY_STARS, stars_rank_key(stars, &repo_key).as_str(), ())?;
     }
     Ok(())
 }
@@ -818,11 +845,14 @@ fn touch_repository(
     manifest_delta: i64,
 ) -> Result<(), ProjectionError> {
     let repo_key = key(&[did, repository]);
+    let ranks = !txn.derives_rankings();
     let mut row = match txn.get(REPOSITORIES, repo_key.as_str())? {
         Some(bytes) => decode::<RepositoryRow>("repositories", &bytes)?,
         None => {
-            let first = format!("{}\0{repo_key}", offset_key(offset));
-            txn.insert(REPOS_BY_FIRST, first.as_str(), ())?;
+            if ranks {
+                let first = format!("{}\0{repo_key}", offset_key(offset));
+                txn.insert(REPOS_BY_FIRST, first.as_str(), ())?;
+            }
             RepositoryRow { first_offset: offset, ..RepositoryRow::default() }
         }
     };
@@ -830,10 +860,12 @@ fn touch_repository(
     if let Some(time) = time
         && row.last_push.as_deref().is_none_or(|last| last < time)
     {
-        if let Some(last) = &row.last_push {
-            txn.remove(REPOS_BY_PUSH, format!("{last}\0{repo_key}").as_str())?;
+        if ranks {
+            if let Some(last) = &row.last_push {
+                txn.remove(REPOS_BY_PUSH, format!("{last}\0{repo_key}").as_str())?;
+            }
+            txn.insert(REPOS_BY_PUSH, format!("{time}\0{repo_key}").as_str(), ())?;
         }
-        txn.insert(REPOS_BY_PUSH, format!("{time}\0{repo_key}").as_str(), ())?;
         row.last_push = Some(time.to_string());
     }
     txn.insert_row(REPOSITORIES, repo_key.as_str(), &row)?;
