@@ -12,9 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
-
 use std::hash::BuildHasher;
+use std::ops::Bound;
 
 use foldhash::fast::RandomState;
 use hashbrown::hash_table::Entry;
@@ -337,7 +336,7 @@ impl Overlay {
     }
 
     /// Whether the committed table has no rows (or does not exist).
-    fn base_is_empty<V: ViewValue>(&self, table: ViewTable<V>) -> Result<bool, ProjectionError> {
+    pub(crate) fn base_is_empty<V: ViewValue>(&self, table: ViewTable<V>) -> Result<bool, ProjectionError> {
         match self.base.open_table(table) {
             Ok(opened) => Ok(opened.len()? == 0),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),

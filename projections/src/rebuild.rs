@@ -295,8 +295,8 @@ fn apply_range(
 /// by each change (`views::derive_rankings`).
 fn applying_overlay(views: &Views) -> Result<Overlay, ProjectionError> {
     let overlay = Overlay::deferring_fan_out(views.database())?;
-    let read = views.database().begin_read()?;
-    let fresh = is_empty(&read, crate::views::REPOSITORIES)? && is_empty(&read, crate::views::STAR_COUNTS)?;
+    let fresh =
+        overlay.base_is_empty(crate::views::REPOSITORIES)? && overlay.base_is_empty(crate::views::STAR_COUNTS)?;
     Ok(if fresh { overlay.deriving_rankings() } else { overlay })
 }
 
@@ -308,18 +308,6 @@ fn derive_rankings(overlay: &Overlay) -> Result<(), ProjectionError> {
         crate::views::derive_rankings(overlay)?;
     }
     Ok(())
-}
-
-fn is_empty<V: crate::tables::ViewValue>(
-    read: &redb::ReadTransaction,
-    table: crate::tables::ViewTable<V>,
-) -> Result<bool, ProjectionError> {
-    use redb::ReadableTableMetadata;
-    match read.open_table(table) {
-        Ok(opened) => Ok(opened.is_empty()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// The thread that applies a rebuild's fan-out changes (`fanout`) to an overlay of its own,

@@ -153,9 +153,15 @@ pub(crate) fn with_encoded<T: Serialize, R>(value: &T, use_bytes: impl FnOnce(&[
         Err(error) => panic!("postcard encoding of a view row failed: {error}"),
     };
     let result = use_bytes(&buffer);
-    ENCODE_BUFFER.set(buffer);
+    // A scan report can encode to megabytes: a thread does not hold on to that for good.
+    if buffer.capacity() <= KEPT_ENCODE_BUFFER_BYTES {
+        ENCODE_BUFFER.set(buffer);
+    }
     result
 }
+
+/// The largest buffer [`with_encoded`] keeps for the next row (rows are a few hundred bytes).
+const KEPT_ENCODE_BUFFER_BYTES: usize = 64 * 1024;
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(table: &str, bytes: &[u8]) -> Result<T, ProjectionError> {
     postcard::from_bytes(bytes).map_err(|error| ProjectionError::Corrupt(format!("{table}: {error}")))
