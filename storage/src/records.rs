@@ -156,6 +156,15 @@ enum Loose {
     Other,
 }
 
+/// Visitor methods that read a scalar and drop it (`Loose::Other`).
+macro_rules! drop_scalars {
+    ($($visit:ident: $scalar:ty),*) => {$(
+        fn $visit<E: serde::de::Error>(self, _: $scalar) -> Result<Loose, E> {
+            Ok(Loose::Other)
+        }
+    )*};
+}
+
 impl<'de> Deserialize<'de> for Loose {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -208,33 +217,9 @@ impl<'de> Deserialize<'de> for Loose {
                 Ok(Loose::Other)
             }
 
-            fn visit_bool<E: Error>(self, _: bool) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_i64<E: Error>(self, _: i64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_u64<E: Error>(self, _: u64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_i128<E: Error>(self, _: i128) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_u128<E: Error>(self, _: u128) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_f64<E: Error>(self, _: f64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-
-            fn visit_bytes<E: Error>(self, _: &[u8]) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
+            // Every other scalar is read and dropped.
+            drop_scalars!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128, visit_u128: u128,
+                visit_f64: f64, visit_bytes: &[u8]);
         }
         deserializer.deserialize_any(Value)
     }
