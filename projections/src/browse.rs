@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::PackedRef;
 use crate::views::{
     ACTIVITY, ActivityRow, FIRST_SEEN, HANDLES, IDENTITIES, MANIFESTS, ManifestRow, PROFILES, PageRow, ProfileRow,
     RECORD_HISTORY, REPO_MANIFESTS, REPO_PAGES, REPOS_BY_FIRST, REPOS_BY_PUSH, REPOS_BY_STARS, REPOSITORIES,
@@ -416,8 +417,13 @@ impl SearchTables {
         else {
             return Ok(None);
         };
-        let manifests = manifests_of(&self.repo_manifests, &self.manifests, did, repository)?;
-        let tags = tags_of(&self.tags, did, repository)?;
+        let manifests = manifest_bytes_of(&self.repo_manifests, &self.manifests, did, repository)?;
+        // Tag rows are read only for a scan status: the document needs their names.
+        let mut tags = Vec::new();
+        scan_prefix_in(&self.tags, &format!("{}\0", repository_key), |tag, _| {
+            tags.push(tag.to_string());
+            Ok(true)
+        })?;
         if manifests.is_empty() && tags.is_empty() {
             return Ok(None);
         }
@@ -440,7 +446,8 @@ impl SearchTables {
             .map(|bytes| decode::<PageRow>("repo_pages", bytes.value()))
             .transpose()?;
         let stars = self.star_counts.get(repository_key.as_str())?.map(|count| count.value()).unwrap_or(0);
-        let facts = RepositoryFacts::of(&manifests, &tags);
+        let gists = manifests.iter().map(|bytes| ManifestGist::decode(bytes)).collect::<Result<Vec<_>, _>>()?;
+        let facts = RepositoryFacts::of_manifests(&gists)?;
         let readme = page.and_then(|page| page.description);
         let description = readme
             .as_deref()
@@ -448,8 +455,11 @@ impl SearchTables {
             .or_else(|| facts.annotations.get(DESCRIPTION_ANNOTATION).and_then(|text| summary_line(text)));
         let annotations =
             SEARCHABLE_ANNOTATIONS.iter().filter_map(|name| facts.annotations.get(*name).cloned()).collect();
-        let vulnerabilities =
-            if self.any_scans { crate::scans::scan_status_of_tags(read, did, &tags)?.tokens() } else { Vec::new() };
+        let vulnerabilities = if self.any_scans {
+            crate::scans::scan_status_of_tags(read, did, &tags_of(&self.tags, did, repository)?)?.tokens()
+        } else {
+            Vec::new()
+        };
         Ok(Some(SearchDoc {
             did: did.to_string(),
             handle,
@@ -457,7 +467,7 @@ impl SearchTables {
             description,
             readme,
             annotations,
-            tags: tags.into_iter().map(|(name, _)| name).collect(),
+            tags,
             platforms: facts.platforms.into_iter().collect(),
             holds: facts.holds.into_iter().collect(),
             last_push: row.last_push,
@@ -470,7 +480,7 @@ impl SearchTables {
 }
 
 /// What a repository's manifests say about it as a whole.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct RepositoryFacts {
     pub platforms: BTreeSet<String>,
     pub holds: BTreeSet<String>,
@@ -481,28 +491,160 @@ pub struct RepositoryFacts {
 }
 
 impl RepositoryFacts {
-    pub fn of(manifests: &[(String, ManifestRow)], _tags: &[(String, TagRow)]) -> Self {
+    pub fn of(manifests: &[(String, ManifestRow)], _tags: &[(String, TagRow)]) -> Result<Self, ProjectionError> {
+        RepositoryFacts::of_manifests(manifests.iter().map(|(_, manifest)| manifest))
+    }
+
+    fn of_manifests<M: ManifestFacts>(manifests: impl IntoIterator<Item = M>) -> Result<Self, ProjectionError> {
         let mut facts = RepositoryFacts::default();
-        let mut blobs: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut newest_annotated: Option<&ManifestRow> = None;
-        for (_, manifest) in manifests {
-            facts.platforms.extend(manifest.children.iter().filter_map(|child| child.platform.clone()));
-            if let Some(hold) = manifest.hold_did.clone().or_else(|| manifest.hold_endpoint.clone()) {
-                facts.holds.insert(hold);
+        let manifests: Vec<M> = manifests.into_iter().collect();
+        let mut blobs: BTreeMap<PackedRef<'_>, u64> = BTreeMap::new();
+        let mut newest_annotated: Option<&M> = None;
+        for manifest in &manifests {
+            facts.platforms.extend(manifest.platforms().map(str::to_string));
+            if let Some(hold) = manifest.hold() {
+                facts.holds.insert(hold.to_string());
             }
             for (digest, size) in manifest.blobs() {
                 blobs.insert(digest, size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0));
             }
-            if manifest.subject.is_none()
-                && !manifest.annotations.is_empty()
-                && newest_annotated.is_none_or(|newest| newest.offset < manifest.offset)
+            if !manifest.is_referrer()
+                && manifest.has_annotations()
+                && newest_annotated.is_none_or(|newest| newest.offset() < manifest.offset())
             {
                 newest_annotated = Some(manifest);
             }
         }
         facts.size = blobs.values().sum();
-        facts.annotations = newest_annotated.map(|manifest| manifest.annotations.clone()).unwrap_or_default();
-        facts
+        facts.annotations = newest_annotated.map(|manifest| manifest.annotations()).transpose()?.unwrap_or_default();
+        Ok(facts)
+    }
+}
+
+/// What [`RepositoryFacts`] reads of a manifest: a decoded [`ManifestRow`] (repository pages),
+/// or a [`ManifestGist`] borrowed from the row's bytes (search documents).
+trait ManifestFacts {
+    /// `os/arch[/variant]` of its children.
+    fn platforms(&self) -> impl Iterator<Item = &str>;
+    /// Its hold's DID, else its endpoint.
+    fn hold(&self) -> Option<&str>;
+    /// Every blob it references (the config, then the layers) with its size; a blob is the same
+    /// blob exactly when its key is the same.
+    fn blobs(&self) -> impl Iterator<Item = (PackedRef<'_>, Option<i64>)>;
+    /// Whether it has a subject (a signature, an attestation).
+    fn is_referrer(&self) -> bool;
+    fn has_annotations(&self) -> bool;
+    fn offset(&self) -> u64;
+    fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError>;
+}
+
+impl ManifestFacts for &ManifestRow {
+    fn platforms(&self) -> impl Iterator<Item = &str> {
+        self.children.iter().filter_map(|child| child.platform.as_deref())
+    }
+
+    fn hold(&self) -> Option<&str> {
+        self.hold_did.as_deref().or(self.hold_endpoint.as_deref())
+    }
+
+    fn blobs(&self) -> impl Iterator<Item = (PackedRef<'_>, Option<i64>)> {
+        ManifestRow::blobs(self).map(|(digest, size)| (PackedRef::Text(digest), size))
+    }
+
+    fn is_referrer(&self) -> bool {
+        self.subject.is_some()
+    }
+
+    fn has_annotations(&self) -> bool {
+        !self.annotations.is_empty()
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError> {
+        Ok(self.annotations.clone())
+    }
+}
+
+/// What a search document reads of a manifest row, borrowed from the row's bytes: [`ManifestRow`]
+/// field by field in its order, with each string left as written. Decoding whole rows (every
+/// digest spelled out in hex, every media type and annotation copied) was a third of building
+/// the search documents of a rebuild. A test checks that the two read the same row alike.
+#[derive(Debug, Deserialize)]
+struct ManifestGist<'a> {
+    _repository: &'a str,
+    #[serde(borrow)]
+    _rkey: PackedRef<'a>,
+    #[serde(borrow)]
+    _media_type: PackedRef<'a>,
+    hold_did: Option<&'a str>,
+    hold_endpoint: Option<&'a str>,
+    #[serde(borrow)]
+    subject: Option<PackedRef<'a>>,
+    #[serde(borrow)]
+    config: Option<PackedRef<'a>>,
+    config_size: Option<i64>,
+    #[serde(borrow)]
+    layers: Vec<(PackedRef<'a>, Option<PackedRef<'a>>, Option<i64>)>,
+    #[serde(borrow)]
+    children: Vec<ChildGist<'a>>,
+    #[serde(borrow)]
+    annotations: Vec<(PackedRef<'a>, &'a str)>,
+    _created_at: Option<&'a str>,
+    offset: u64,
+}
+
+/// [`crate::views::ChildRow`] as [`ManifestGist`] reads it.
+#[derive(Debug, Deserialize)]
+struct ChildGist<'a> {
+    #[serde(borrow)]
+    _digest: PackedRef<'a>,
+    #[serde(borrow)]
+    _media_type: Option<PackedRef<'a>>,
+    _size: Option<i64>,
+    platform: Option<&'a str>,
+}
+
+impl<'a> ManifestGist<'a> {
+    fn decode(bytes: &'a [u8]) -> Result<Self, ProjectionError> {
+        postcard::from_bytes(bytes).map_err(|error| ProjectionError::Corrupt(format!("manifests: {error}")))
+    }
+}
+
+impl ManifestFacts for &ManifestGist<'_> {
+    fn platforms(&self) -> impl Iterator<Item = &str> {
+        self.children.iter().filter_map(|child| child.platform)
+    }
+
+    fn hold(&self) -> Option<&str> {
+        self.hold_did.or(self.hold_endpoint)
+    }
+
+    fn blobs(&self) -> impl Iterator<Item = (PackedRef<'_>, Option<i64>)> {
+        let config = self.config.map(|digest| (digest, self.config_size));
+        config.into_iter().chain(self.layers.iter().map(|(digest, _, size)| (*digest, *size)))
+    }
+
+    fn is_referrer(&self) -> bool {
+        self.subject.is_some()
+    }
+
+    fn has_annotations(&self) -> bool {
+        !self.annotations.is_empty()
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError> {
+        self.annotations
+            .iter()
+            .map(|(key, value)| Ok((key.to_text::<postcard::Error>()?, value.to_string())))
+            .collect::<Result<_, postcard::Error>>()
+            .map_err(|error| ProjectionError::Corrupt(format!("manifests: an annotation key: {error}")))
     }
 }
 
@@ -514,6 +656,21 @@ fn repository_manifests(
     manifests_of(&read.open_table(REPO_MANIFESTS)?, &read.open_table(MANIFESTS)?, did, repository)
 }
 
+/// The rows of a repository's manifests as stored (encoded), in digest order.
+fn manifest_bytes_of(
+    repo_manifests: &ReadTable<()>,
+    manifests: &ReadTable<&'static [u8]>,
+    did: &str,
+    repository: &str,
+) -> Result<Vec<Vec<u8>>, ProjectionError> {
+    let mut out = Vec::new();
+    each_manifest_row(repo_manifests, manifests, did, repository, |_, bytes| {
+        out.push(bytes.to_vec());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// A repository's manifests with their rows, in digest order.
 fn manifests_of(
     repo_manifests: &ReadTable<()>,
@@ -522,13 +679,28 @@ fn manifests_of(
     repository: &str,
 ) -> Result<Vec<(String, ManifestRow)>, ProjectionError> {
     let mut out = Vec::new();
-    scan_prefix_in(repo_manifests, &format!("{}\0", key(&[did, repository])), |digest, ()| {
-        if let Some(bytes) = manifests.get(key(&[did, digest]).as_str())? {
-            out.push((digest.to_string(), decode("manifests", bytes.value())?));
-        }
-        Ok(true)
+    each_manifest_row(repo_manifests, manifests, did, repository, |digest, bytes| {
+        out.push((digest.to_string(), decode("manifests", bytes)?));
+        Ok(())
     })?;
     Ok(out)
+}
+
+/// Calls `each` with the digest and the stored row of each of a repository's manifests, in
+/// digest order.
+fn each_manifest_row(
+    repo_manifests: &ReadTable<()>,
+    manifests: &ReadTable<&'static [u8]>,
+    did: &str,
+    repository: &str,
+    mut each: impl FnMut(&str, &[u8]) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    scan_prefix_in(repo_manifests, &format!("{}\0", key(&[did, repository])), |digest, ()| {
+        if let Some(bytes) = manifests.get(key(&[did, digest]).as_str())? {
+            each(digest, bytes.value())?;
+        }
+        Ok(true)
+    })
 }
 
 pub(crate) fn tag_rows(
@@ -574,4 +746,64 @@ fn ranked<'a>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::{ChildRow, encode};
+
+    const DIGEST_A: &str = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const DIGEST_B: &str = "sha256:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    fn manifest(offset: u64, annotations: &[(&str, &str)]) -> ManifestRow {
+        ManifestRow {
+            repository: "app".into(),
+            rkey: DIGEST_A.trim_start_matches("sha256:").into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            hold_did: None,
+            hold_endpoint: Some("https://hold.example".into()),
+            subject: None,
+            config: Some(DIGEST_B.into()),
+            config_size: Some(7),
+            layers: vec![
+                (DIGEST_A.into(), Some("application/vnd.oci.image.layer.v1.tar+gzip".into()), Some(100)),
+                ("sha256:NOT-CANONICAL".into(), Some("text/x-own-type".into()), Some(5)),
+            ],
+            children: vec![ChildRow {
+                digest: DIGEST_B.into(),
+                media_type: None,
+                size: Some(3),
+                platform: Some("linux/arm64".into()),
+            }],
+            annotations: annotations.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+            created_at: Some("2026-05-01T00:00:00Z".into()),
+            offset,
+        }
+    }
+
+    /// A search document reads manifest rows as gists borrowed from their bytes; the facts must
+    /// be those the decoded rows give (platforms, holds, distinct blob sizes, the newest
+    /// annotations of an image that is not a referrer).
+    #[test]
+    fn facts_from_gists_are_the_facts_from_decoded_rows() {
+        let mut referrer = manifest(9, &[("org.opencontainers.image.title", "signature")]);
+        referrer.subject = Some(DIGEST_A.into());
+        referrer.hold_endpoint = None;
+        referrer.hold_did = Some("did:web:hold.example".into());
+        let mut other = manifest(3, &[("org.opencontainers.image.title", "newest"), ("my.own.key", "kept")]);
+        other.layers.push((DIGEST_B.into(), None, Some(1_000)));
+        other.children.push(ChildRow { digest: DIGEST_A.into(), media_type: None, size: None, platform: None });
+        let rows = [manifest(1, &[("org.opencontainers.image.title", "older")]), other, referrer, manifest(2, &[])];
+        let encoded: Vec<Vec<u8>> = rows.iter().map(encode).collect();
+        let gists: Vec<ManifestGist<'_>> = encoded.iter().map(|bytes| ManifestGist::decode(bytes).unwrap()).collect();
+        let from_gists = RepositoryFacts::of_manifests(&gists).unwrap();
+        let from_rows = RepositoryFacts::of_manifests(rows.iter()).unwrap();
+        assert_eq!(from_gists, from_rows);
+        assert_eq!(from_rows.size, 7 + 100 + 5, "config and layers, each distinct blob once");
+        assert_eq!(from_rows.annotations.get("my.own.key").map(String::as_str), Some("kept"));
+        assert_eq!(from_rows.platforms, BTreeSet::from(["linux/arm64".to_string()]));
+        assert_eq!(from_rows.holds.len(), 2);
+        assert_eq!(gists.iter().map(|gist| gist.offset).collect::<Vec<_>>(), vec![1, 3, 9, 2]);
+    }
 }

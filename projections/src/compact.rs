@@ -147,15 +147,39 @@ fn pack(text: &str) -> Packed<'_> {
 }
 
 fn unpack<E: serde::de::Error>(unpacked: Unpacked) -> Result<String, E> {
-    Ok(match unpacked {
-        Unpacked::Digest(bytes) => hex_string(SHA256, &bytes),
-        Unpacked::Hex(bytes) => hex_string("", &bytes),
-        Unpacked::Known(index) => match KNOWN.get(usize::from(index)) {
-            Some(known) => (*known).to_string(),
-            None => return Err(E::custom(format!("unknown packed string {index}"))),
-        },
-        Unpacked::Text(text) => text,
-    })
+    match unpacked {
+        Unpacked::Digest(bytes) => PackedRef::Digest(bytes).to_text(),
+        Unpacked::Hex(bytes) => PackedRef::Hex(bytes).to_text(),
+        Unpacked::Known(index) => PackedRef::Known(index).to_text(),
+        Unpacked::Text(text) => Ok(text),
+    }
+}
+
+/// One packed string as read, its text borrowed from the row's bytes: for reads that look at a
+/// few fields of many rows and keep none (a search document reads every manifest row of its
+/// repository). The same string always packs the same way, so two of them are equal exactly
+/// when their strings are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub(crate) enum PackedRef<'a> {
+    Digest([u8; 32]),
+    Hex([u8; 32]),
+    Known(u8),
+    Text(&'a str),
+}
+
+impl PackedRef<'_> {
+    /// The string written.
+    pub(crate) fn to_text<E: serde::de::Error>(self) -> Result<String, E> {
+        Ok(match self {
+            PackedRef::Digest(bytes) => hex_string(SHA256, &bytes),
+            PackedRef::Hex(bytes) => hex_string("", &bytes),
+            PackedRef::Known(index) => match KNOWN.get(usize::from(index)) {
+                Some(known) => (*known).to_string(),
+                None => return Err(E::custom(format!("unknown packed string {index}"))),
+            },
+            PackedRef::Text(text) => text.to_string(),
+        })
+    }
 }
 
 /// A packed string, for `#[serde(with = "compact::text")]`.

@@ -294,7 +294,7 @@ impl Browse {
         let Some(row) = views.repository(&did, repository)? else { return Ok(None) };
         let manifests = views.repository_manifests(&did, repository)?;
         let tags = views.tag_rows(&did, repository)?;
-        let facts = RepositoryFacts::of(&manifests, &tags);
+        let facts = RepositoryFacts::of(&manifests, &tags)?;
         let by_digest: BTreeMap<&str, &ManifestRow> =
             manifests.iter().map(|(digest, manifest)| (digest.as_str(), manifest)).collect();
         let mut summaries: Vec<TagSummary> = tags
