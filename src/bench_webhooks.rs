@@ -149,6 +149,7 @@ pub async fn bench_webhooks(args: WebhooksBenchArgs) -> anyhow::Result<()> {
             repository: None,
             from_beginning: true,
             batch_max: args.batch_max,
+            generation: None,
         })
         .collect();
     let sender = Sender::new(UrlPolicy { allow_loopback: true }, DeliveryConfig::default())?;

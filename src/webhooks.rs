@@ -61,7 +61,8 @@ enum WebhooksCommand {
     },
     /// List subscriptions (config file and CLI), without secrets.
     List,
-    /// Remove a subscription added with `add` (config-file ones are edited in the file).
+    /// Remove a subscription added with `add` (config-file ones are edited in the file). Adding
+    /// the id again starts a new subscription: it does not resume the removed one's deliveries.
     Remove { id: String },
     /// Send one signed `ping` to a subscription now and print the answer.
     Test { id: String },
@@ -94,8 +95,17 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
             if config.webhooks.iter().any(|subscription| subscription.id == id) {
                 anyhow::bail!("the config file already has a webhook {id:?}");
             }
-            let subscription =
-                Subscription { id: id.clone(), url, secret, events, did, repository, from_beginning, batch_max };
+            let subscription = Subscription {
+                id: id.clone(),
+                url,
+                secret,
+                events,
+                did,
+                repository,
+                from_beginning,
+                batch_max,
+                generation: None,
+            };
             file.add(subscription, &policy)?;
             println!("added webhook {id}");
         }
@@ -162,7 +172,7 @@ impl WebhookHistory for History {
             .into_iter()
             .map(|(subscription, source)| {
                 Ok(SubscriptionSummary {
-                    checkpoint: self.store.checkpoint(&subscription.id).map_err(|error| error.to_string())?,
+                    checkpoint: self.store.checkpoint(&subscription.state_key()).map_err(|error| error.to_string())?,
                     id: subscription.id,
                     source: source.to_string(),
                     events: subscription.events,
@@ -174,14 +184,11 @@ impl WebhookHistory for History {
     }
 
     fn deliveries(&self, id: &str, limit: usize) -> Result<Option<Vec<Value>>, String> {
-        let known = all_subscriptions(&self.config)
-            .map_err(|error| error.to_string())?
-            .iter()
-            .any(|(subscription, _)| subscription.id == id);
-        if !known {
+        let subscriptions = all_subscriptions(&self.config).map_err(|error| error.to_string())?;
+        let Some((subscription, _)) = subscriptions.iter().find(|(subscription, _)| subscription.id == id) else {
             return Ok(None);
-        }
-        let records = self.store.deliveries(id, limit).map_err(|error| error.to_string())?;
+        };
+        let records = self.store.deliveries(&subscription.state_key(), limit).map_err(|error| error.to_string())?;
         records
             .iter()
             .map(|record| serde_json::to_value(record).map_err(|error| error.to_string()))

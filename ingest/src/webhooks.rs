@@ -100,9 +100,26 @@ pub struct Subscription {
     /// `None` (the default): one event per request, `{"id", "subscription", "event"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_max: Option<u32>,
+    /// Which subscription of this id it is: set when `atcr webhooks add` adds it (the time, in
+    /// microseconds since the Unix epoch). Its delivery state (checkpoint, history) is kept
+    /// under [`Subscription::state_key`], so a subscription removed and added again under the
+    /// same id starts afresh instead of resuming where the removed one stopped. `None` for the
+    /// config file's subscriptions (their state follows the id) and for ones added before
+    /// this existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 impl Subscription {
+    /// Where the delivery store keeps this subscription's checkpoint and history: the id, and
+    /// its [`generation`](Subscription::generation) when it has one (`#` cannot be in an id).
+    pub fn state_key(&self) -> String {
+        match self.generation {
+            Some(generation) => format!("{}#{generation}", self.id),
+            None => self.id.clone(),
+        }
+    }
+
     /// Checks the id, the event types and the URL (by the outbound policy).
     pub fn validate(&self, policy: &UrlPolicy) -> Result<(), WebhookError> {
         let id_ok = !self.id.is_empty()
@@ -660,6 +677,19 @@ pub async fn run_progress_committer(
     Ok(())
 }
 
+/// Where a subscription's deliveries start: its checkpoint, or for a subscription the store
+/// has not seen (a new id, or an id added again: a new [`Subscription::state_key`]) the
+/// beginning of the outbox (`from_beginning`) or its head, committed as its checkpoint.
+fn start_checkpoint(store: &WebhookStore, subscription: &Subscription) -> Result<u64, WebhookError> {
+    let state_key = subscription.state_key();
+    if let Some(checkpoint) = store.checkpoint(&state_key)? {
+        return Ok(checkpoint);
+    }
+    let start = if subscription.from_beginning { 0 } else { store.classified()? };
+    store.commit_progress(&state_key, None, start)?;
+    Ok(start)
+}
+
 /// Delivers one subscription's events in order until `shutdown`; progress goes to the
 /// committer ([`run_progress_committer`]).
 pub async fn run_subscription(
@@ -669,19 +699,13 @@ pub async fn run_subscription(
     progress: mpsc::UnboundedSender<Progress>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
+    let state_key = subscription.state_key();
     let report = |record: Option<DeliveryRecord>, checkpoint: u64| {
-        let sent = progress.send(Progress { subscription: subscription.id.clone(), record, checkpoint });
+        let sent = progress.send(Progress { subscription: state_key.clone(), record, checkpoint });
         sent.map_err(|_| WebhookError::Store("the progress committer stopped".into()))
     };
     let mut head = store.subscribe_outbox();
-    let mut next = match store.checkpoint(&subscription.id)? {
-        Some(checkpoint) => checkpoint,
-        None => {
-            let start = if subscription.from_beginning { 0 } else { store.classified()? };
-            store.commit_progress(&subscription.id, None, start)?;
-            start
-        }
-    };
+    let mut next = start_checkpoint(&store, &subscription)?;
     tracing::info!(subscription = %subscription.id, from = next, "webhook deliveries started");
     let target = sender.target(&subscription);
     let batch_max = subscription.batch_max.map_or(1, |count| count.clamp(1, MAX_BATCH) as usize);
@@ -760,9 +784,14 @@ impl SubscriptionFile {
         std::fs::rename(&temporary, &self.path).map_err(|error| self.error(error))
     }
 
-    /// Adds a validated subscription; its id must be new.
+    /// Adds a validated subscription, as a new [`generation`](Subscription::generation) of its
+    /// id; the id must not be in the file.
     pub fn add(&self, subscription: Subscription, policy: &UrlPolicy) -> Result<(), WebhookError> {
         subscription.validate(policy)?;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+        let subscription = Subscription { generation: Some(now_us), ..subscription };
         let mut subscriptions = self.load()?;
         if subscriptions.iter().any(|existing| existing.id == subscription.id) {
             return Err(WebhookError::Invalid(format!("a subscription {:?} exists", subscription.id)));
@@ -786,7 +815,8 @@ impl SubscriptionFile {
 
 /// Runs the classifier and one worker per subscription until `shutdown`. `subscriptions` is
 /// asked again every two seconds; a changed or removed subscription's worker is restarted or
-/// stopped (its checkpoint stays).
+/// stopped (its checkpoint stays; the same id added again is a new generation and starts
+/// afresh, see [`Subscription::generation`]).
 pub async fn run<F>(
     log: Arc<EventLog>,
     store: Arc<WebhookStore>,
@@ -1031,6 +1061,7 @@ mod tests {
             repository: None,
             from_beginning: false,
             batch_max: None,
+            generation: None,
         }
     }
 
@@ -1250,5 +1281,34 @@ mod tests {
             .collect();
         assert_eq!(summary, [(2, Some(2), Some(1), "delivered", 1), (0, Some(1), Some(2), "dead", 3)]);
         assert_eq!(history[1].delivery_id, "ci-0");
+    }
+
+    /// A subscription removed and added again under its id is a new generation: it starts where
+    /// a new subscription starts, not at the checkpoint the removed one reached; the same
+    /// generation resumes, and a subscription without one keeps its state under the bare id.
+    #[test]
+    fn an_id_added_again_starts_afresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SubscriptionFile::new(dir.path());
+        let policy = UrlPolicy::default();
+        file.add(subscription(), &policy).expect("add");
+        let first = file.load().expect("load").remove(0);
+        assert!(file.remove(&first.id).expect("remove"));
+        file.add(Subscription { from_beginning: true, ..subscription() }, &policy).expect("add again");
+        let again = file.load().expect("load").remove(0);
+        assert_eq!(again.id, first.id);
+        assert_ne!(again.state_key(), first.state_key(), "a new generation");
+        assert!(first.state_key().starts_with(&format!("{}#", first.id)));
+
+        let store = WebhookStore::open(dir.path()).expect("store");
+        store.commit_classified(&[], &BTreeMap::new(), &BTreeMap::new(), 40).expect("classified");
+        assert_eq!(start_checkpoint(&store, &first).expect("start"), 40, "a new subscription starts at the head");
+        store.commit_progress(&first.state_key(), None, 45).expect("progress");
+        assert_eq!(start_checkpoint(&store, &first).expect("start"), 45, "the same generation resumes");
+        assert_eq!(start_checkpoint(&store, &again).expect("start"), 0, "added again: from the beginning, as asked");
+        let configured = subscription();
+        store.commit_progress(&configured.id, None, 7).expect("progress");
+        assert_eq!(configured.state_key(), configured.id);
+        assert_eq!(start_checkpoint(&store, &configured).expect("start"), 7, "no generation: the id's state");
     }
 }
