@@ -28,7 +28,7 @@
 //! (managed by `atcr webhooks add|remove`); the supervisor re-reads them every few seconds.
 //! Every URL must pass [`UrlPolicy::check`], and requests resolve through the policy's DNS gate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -677,6 +677,14 @@ pub async fn run_progress_committer(
     Ok(())
 }
 
+/// Whether the delivery state kept under `key` belongs to no subscription in `current` and can
+/// go: only the state of a subscription with a generation, which is never added again (the same
+/// id added again is a new generation). A worker stopped a moment ago may still commit its last
+/// progress under its old key; that is forgotten at the next look.
+fn is_stale_state(key: &str, current: &HashSet<String>) -> bool {
+    key.contains('#') && !current.contains(key)
+}
+
 /// Where a subscription's deliveries start: its checkpoint, or for a subscription the store
 /// has not seen (a new id, or an id added again: a new [`Subscription::state_key`]) the
 /// beginning of the outbox (`from_beginning`) or its head, committed as its checkpoint.
@@ -815,8 +823,9 @@ impl SubscriptionFile {
 
 /// Runs the classifier and one worker per subscription until `shutdown`. `subscriptions` is
 /// asked again every two seconds; a changed or removed subscription's worker is restarted or
-/// stopped (its checkpoint stays; the same id added again is a new generation and starts
-/// afresh, see [`Subscription::generation`]).
+/// stopped. The state of a subscription added with a generation (the CLI's) is forgotten once
+/// it is no longer wanted ([`is_stale_state`]); that of one without (the config file's) stays
+/// under its id, for when it comes back.
 pub async fn run<F>(
     log: Arc<EventLog>,
     store: Arc<WebhookStore>,
@@ -834,6 +843,10 @@ where
     loop {
         match subscriptions() {
             Ok(wanted) => {
+                let current: HashSet<String> = wanted.iter().map(Subscription::state_key).collect();
+                if let Err(error) = store.forget_states(|key| is_stale_state(key, &current)) {
+                    tracing::warn!(%error, "state of removed webhook subscriptions not forgotten");
+                }
                 workers.retain(|id, (subscription, token)| {
                     let keep = wanted.iter().any(|w| w == subscription);
                     if !keep {
@@ -1310,5 +1323,16 @@ mod tests {
         store.commit_progress(&configured.id, None, 7).expect("progress");
         assert_eq!(configured.state_key(), configured.id);
         assert_eq!(start_checkpoint(&store, &configured).expect("start"), 7, "no generation: the id's state");
+
+        // Once the first generation is no longer wanted, its state goes; the current one's and
+        // the config file's (no generation) stay.
+        let current: HashSet<String> = [again.state_key(), configured.state_key()].into();
+        assert!(is_stale_state(&first.state_key(), &current));
+        assert!(!is_stale_state(&again.state_key(), &current));
+        assert!(!is_stale_state("gone-from-the-config-file", &current), "no generation: kept for its return");
+        assert_eq!(store.forget_states(|key| is_stale_state(key, &current)).expect("forget"), 1);
+        assert_eq!(store.checkpoint(&first.state_key()).expect("checkpoint"), None);
+        assert_eq!(store.checkpoint(&again.state_key()).expect("checkpoint"), Some(0));
+        assert_eq!(store.checkpoint(&configured.id).expect("checkpoint"), Some(7));
     }
 }

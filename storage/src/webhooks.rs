@@ -380,6 +380,41 @@ impl WebhookStore {
         Ok(out)
     }
 
+    /// Removes the checkpoint, delivery history and record count of every subscription state
+    /// `stale` picks (it sees the state keys the store holds); returns how many went. Writes
+    /// nothing when none is stale.
+    pub fn forget_states(&self, stale: impl Fn(&str) -> bool) -> Result<usize> {
+        let gone: Vec<String> = {
+            let read = self.db.begin_read()?;
+            let checkpoints = read.open_table(CHECKPOINTS)?;
+            let mut gone = Vec::new();
+            for entry in checkpoints.iter()? {
+                let key = entry?.0.value().to_string();
+                if stale(&key) {
+                    gone.push(key);
+                }
+            }
+            gone
+        };
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut write = self.db.begin_write()?;
+        write.set_durability(Durability::Immediate)?;
+        {
+            let mut checkpoints = write.open_table(CHECKPOINTS)?;
+            let mut counts = write.open_table(DELIVERY_COUNTS)?;
+            let mut deliveries = write.open_table(DELIVERIES)?;
+            for key in &gone {
+                checkpoints.remove(key.as_str())?;
+                counts.remove(key.as_str())?;
+                prune_history(&mut deliveries, key, u64::MAX)?;
+            }
+        }
+        write.commit()?;
+        Ok(gone.len())
+    }
+
     pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
         self.outbox_head.subscribe()
     }
@@ -526,5 +561,27 @@ mod tests {
         let kept = store.deliveries("ci", usize::MAX).expect("history");
         assert_eq!(kept.len() as u64, DELIVERY_HISTORY_KEPT, "recounted, past the slack, pruned");
         assert_eq!(kept.first().map(|record| record.offset), Some(end - 1));
+    }
+
+    /// Forgetting a subscription's state removes its checkpoint, history and count, and only
+    /// those of the states picked.
+    #[test]
+    fn forgotten_states_leave_the_others_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("store");
+        for subscription in ["hook#1", "hook#2", "hook", "other"] {
+            store.commit_group(&[delivered(subscription, 3), delivered(subscription, 4)]).expect("progress");
+        }
+        assert_eq!(store.forget_states(|key| key == "nothing").expect("forget"), 0);
+        assert_eq!(store.forget_states(|key| key == "hook#1").expect("forget"), 1);
+        assert_eq!(store.checkpoint("hook#1").expect("checkpoint"), None);
+        assert!(store.deliveries("hook#1", 10).expect("history").is_empty());
+        for kept in ["hook#2", "hook", "other"] {
+            assert_eq!(store.checkpoint(kept).expect("checkpoint"), Some(5), "{kept}");
+            assert_eq!(store.deliveries(kept, 10).expect("history").len(), 2, "{kept}");
+        }
+        // The key can hold state again.
+        store.commit_group(&[delivered("hook#1", 9)]).expect("progress");
+        assert_eq!(store.deliveries("hook#1", 10).expect("history").len(), 1);
     }
 }
