@@ -446,7 +446,8 @@ impl SearchTables {
             .map(|bytes| decode::<PageRow>("repo_pages", bytes.value()))
             .transpose()?;
         let stars = self.star_counts.get(repository_key.as_str())?.map(|count| count.value()).unwrap_or(0);
-        let gists = manifests.iter().map(|bytes| ManifestGist::decode(bytes)).collect::<Result<Vec<_>, _>>()?;
+        let gists =
+            manifests.iter().map(|bytes| decode::<ManifestGist>("manifests", bytes)).collect::<Result<Vec<_>, _>>()?;
         let facts = RepositoryFacts::of_manifests(&gists)?;
         let readme = page.and_then(|page| page.description);
         let description = readme
@@ -497,9 +498,10 @@ impl RepositoryFacts {
 
     fn of_manifests<M: ManifestFacts>(manifests: impl IntoIterator<Item = M>) -> Result<Self, ProjectionError> {
         let mut facts = RepositoryFacts::default();
+        // Kept while the blobs borrowed from them are counted.
         let manifests: Vec<M> = manifests.into_iter().collect();
         let mut blobs: BTreeMap<PackedRef<'_>, u64> = BTreeMap::new();
-        let mut newest_annotated: Option<&M> = None;
+        let mut newest_annotated: Option<(u64, &M)> = None;
         for manifest in &manifests {
             facts.platforms.extend(manifest.platforms().map(str::to_string));
             if let Some(hold) = manifest.hold() {
@@ -508,15 +510,15 @@ impl RepositoryFacts {
             for (digest, size) in manifest.blobs() {
                 blobs.insert(digest, size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0));
             }
-            if !manifest.is_referrer()
-                && manifest.has_annotations()
-                && newest_annotated.is_none_or(|newest| newest.offset() < manifest.offset())
+            if let Some(offset) = manifest.annotated_image_offset()
+                && newest_annotated.is_none_or(|(newest, _)| newest < offset)
             {
-                newest_annotated = Some(manifest);
+                newest_annotated = Some((offset, manifest));
             }
         }
         facts.size = blobs.values().sum();
-        facts.annotations = newest_annotated.map(|manifest| manifest.annotations()).transpose()?.unwrap_or_default();
+        facts.annotations =
+            newest_annotated.map(|(_, manifest)| manifest.annotations()).transpose()?.unwrap_or_default();
         Ok(facts)
     }
 }
@@ -531,10 +533,9 @@ trait ManifestFacts {
     /// Every blob it references (the config, then the layers) with its size; a blob is the same
     /// blob exactly when its key is the same.
     fn blobs(&self) -> impl Iterator<Item = (PackedRef<'_>, Option<i64>)>;
-    /// Whether it has a subject (a signature, an attestation).
-    fn is_referrer(&self) -> bool;
-    fn has_annotations(&self) -> bool;
-    fn offset(&self) -> u64;
+    /// Its log offset when it is an image (no subject: not a signature or an attestation) with
+    /// annotations.
+    fn annotated_image_offset(&self) -> Option<u64>;
     fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError>;
 }
 
@@ -551,16 +552,8 @@ impl ManifestFacts for &ManifestRow {
         ManifestRow::blobs(self).map(|(digest, size)| (PackedRef::Text(digest), size))
     }
 
-    fn is_referrer(&self) -> bool {
-        self.subject.is_some()
-    }
-
-    fn has_annotations(&self) -> bool {
-        !self.annotations.is_empty()
-    }
-
-    fn offset(&self) -> u64 {
-        self.offset
+    fn annotated_image_offset(&self) -> Option<u64> {
+        (self.subject.is_none() && !self.annotations.is_empty()).then_some(self.offset)
     }
 
     fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError> {
@@ -607,12 +600,6 @@ struct ChildGist<'a> {
     platform: Option<&'a str>,
 }
 
-impl<'a> ManifestGist<'a> {
-    fn decode(bytes: &'a [u8]) -> Result<Self, ProjectionError> {
-        postcard::from_bytes(bytes).map_err(|error| ProjectionError::Corrupt(format!("manifests: {error}")))
-    }
-}
-
 impl ManifestFacts for &ManifestGist<'_> {
     fn platforms(&self) -> impl Iterator<Item = &str> {
         self.children.iter().filter_map(|child| child.platform)
@@ -627,16 +614,8 @@ impl ManifestFacts for &ManifestGist<'_> {
         config.into_iter().chain(self.layers.iter().map(|(digest, _, size)| (*digest, *size)))
     }
 
-    fn is_referrer(&self) -> bool {
-        self.subject.is_some()
-    }
-
-    fn has_annotations(&self) -> bool {
-        !self.annotations.is_empty()
-    }
-
-    fn offset(&self) -> u64 {
-        self.offset
+    fn annotated_image_offset(&self) -> Option<u64> {
+        (self.subject.is_none() && !self.annotations.is_empty()).then_some(self.offset)
     }
 
     fn annotations(&self) -> Result<BTreeMap<String, String>, ProjectionError> {
@@ -796,7 +775,8 @@ mod tests {
         other.children.push(ChildRow { digest: DIGEST_A.into(), media_type: None, size: None, platform: None });
         let rows = [manifest(1, &[("org.opencontainers.image.title", "older")]), other, referrer, manifest(2, &[])];
         let encoded: Vec<Vec<u8>> = rows.iter().map(encode).collect();
-        let gists: Vec<ManifestGist<'_>> = encoded.iter().map(|bytes| ManifestGist::decode(bytes).unwrap()).collect();
+        let gists: Vec<ManifestGist<'_>> =
+            encoded.iter().map(|bytes| decode::<ManifestGist>("manifests", bytes).unwrap()).collect();
         let from_gists = RepositoryFacts::of_manifests(&gists).unwrap();
         let from_rows = RepositoryFacts::of_manifests(rows.iter()).unwrap();
         assert_eq!(from_gists, from_rows);

@@ -163,7 +163,7 @@ pub(crate) fn with_encoded<T: Serialize, R>(value: &T, use_bytes: impl FnOnce(&[
 /// The largest buffer [`with_encoded`] keeps for the next row (rows are a few hundred bytes).
 const KEPT_ENCODE_BUFFER_BYTES: usize = 64 * 1024;
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(table: &str, bytes: &[u8]) -> Result<T, ProjectionError> {
+pub(crate) fn decode<'a, T: Deserialize<'a>>(table: &str, bytes: &'a [u8]) -> Result<T, ProjectionError> {
     postcard::from_bytes(bytes).map_err(|error| ProjectionError::Corrupt(format!("{table}: {error}")))
 }
 
