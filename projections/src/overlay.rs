@@ -443,7 +443,14 @@ impl Overlay {
             let (written_sender, written) = std::sync::mpsc::channel::<SortedRows>();
             scope.spawn(move || {
                 for (in_first, name, table) in tables {
+                    let sorting = std::time::Instant::now();
                     let rows = table.rows.into_sorted();
+                    tracing::trace!(
+                        table = name,
+                        rows = rows.len(),
+                        elapsed_ms = sorting.elapsed().as_millis() as u64,
+                        "rebuild table sorted"
+                    );
                     if sorted_sender.send((in_first, name, table.value, rows)).is_err() {
                         return;
                     }
@@ -451,7 +458,7 @@ impl Overlay {
             });
             scope.spawn(move || {
                 crate::rebuild::yield_to_the_writer();
-                written.into_iter().for_each(drop)
+                written.into_iter().for_each(free_rows)
             });
             for (in_first, name, value, rows) in sorted {
                 let table_started = std::time::Instant::now();
@@ -459,6 +466,9 @@ impl Overlay {
                 tracing::debug!(
                     table = name,
                     rows = rows.len(),
+                    key_bytes = rows.iter().map(|(key, _)| key.len()).sum::<usize>(),
+                    value_bytes =
+                        rows.iter().map(|(_, value)| value.as_ref().map_or(0, |value| value.len())).sum::<usize>(),
                     elapsed_ms = table_started.elapsed().as_millis() as u64,
                     "rebuild table written"
                 );
@@ -475,6 +485,47 @@ type Row = (Box<str>, Option<Box<[u8]>>);
 type SortedRows = Vec<Row>;
 /// Writes one table's sorted rows; the flag says whether the table is one of the first group.
 type TableWriter<'a> = dyn FnMut(&str, ColumnType, &SortedRows, bool) -> Result<(), ProjectionError> + 'a;
+
+/// How many rows ahead [`prefetch_row`] is asked for, when rows are gone through in order.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Starts loading a row's key and value into the CPU caches. A table's rows are millions of
+/// separate allocations that sorting leaves in no memory order: writing or freeing them in key
+/// order waits on a cache miss for nearly every key and value, one at a time, unless the next
+/// ones are already on their way.
+#[inline(always)]
+fn prefetch_row(row: &Row) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let (key, value) = row;
+        // SAFETY: a prefetch is a hint that reads nothing and cannot fault, whatever the
+        // address; SSE, its target feature, is part of every x86_64 CPU.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(key.as_ptr().cast());
+            if key.len() > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(key.as_ptr().wrapping_add(64).cast());
+            }
+            if let Some(value) = value {
+                _mm_prefetch::<_MM_HINT_T0>(value.as_ptr().cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Frees written rows in order, each a few rows after its key and value were asked for.
+fn free_rows(rows: SortedRows) {
+    let mut rows = rows.into_iter();
+    loop {
+        if let Some(ahead) = rows.as_slice().get(PREFETCH_AHEAD) {
+            prefetch_row(ahead);
+        }
+        let Some(row) = rows.next() else { break };
+        drop(row);
+    }
+}
 
 fn write_table(
     txn: &WriteTransaction,
@@ -497,7 +548,10 @@ fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: &SortedRow
     if opened.is_empty()? {
         // Ascending keys through the gap at the end: redb buffers the run.
         let mut cursor = opened.upper_bound_mut(Bound::<&str>::Unbounded)?;
-        for (key, value) in rows {
+        for (index, (key, value)) in rows.iter().enumerate() {
+            if let Some(ahead) = rows.get(index + PREFETCH_AHEAD) {
+                prefetch_row(ahead);
+            }
             let Some(value) = value else { continue };
             cursor.insert_before(&**key, V::from_bytes(value)).map_err(|error| match error {
                 redb::CursorError::Storage(error) => ProjectionError::Storage(error),
@@ -507,7 +561,10 @@ fn write_rows<V: ViewValue>(txn: &WriteTransaction, name: &str, rows: &SortedRow
         cursor.close()?;
         return Ok(());
     }
-    for (key, value) in rows {
+    for (index, (key, value)) in rows.iter().enumerate() {
+        if let Some(ahead) = rows.get(index + PREFETCH_AHEAD) {
+            prefetch_row(ahead);
+        }
         match value {
             Some(value) => {
                 opened.insert(&**key, V::from_bytes(value))?;
