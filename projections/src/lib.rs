@@ -199,12 +199,31 @@ impl Views {
     /// written commits (see `rebuild::build`): the index is built from what they hold now, which
     /// must already be final in every table it reads.
     pub(crate) fn open_search_at(&self, checkpoint: u64) -> Result<Option<search::RebuildReport>, ProjectionError> {
+        match self.unattached_search()? {
+            Some(projection) => self.attach_search_at(projection, checkpoint),
+            None => Ok(None),
+        }
+    }
+
+    /// This build's search index and its projection, opened but not attached (`None`: one is
+    /// attached already). The threads they keep for good (tantivy's, the projection's committer)
+    /// start at the calling thread's scheduling priority.
+    pub(crate) fn unattached_search(&self) -> Result<Option<search::SearchProjection>, ProjectionError> {
         if self.search.get().is_some() {
             return Ok(None);
         }
         let directory = self.path.with_file_name("search");
         let index = search::SearchIndex::open(&directory).map_err(ProjectionError::search)?;
-        let projection = search::SearchProjection::new(Arc::new(index));
+        Ok(Some(search::SearchProjection::new(Arc::new(index))))
+    }
+
+    /// Rebuilds `projection`'s index from the views when it does not reflect exactly
+    /// `checkpoint` (see [`Views::open_search_at`]), then attaches it.
+    pub(crate) fn attach_search_at(
+        &self,
+        projection: search::SearchProjection,
+        checkpoint: u64,
+    ) -> Result<Option<search::RebuildReport>, ProjectionError> {
         let report = if projection.needs_rebuild(checkpoint) {
             let report = projection.rebuild(self, checkpoint).map_err(ProjectionError::search)?;
             tracing::info!(checkpoint, ?report, "search index rebuilt from the views");

@@ -146,6 +146,9 @@ pub fn build(
         return Ok(BuildTimes { views: elapsed, total: elapsed });
     }
     derive_rankings(&overlay)?;
+    // Opened here, not on the thread that builds it: the threads an index keeps for as long as
+    // it serves start at this thread's priority, not at the lower one of that thread.
+    let search = views.unattached_search()?;
     std::thread::scope(|scope| {
         let writing = Instant::now();
         let mut indexing = None;
@@ -153,9 +156,13 @@ pub fn build(
             .flush_split(begin_write(views, Durability::None)?, &crate::browse::is_search_input, |inputs| {
                 inputs.commit()?;
                 tracing::debug!(elapsed_ms = writing.elapsed().as_millis() as u64, "rebuild search inputs committed");
-                indexing = Some(scope.spawn(|| {
+                indexing = Some(scope.spawn(move || {
                     yield_to_the_writer();
-                    views.open_search_at(reached)
+                    let Some(search) = search else { return Ok(None) };
+                    // Tantivy's indexing thread yields too while the index is built (renewed
+                    // again at the end, below).
+                    search.index().renew_writer().map_err(ProjectionError::search)?;
+                    views.attach_search_at(search, reached)
                 }));
                 begin_write(views, Durability::None)
             })
@@ -180,13 +187,21 @@ pub fn build(
             None => Ok(()),
         };
         synced.and(indexed)?;
+        // The index serves from here on, its threads at this thread's priority (tantivy also
+        // starts a new indexing thread at each commit, on the committing thread: the index's
+        // last commit was on the thread that yields).
+        if let Some(search) = views.search() {
+            search.index().renew_writer().map_err(ProjectionError::search)?;
+        }
         Ok(BuildTimes { views: applied, total: started.elapsed() })
     })
 }
 
 /// Lowers the calling thread's priority to nice [`BESIDE_THE_WRITER_NICE`], and that of the
-/// threads it starts (tantivy's indexing thread inherits it, for the life of the index writer).
-/// During the last write-out both cores are busy, and the rows written, committed and synced
+/// threads it starts (tantivy starts its indexing thread anew on the thread that commits, and its
+/// pools' threads on the thread that first uses them; [`build`] renews the index writer from its
+/// own thread afterwards, so an index that goes on serving does not keep them). An unprivileged
+/// thread cannot raise its priority again. During the last write-out both cores are busy, and the rows written, committed and synced
 /// were the longest path by ~1.5 s while the search index built beside them had time to spare:
 /// at equal priority the writer got half a core. Best effort: a thread that cannot be reniced
 /// runs as before.

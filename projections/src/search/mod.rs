@@ -66,6 +66,8 @@ pub enum SearchError {
     ForeignFile { path: PathBuf, file: String },
     #[error("search index lock poisoned")]
     Poisoned,
+    #[error("the search index has no writer: opening a new one failed")]
+    NoWriter,
     #[error("an earlier search index commit failed: {0}")]
     CommitFailed(String),
     #[error(transparent)]
@@ -281,10 +283,34 @@ const DOC_STORE_CACHE_BLOCKS: usize = 2048;
 pub struct SearchIndex {
     index: Index,
     fields: Fields,
-    writer: Mutex<IndexWriter>,
+    /// `None` only after [`SearchIndex::renew_writer`] dropped the writer and could not open
+    /// another (tantivy allows one writer per directory, so the old one goes first).
+    writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
     /// The checkpoint in the last commit's payload (`None`: never committed with one).
     checkpoint: Mutex<Option<u64>>,
+}
+
+/// The index writer, locked; it is there (checked when the guard is made).
+struct WriterGuard<'a>(std::sync::MutexGuard<'a, Option<IndexWriter>>);
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = IndexWriter;
+    fn deref(&self) -> &IndexWriter {
+        match self.0.as_ref() {
+            Some(writer) => writer,
+            None => unreachable!("a writer guard is only made over a writer"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut IndexWriter {
+        match self.0.as_mut() {
+            Some(writer) => writer,
+            None => unreachable!("a writer guard is only made over a writer"),
+        }
+    }
 }
 
 fn directory_error(path: &Path) -> impl FnOnce(std::io::Error) -> SearchError + '_ {
@@ -390,7 +416,7 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .doc_store_cache_num_blocks(DOC_STORE_CACHE_BLOCKS)
             .try_into()?;
-        Ok(SearchIndex { index, fields, writer: Mutex::new(writer), reader, checkpoint: Mutex::new(checkpoint) })
+        Ok(SearchIndex { index, fields, writer: Mutex::new(Some(writer)), reader, checkpoint: Mutex::new(checkpoint) })
     }
 
     /// The log offset the last commit reflects; `None` when the index was never built.
@@ -403,8 +429,27 @@ impl SearchIndex {
         self.reader.searcher().num_docs()
     }
 
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
-        self.writer.lock().map_err(|_| SearchError::Poisoned)
+    fn writer(&self) -> Result<WriterGuard<'_>, SearchError> {
+        let writer = self.writer.lock().map_err(|_| SearchError::Poisoned)?;
+        if writer.is_none() {
+            return Err(SearchError::NoWriter);
+        }
+        Ok(WriterGuard(writer))
+    }
+
+    /// Replaces the index writer (and its indexing thread) with a new one started from the
+    /// calling thread, which it inherits its scheduling priority from. A rebuild builds the index
+    /// on a thread at a lower priority (`rebuild::yield_to_the_writer`), and tantivy's indexing
+    /// thread, started with the writer, kept that priority for as long as the index served. Call
+    /// it with everything committed (what the old writer holds uncommitted is dropped) and not
+    /// between [`clear`](Self::clear) and [`merge_all`](Self::merge_all): the new writer merges
+    /// in the background, as after `merge_all`.
+    pub fn renew_writer(&self) -> Result<(), SearchError> {
+        let mut writer = self.writer.lock().map_err(|_| SearchError::Poisoned)?;
+        // The directory's writer lock goes with the old writer.
+        drop(writer.take());
+        *writer = Some(self.index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?);
+        Ok(())
     }
 
     /// Replaces the repository's document (visible after the next commit).
