@@ -200,11 +200,11 @@ pub fn build(
 /// Lowers the calling thread's priority to nice [`BESIDE_THE_WRITER_NICE`], and that of the
 /// threads it starts (tantivy starts its indexing thread anew on the thread that commits, and its
 /// pools' threads on the thread that first uses them; [`build`] renews the index writer from its
-/// own thread afterwards, so an index that goes on serving does not keep them). An unprivileged
-/// thread cannot raise its priority again. During the last write-out both cores are busy, and the rows written, committed and synced
-/// were the longest path by ~1.5 s while the search index built beside them had time to spare:
-/// at equal priority the writer got half a core. Best effort: a thread that cannot be reniced
-/// runs as before.
+/// own thread afterwards, so an index that goes on serving does not keep them: an unprivileged
+/// thread cannot raise its priority again). During the last write-out both cores are busy, and
+/// the rows written, committed and synced were the longest path by ~1.5 s while the search index
+/// built beside them had time to spare: at equal priority the writer got half a core. Best
+/// effort: a thread that cannot be reniced runs as before.
 pub(crate) fn yield_to_the_writer() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on this thread's own id; no memory of ours is read or written.
