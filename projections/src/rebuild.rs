@@ -46,8 +46,9 @@ const READ_CHUNK: usize = 4096;
 const READ_AHEAD: usize = 8;
 /// Batches of fan-out changes (one per chunk) the applier may run ahead of the fan-out thread.
 const FAN_OUT_AHEAD: usize = 8;
-/// The nice value of the threads that run beside the last write-out ([`yield_to_the_writer`]):
-/// with 5 the search index became the longer path by ~1 s; with 2 the two end together.
+/// How much nicer than the writer the threads that run beside the last write-out are
+/// ([`yield_to_the_writer`]): with 5 the search index became the longer path by ~1 s; with 2 the
+/// two end together.
 const BESIDE_THE_WRITER_NICE: libc::c_int = 2;
 
 /// Builds (or continues, from its checkpoint) the registry views at `path` up to `until`
@@ -197,8 +198,9 @@ pub fn build(
     })
 }
 
-/// Lowers the calling thread's priority to nice [`BESIDE_THE_WRITER_NICE`], and that of the
-/// threads it starts (tantivy starts its indexing thread anew on the thread that commits, and its
+/// Lowers the calling thread's priority by [`BESIDE_THE_WRITER_NICE`] (from where it is: a
+/// process run at nice 10 stays below its writer, which an absolute nice 2 would put above), and
+/// that of the threads it starts (tantivy starts its indexing thread anew on the thread that commits, and its
 /// pools' threads on the thread that first uses them; [`build`] renews the index writer from its
 /// own thread afterwards, so an index that goes on serving does not keep them: an unprivileged
 /// thread cannot raise its priority again). During the last write-out both cores are busy, and
@@ -207,10 +209,16 @@ pub fn build(
 /// effort: a thread that cannot be reniced runs as before.
 pub(crate) fn yield_to_the_writer() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id; no memory of ours is read or written.
+    // SAFETY: plain system calls on this thread's own id, and this thread's `errno`, which libc
+    // keeps for it; no memory of ours is read or written.
     unsafe {
         let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, BESIDE_THE_WRITER_NICE);
+        // -1 is also a nice value: only errno tells a failure.
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, thread);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, thread, current.saturating_add(BESIDE_THE_WRITER_NICE).min(19));
+        }
     }
 }
 
@@ -481,6 +489,28 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    /// A thread's nice value (Linux: each thread has its own).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> libc::c_int {
+        // SAFETY: plain system calls on this thread's own id.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn yielding_lowers_the_priority_from_where_it_is() {
+        std::thread::spawn(|| {
+            // Raising one's own nice value needs no privilege.
+            // SAFETY: as above.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 5) };
+            assert_eq!(own_nice(), 5);
+            super::yield_to_the_writer();
+            assert_eq!(own_nice(), 5 + super::BESIDE_THE_WRITER_NICE);
+        })
+        .join()
+        .unwrap();
+    }
+
     use super::*;
     use atcr_storage::{AppendBatch, Event, EventBody, Source};
 
