@@ -70,6 +70,8 @@ pub struct WebhookDeliveryConfig {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub max_attempts: u32,
+    /// Hours the outbox keeps an event every running subscription is past; 0 keeps everything.
+    pub outbox_retention_hours: u64,
 }
 
 impl Default for WebhookDeliveryConfig {
@@ -80,6 +82,7 @@ impl Default for WebhookDeliveryConfig {
             backoff_base_ms: defaults.backoff_base.as_millis() as u64,
             backoff_max_ms: defaults.backoff_max.as_millis() as u64,
             max_attempts: defaults.max_attempts,
+            outbox_retention_hours: defaults.outbox_retention.map_or(0, |retention| retention.as_secs() / 3600),
         }
     }
 }
@@ -92,6 +95,8 @@ impl WebhookDeliveryConfig {
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             max_attempts: self.max_attempts.max(1),
+            outbox_retention: (self.outbox_retention_hours > 0)
+                .then(|| Duration::from_secs(self.outbox_retention_hours.saturating_mul(3600))),
         }
     }
 }
@@ -298,4 +303,26 @@ pub fn load(flags: &ConfigFlags, ingest: Option<&IngestFlags>) -> anyhow::Result
         figment = figment.merge(Serialized::defaults(ingest));
     }
     figment.extract().context("invalid configuration")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_outbox_keeps_a_week_unless_told_otherwise_and_everything_at_zero() {
+        let default = WebhookDeliveryConfig::default().to_delivery();
+        assert_eq!(default.outbox_retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        let parse = |toml: &str| -> WebhookDeliveryConfig {
+            Figment::from(Serialized::defaults(WebhookDeliveryConfig::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .expect("config")
+        };
+        let day = parse("outbox_retention_hours = 24").to_delivery();
+        assert_eq!(day.outbox_retention, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(day.max_attempts, default.max_attempts, "the other keys keep their defaults");
+        assert_eq!(parse("outbox_retention_hours = 0").to_delivery().outbox_retention, None);
+    }
 }

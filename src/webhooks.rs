@@ -51,7 +51,8 @@ enum WebhooksCommand {
         /// Only events about repositories of this name.
         #[arg(long)]
         repository: Option<String>,
-        /// Deliver the whole history first, not only events from now on.
+        /// Deliver the history the outbox keeps first (a week by default: `outbox_retention_hours`),
+        /// not only events from now on.
         #[arg(long)]
         from_beginning: bool,
         /// Send up to this many waiting events per request (1-1000; the body is then

@@ -91,7 +91,8 @@ pub struct Subscription {
     /// Only events about a repository of this name.
     #[serde(default)]
     pub repository: Option<String>,
-    /// A new subscription starts with the whole history instead of events from now on.
+    /// A new subscription starts with the history the outbox keeps ([`OUTBOX_RETENTION`] by
+    /// default) instead of events from now on.
     #[serde(default)]
     pub from_beginning: bool,
     /// Up to this many events per request, taken from what is already waiting (a subscription
@@ -331,6 +332,9 @@ pub struct DeliveryConfig {
     pub backoff_max: Duration,
     /// Attempts before the delivery is dead-lettered.
     pub max_attempts: u32,
+    /// How long the outbox keeps an event once every running subscription is past it
+    /// ([`prune_outbox`]); `None` keeps everything.
+    pub outbox_retention: Option<Duration>,
 }
 
 impl Default for DeliveryConfig {
@@ -342,6 +346,7 @@ impl Default for DeliveryConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             max_attempts: 10,
+            outbox_retention: Some(OUTBOX_RETENTION),
         }
     }
 }
@@ -685,6 +690,39 @@ fn is_stale_state(key: &str, current: &HashSet<String>) -> bool {
     key.contains('#') && !current.contains(key)
 }
 
+/// How long the outbox keeps events by default: a week of history for a subscription added
+/// `from_beginning`. Kept whole, the outbox grew with every registry event for good, with or
+/// without subscriptions.
+pub const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often [`run`] prunes the outbox.
+const OUTBOX_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Removes the outbox events received more than `retention` before `now_us` that every running
+/// subscription (`running`: their state keys) is past. Removes nothing while one of them has
+/// no checkpoint yet: it is starting, maybe from the beginning. A subscription that is not
+/// running (removed from the config file, to come back later) does not hold events back: it
+/// resumes at the oldest event still kept.
+pub fn prune_outbox(
+    store: &WebhookStore,
+    retention: Duration,
+    running: &[String],
+    now_us: i64,
+) -> Result<u64, WebhookError> {
+    let mut below = u64::MAX;
+    for state_key in running {
+        match store.checkpoint(state_key)? {
+            Some(checkpoint) => below = below.min(checkpoint),
+            None => return Ok(0),
+        }
+    }
+    let retention_us = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    Ok(store.prune_outbox(now_us.saturating_sub(retention_us), below)?)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Where a subscription's deliveries start: its checkpoint, or for a subscription the store
 /// has not seen (a new id, or an id added again: a new [`Subscription::state_key`]) the
 /// beginning of the outbox (`from_beginning`) or its head, committed as its checkpoint.
@@ -840,6 +878,9 @@ where
     let (progress, progress_receiver) = mpsc::unbounded_channel();
     let mut committer = tokio::spawn(run_progress_committer(store.clone(), progress_receiver));
     let mut workers: HashMap<String, (Subscription, CancellationToken)> = HashMap::new();
+    let retention = sender.config.outbox_retention;
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
+    let mut pruned_at: Option<Instant> = None;
     loop {
         match subscriptions() {
             Ok(wanted) => {
@@ -881,6 +922,21 @@ where
                 }
             }
             Err(error) => tracing::warn!(%error, "webhook subscriptions not reloaded"),
+        }
+        if let Some(retention) = retention
+            && pruning.as_ref().is_none_or(|task| task.is_finished())
+            && pruned_at.is_none_or(|at| at.elapsed() >= OUTBOX_PRUNE_EVERY)
+        {
+            pruned_at = Some(Instant::now());
+            let running: Vec<String> = workers.values().map(|(subscription, _)| subscription.state_key()).collect();
+            let store = store.clone();
+            // Off the runtime: a large backlog takes a while (in short transactions).
+            pruning =
+                Some(tokio::task::spawn_blocking(move || match prune_outbox(&store, retention, &running, now_us()) {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "old webhook outbox events removed"),
+                    Err(error) => tracing::warn!(%error, "webhook outbox not pruned"),
+                }));
         }
         if classifier.is_finished() {
             return match classifier.await {
@@ -1248,6 +1304,7 @@ mod tests {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(20),
             max_attempts: 3,
+            ..DeliveryConfig::default()
         };
         let sender = Sender::new(UrlPolicy { allow_loopback: true }, config).expect("sender");
         let subscription = Subscription { url, from_beginning: true, batch_max, ..subscription() };
@@ -1334,5 +1391,44 @@ mod tests {
         assert_eq!(store.checkpoint(&first.state_key()).expect("checkpoint"), None);
         assert_eq!(store.checkpoint(&again.state_key()).expect("checkpoint"), Some(0));
         assert_eq!(store.checkpoint(&configured.id).expect("checkpoint"), Some(7));
+    }
+    #[test]
+    fn the_outbox_keeps_what_a_running_subscription_has_not_passed_and_what_is_recent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("store");
+        let hour_us = 3_600_000_000i64;
+        let now = 1_000 * hour_us;
+        // Offsets 0..10, received 10, 9, …, 1 hours ago.
+        let events: Vec<WebhookEvent> = (0..10u64)
+            .map(|offset| WebhookEvent {
+                offset,
+                received_at_us: now - (10 - offset as i64) * hour_us,
+                ..event("tag.created", "did:plc:a", None, "app")
+            })
+            .collect();
+        store.commit_classified(&events, &BTreeMap::new(), &BTreeMap::new(), 10).expect("classified");
+        let kept = |store: &WebhookStore| -> Vec<u64> {
+            store.outbox_from(0, 100).expect("outbox").iter().map(|event| event.offset).collect()
+        };
+        let retention = Duration::from_secs(5 * 3600);
+        let running = vec!["ci".to_string(), "audit#7".to_string()];
+        // A running subscription with no checkpoint yet (starting, maybe from the beginning).
+        store.commit_progress("ci", None, 8).expect("progress");
+        assert_eq!(prune_outbox(&store, retention, &running, now).expect("prune"), 0);
+        // Both have checkpoints: the slower one, at 3, holds the older events back.
+        store.commit_progress("audit#7", None, 3).expect("progress");
+        assert_eq!(prune_outbox(&store, retention, &running, now).expect("prune"), 3);
+        assert_eq!(kept(&store), (3..10).collect::<Vec<_>>());
+        // Once it is past them, the retention decides: more than five hours old go.
+        store.commit_progress("audit#7", None, 9).expect("progress");
+        assert_eq!(prune_outbox(&store, retention, &running, now).expect("prune"), 2);
+        assert_eq!(kept(&store), (5..10).collect::<Vec<_>>());
+        // With no subscription running, only the retention.
+        assert_eq!(prune_outbox(&store, Duration::from_secs(2 * 3600), &[], now).expect("prune"), 3);
+        assert_eq!(kept(&store), vec![8, 9]);
+        // A subscription added from the beginning now starts at the oldest event kept.
+        let late = Subscription { from_beginning: true, generation: Some(1), ..subscription() };
+        let start = start_checkpoint(&store, &late).expect("start");
+        assert_eq!(store.outbox_from(start, 1).expect("outbox")[0].offset, 8);
     }
 }

@@ -35,6 +35,9 @@ pub const DELIVERY_HISTORY_KEPT: u64 = 10_000;
 /// Records a subscription may hold past [`DELIVERY_HISTORY_KEPT`] before its oldest go, so the
 /// pruning runs once per this many deliveries rather than on each.
 const DELIVERY_HISTORY_SLACK: u64 = 1_000;
+/// Outbox entries removed per transaction by [`WebhookStore::prune_outbox`]: a large backlog goes
+/// in steps that keep each commit short for the classifier and the workers beside it.
+const OUTBOX_PRUNE_BATCH: usize = 10_000;
 const CLASSIFIED: &str = "classified";
 
 fn corrupt(table: &str, error: serde_json::Error) -> StorageError {
@@ -306,6 +309,61 @@ impl WebhookStore {
         Ok(out)
     }
 
+    /// Removes outbox entries received before `received_before_us` (µs since the epoch) and
+    /// below `below` (the lowest checkpoint a subscription still reads from), oldest first, in
+    /// transactions of [`OUTBOX_PRUNE_BATCH`]; stops at the first entry that must stay (entries
+    /// are in log order, and atcr's receive time follows it). Returns how many went.
+    pub fn prune_outbox(&self, received_before_us: i64, below: u64) -> Result<u64> {
+        /// The one field pruning reads from an entry's JSON.
+        #[derive(Deserialize)]
+        struct Received {
+            received_at_us: i64,
+        }
+        let mut pruned = 0u64;
+        loop {
+            let expired: Vec<u64> = {
+                let read = self.db.begin_read()?;
+                let outbox = read.open_table(OUTBOX)?;
+                let mut expired = Vec::new();
+                for entry in outbox.range(..below)?.take(OUTBOX_PRUNE_BATCH) {
+                    let (offset, json) = entry?;
+                    let received: Received =
+                        serde_json::from_str(json.value()).map_err(|error| corrupt("outbox", error))?;
+                    if received.received_at_us >= received_before_us {
+                        break;
+                    }
+                    expired.push(offset.value());
+                }
+                expired
+            };
+            if expired.is_empty() {
+                return Ok(pruned);
+            }
+            let write = self.db.begin_write()?;
+            {
+                let mut outbox = write.open_table(OUTBOX)?;
+                for offset in &expired {
+                    outbox.remove(*offset)?;
+                }
+            }
+            write.commit()?;
+            // The memory copy holds the newest entries: drop any of these, so a read from
+            // before them goes to redb.
+            if let (Some(&last), Ok(mut recent)) = (expired.last(), self.recent.lock())
+                && recent.start <= last
+            {
+                while recent.entries.front().is_some_and(|entry| entry.event.offset <= last) {
+                    recent.entries.pop_front();
+                }
+                recent.start = last + 1;
+            }
+            pruned += expired.len() as u64;
+            if expired.len() < OUTBOX_PRUNE_BATCH {
+                return Ok(pruned);
+            }
+        }
+    }
+
     pub fn checkpoint(&self, subscription: &str) -> Result<Option<u64>> {
         let read = self.db.begin_read()?;
         let table = read.open_table(CHECKPOINTS)?;
@@ -506,6 +564,44 @@ mod tests {
         store.commit_group(&[progress(1), progress(2)]).expect("group");
         assert_eq!(store.checkpoint("ci").expect("checkpoint"), Some(3));
         assert_eq!(store.deliveries("ci", 10).expect("history"), vec![later(2), later(1), record]);
+    }
+
+    #[test]
+    fn pruning_removes_old_entries_below_the_bound_and_stops_at_the_first_to_keep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WebhookStore::open(dir.path()).expect("open");
+        // Offsets 0..6 received at 100, 200, …, 600 µs.
+        let events: Vec<WebhookEvent> = (0..6u64)
+            .map(|offset| WebhookEvent {
+                offset,
+                received_at_us: 100 * (offset as i64 + 1),
+                ..event("tag.created", "did:plc:a", None, "app")
+            })
+            .collect();
+        store.commit_classified(&events, &BTreeMap::new(), &BTreeMap::new(), 6).expect("commit");
+        let offsets = |store: &WebhookStore| -> Vec<u64> {
+            let read = store.db.begin_read().expect("read");
+            let outbox = read.open_table(OUTBOX).expect("outbox");
+            outbox.iter().expect("iter").map(|entry| entry.expect("entry").0.value()).collect()
+        };
+        // Nothing received before 100 µs.
+        assert_eq!(store.prune_outbox(100, u64::MAX).expect("prune"), 0);
+        // Received before 350 µs, but a subscription still reads from offset 1.
+        assert_eq!(store.prune_outbox(350, 1).expect("prune"), 1);
+        assert_eq!(offsets(&store), vec![1, 2, 3, 4, 5]);
+        // No bound: everything received before 350 µs.
+        assert_eq!(store.prune_outbox(350, u64::MAX).expect("prune"), 2);
+        assert_eq!(offsets(&store), vec![3, 4, 5]);
+        // An entry received out of order after one to keep stays: the scan stops at the first.
+        let late = WebhookEvent { offset: 6, received_at_us: 50, ..events[0].clone() };
+        store.commit_classified(&[late], &BTreeMap::new(), &BTreeMap::new(), 7).expect("commit");
+        assert_eq!(store.prune_outbox(450, u64::MAX).expect("prune"), 1);
+        assert_eq!(offsets(&store), vec![4, 5, 6]);
+        // What is left reads as before, from redb after a reopen.
+        drop(store);
+        let store = WebhookStore::open(dir.path()).expect("reopen");
+        let left: Vec<u64> = store.outbox_from(0, 10).expect("outbox").iter().map(|event| event.offset).collect();
+        assert_eq!(left, vec![4, 5, 6]);
     }
 
     fn delivered(subscription: &str, offset: u64) -> Progress {
