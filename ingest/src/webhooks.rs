@@ -1392,6 +1392,7 @@ mod tests {
         assert_eq!(store.checkpoint(&again.state_key()).expect("checkpoint"), Some(0));
         assert_eq!(store.checkpoint(&configured.id).expect("checkpoint"), Some(7));
     }
+
     #[test]
     fn the_outbox_keeps_what_a_running_subscription_has_not_passed_and_what_is_recent() {
         let dir = tempfile::tempdir().expect("tempdir");
