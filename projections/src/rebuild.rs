@@ -95,6 +95,7 @@ pub fn catch_up_to(
     events_per_transaction: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ProjectionError> {
+    let _huge_pages_off = HugePagesOff::new();
     if let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? {
         write_out(views, overlay, reached, Durability::Immediate)?;
     }
@@ -129,6 +130,7 @@ pub fn build(
     progress: &mut dyn FnMut(u64),
 ) -> Result<BuildTimes, ProjectionError> {
     let started = Instant::now();
+    let _huge_pages_off = HugePagesOff::new();
     let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? else {
         // Nothing left to apply: make what is there durable, and index it.
         let applied = started.elapsed();
@@ -219,6 +221,74 @@ pub(crate) fn yield_to_the_writer() {
         if *libc::__errno_location() == 0 {
             libc::setpriority(libc::PRIO_PROCESS, thread, current.saturating_add(BESIDE_THE_WRITER_NICE).min(19));
         }
+    }
+}
+
+/// Transparent huge pages off for the process while a rebuild or a large catch-up runs, and back
+/// as they were once the last one ends. mimalloc asks for huge pages on its arenas, and a
+/// rebuild grows its memory a little at a time: each huge page costs 2 MiB of zeroing at its
+/// first touch, and on a VM that reports freed memory to its host a host fault too (a replay
+/// spent 7–10 s of kernel time with them, 2.8 s without; docs/PERFORMANCE.md, sixth session).
+/// Batch commands run without them for good (`atcr`'s `main`); `serve` keeps them for serving
+/// and drops them only while it rebuilds (a version bump, a large backlog). The setting is the
+/// process's: threads serving meanwhile allocate without them too. Best effort.
+pub struct HugePagesOff {
+    restore: bool,
+}
+
+/// Live [`HugePagesOff`] guards, and whether the first one turned huge pages off.
+static HUGE_PAGES_OFF: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+impl HugePagesOff {
+    pub fn new() -> Self {
+        let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return HugePagesOff { restore: false } };
+        if state.0 == 0 {
+            state.1 = set_huge_pages_disabled(true);
+        }
+        state.0 += 1;
+        HugePagesOff { restore: true }
+    }
+}
+
+impl Default for HugePagesOff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HugePagesOff {
+    fn drop(&mut self) {
+        if !self.restore {
+            return;
+        }
+        let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return };
+        state.0 = state.0.saturating_sub(1);
+        if state.0 == 0 && std::mem::take(&mut state.1) {
+            set_huge_pages_disabled(false);
+        }
+    }
+}
+
+/// Sets the process's "no transparent huge pages" flag; true when this call turned it on (it
+/// was off, and the kernel took the change).
+fn set_huge_pages_disabled(disabled: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_GET/SET_THP_DISABLE take integer arguments and read or change only this
+    // process's memory policy; no memory of ours is passed.
+    unsafe {
+        if !disabled {
+            return libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) == 0;
+        }
+        // 1: already off (a batch command, or a parent that set it).
+        if libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) != 0 {
+            return false;
+        }
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = disabled;
+        false
     }
 }
 
