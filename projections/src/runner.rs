@@ -179,17 +179,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| ProjectionError::Corrupt(format!("projection task failed: {error}")))?
 }
 
-/// A backlog larger than this (a first start, deleted views) is applied in large transactions
-/// synced only at the end, like a rebuild; readers still see each commit.
+/// A backlog larger than this (a first start, deleted views) is applied like a rebuild: in
+/// transactions only the overlay's memory bound cuts (`rebuild::OVERLAY_MEMORY_BYTES`), synced
+/// at the end, with huge pages off meanwhile. Readers see the views as they were until a
+/// transaction commits. Commits of 20,000 events let them watch the views grow, but each
+/// write-out over a non-empty build rewrites pages all over it: a first start on 1.3M events
+/// took 83 s that way, 19–20 s in one transaction (docs/PERFORMANCE.md, eleventh session).
 const LARGE_BACKLOG: u64 = 20_000;
-const BACKLOG_TRANSACTION_EVENTS: usize = 20_000;
 
 /// Applies everything the log holds now to `views`; returns how many events were applied.
 pub(crate) fn catch_up(log: &EventLog, views: &Views) -> Result<u64, ProjectionError> {
     let start = views.checkpoint()?;
     let head = log.next_offset()?;
     if head.saturating_sub(start) > LARGE_BACKLOG {
-        crate::rebuild::catch_up_to(log, views, head, BACKLOG_TRANSACTION_EVENTS, &mut |_| {})?;
+        crate::rebuild::catch_up_to(log, views, head, crate::rebuild::REBUILD_TRANSACTION_EVENTS, &mut |_| {})?;
         let checkpoint = views.checkpoint()?;
         metrics::gauge!(CHECKPOINT_METRIC).set(checkpoint as f64);
         // A backlog this large touches most repositories: indexing them all at once is cheaper.
