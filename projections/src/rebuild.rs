@@ -95,7 +95,7 @@ pub fn catch_up_to(
     events_per_transaction: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ProjectionError> {
-    let _huge_pages_off = HugePagesOff::new();
+    let _huge_pages_off = HugePagesOff::acquire();
     if let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? {
         write_out(views, overlay, reached, Durability::Immediate)?;
     }
@@ -130,7 +130,7 @@ pub fn build(
     progress: &mut dyn FnMut(u64),
 ) -> Result<BuildTimes, ProjectionError> {
     let started = Instant::now();
-    let _huge_pages_off = HugePagesOff::new();
+    let _huge_pages_off = HugePagesOff::acquire();
     let Some((overlay, reached)) = apply_range(log, views, until, events_per_transaction, progress)? else {
         // Nothing left to apply: make what is there durable, and index it.
         let applied = started.elapsed();
@@ -240,19 +240,15 @@ pub struct HugePagesOff {
 static HUGE_PAGES_OFF: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
 
 impl HugePagesOff {
-    pub fn new() -> Self {
+    /// Turns huge pages off unless they are already, until this guard and every other one is
+    /// dropped.
+    pub fn acquire() -> Self {
         let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return HugePagesOff { restore: false } };
         if state.0 == 0 {
             state.1 = set_huge_pages_disabled(true);
         }
         state.0 += 1;
         HugePagesOff { restore: true }
-    }
-}
-
-impl Default for HugePagesOff {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -17,9 +17,9 @@ fn huge_pages_are_off_while_a_guard_lives_and_as_before_after_the_last() {
         // SAFETY: as above, setting the flag to a known state first.
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, u64::from(before), 0, 0, 0) };
         assert_eq!(huge_pages_disabled(), before);
-        let outer = HugePagesOff::new();
+        let outer = HugePagesOff::acquire();
         assert!(huge_pages_disabled(), "off while a guard lives (before: {before})");
-        let inner = HugePagesOff::new();
+        let inner = HugePagesOff::acquire();
         drop(outer);
         assert!(huge_pages_disabled(), "still off while another guard lives (before: {before})");
         drop(inner);
