@@ -233,7 +233,8 @@ pub(crate) fn yield_to_the_writer() {
 /// and drops them only while it rebuilds (a version bump, a large backlog). The setting is the
 /// process's: threads serving meanwhile allocate without them too. Best effort.
 pub struct HugePagesOff {
-    restore: bool,
+    /// Whether this guard is in the count (not when the count's lock was poisoned).
+    counted: bool,
 }
 
 /// Live [`HugePagesOff`] guards, and whether the first one turned huge pages off.
@@ -243,18 +244,18 @@ impl HugePagesOff {
     /// Turns huge pages off unless they are already, until this guard and every other one is
     /// dropped.
     pub fn acquire() -> Self {
-        let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return HugePagesOff { restore: false } };
+        let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return HugePagesOff { counted: false } };
         if state.0 == 0 {
             state.1 = set_huge_pages_disabled(true);
         }
         state.0 += 1;
-        HugePagesOff { restore: true }
+        HugePagesOff { counted: true }
     }
 }
 
 impl Drop for HugePagesOff {
     fn drop(&mut self) {
-        if !self.restore {
+        if !self.counted {
             return;
         }
         let Ok(mut state) = HUGE_PAGES_OFF.lock() else { return };
@@ -555,6 +556,9 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use atcr_storage::{AppendBatch, Event, EventBody, Source};
+
     /// A thread's nice value (Linux: each thread has its own).
     #[cfg(target_os = "linux")]
     fn own_nice() -> libc::c_int {
@@ -571,15 +575,12 @@ mod tests {
             // SAFETY: as above.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, start) };
             assert_eq!(own_nice(), start);
-            super::yield_to_the_writer();
-            assert_eq!(own_nice(), start + super::BESIDE_THE_WRITER_NICE);
+            yield_to_the_writer();
+            assert_eq!(own_nice(), start + BESIDE_THE_WRITER_NICE);
         })
         .join()
         .unwrap();
     }
-
-    use super::*;
-    use atcr_storage::{AppendBatch, Event, EventBody, Source};
 
     fn stored(did: &str, digest: &str) -> Event {
         Event {

@@ -313,6 +313,11 @@ impl std::ops::DerefMut for WriterGuard<'_> {
     }
 }
 
+/// The index's one writer: one indexing thread, bounded by [`WRITER_MEMORY_BYTES`].
+fn new_writer(index: &Index) -> Result<IndexWriter, SearchError> {
+    Ok(index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?)
+}
+
 fn directory_error(path: &Path) -> impl FnOnce(std::io::Error) -> SearchError + '_ {
     move |source| SearchError::Directory { path: path.to_path_buf(), source }
 }
@@ -399,7 +404,7 @@ impl SearchIndex {
 
     fn from_index(index: Index) -> Result<SearchIndex, SearchError> {
         let fields = Fields::resolve(&index.schema())?;
-        let mut writer = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?;
+        let mut writer = new_writer(&index)?;
         let payload = index.load_metas()?.payload;
         let checkpoint = match payload.as_deref().and_then(decode_payload) {
             Some((_, checkpoint)) => checkpoint,
@@ -448,7 +453,7 @@ impl SearchIndex {
         let mut writer = self.writer.lock().map_err(|_| SearchError::Poisoned)?;
         // The directory's writer lock goes with the old writer.
         drop(writer.take());
-        *writer = Some(self.index.writer_with_num_threads(1, WRITER_MEMORY_BYTES)?);
+        *writer = Some(new_writer(&self.index)?);
         Ok(())
     }
 
